@@ -1,0 +1,144 @@
+"""Asyncio client for the cortexd socket: concurrent calls on one connection.
+
+A reader task routes each answer to the call that sent its `id`, so many
+calls can be outstanding at once; stream notifications go to the callback the
+call registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from cortexctl.client import DEFAULT_TIMEOUT, MAX_LINE, DaemonUnreachable, unreachable
+from cortexd.protocol import JSONRPC, default_socket_path, error_from_wire
+
+
+class AsyncClient:
+    """`async with AsyncClient() as c: await c.call("status")`."""
+
+    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path or default_socket_path()
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: dict[int, Callable[[Any], None]] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.path, limit=MAX_LINE), self.timeout
+            )
+        except OSError as exc:
+            raise unreachable(self.path, exc) from None
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+            self._writer = None
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._writer is None:
+            await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        on_stream: Callable[[Any], None] | None = None,
+        reply_timeout: float | None = None,
+    ) -> Any:
+        """Send one request and await its answer.
+
+        Raises:
+            CortexError: (a subclass) the daemon answered with an error.
+            DaemonUnreachable: the connection is gone.
+            TimeoutError: no answer within `reply_timeout` (default: the client's); the request is
+                forgotten locally (the daemon may still finish it).
+
+        On cancellation the pending answer is discarded.
+        """
+        if self._writer is None:
+            await self.connect()
+        assert self._writer is not None
+        req_id = next(self._ids)
+        message: dict[str, Any] = {"jsonrpc": JSONRPC, "id": req_id, "method": method}
+        if params:
+            message["params"] = params
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = future
+        if on_stream is not None:
+            self._streams[req_id] = on_stream
+        try:
+            self._writer.write(orjson.dumps(message) + b"\n")
+            await self._writer.drain()
+            reply = await asyncio.wait_for(
+                future, self.timeout if reply_timeout is None else reply_timeout
+            )
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise DaemonUnreachable(self.path, str(exc), "check that cortexd is running") from None
+        finally:
+            self._pending.pop(req_id, None)
+            self._streams.pop(req_id, None)
+        if "error" in reply:
+            raise error_from_wire(reply["error"])
+        return reply.get("result")
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        error: Exception = DaemonUnreachable(
+            self.path, "the daemon closed the connection", "check the daemon's log"
+        )
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                try:
+                    message = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if message.get("method") == "stream":
+                    params = message.get("params") or {}
+                    callback = self._streams.get(int(params.get("id") or 0))
+                    if callback is not None:
+                        callback(params.get("data"))
+                    continue
+                req_id = message.get("id")
+                future = self._pending.get(req_id) if isinstance(req_id, int) else None
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (OSError, ValueError) as exc:
+            error = DaemonUnreachable(self.path, str(exc), "check the daemon's log")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)

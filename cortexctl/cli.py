@@ -1,0 +1,91 @@
+"""`cortexctl`: the command-line client.
+
+Exit codes: 0 success, 1 the daemon answered with an error, 2 bad usage,
+3 the daemon could not be reached (with a hint on what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
+from cortexctl.commands import core
+from cortexctl.output import Output
+from cortexd.protocol import CortexError, default_socket_path
+
+EXIT_OK = 0
+EXIT_DAEMON_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+EPILOG = """\
+examples:
+  cortexctl status
+  cortexctl --json status | jq .components
+  cortexctl config show server
+  sudo cortexctl config reload
+
+exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
+"""
+
+Command = Callable[[Client, argparse.Namespace, Output], int]
+
+# Each capability adds its commands in one module with a `register(sub)`.
+COMMAND_MODULES = (core,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cortexctl",
+        description="Control and query the cortexd daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--socket", metavar="PATH", help=f"daemon socket (default: {default_socket_path()})"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for programs")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="reply timeout"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    out = Output(args.json, stdout or sys.stdout)
+    run: Command = args.run
+    try:
+        with Client(args.socket, timeout=args.timeout) as client:
+            return run(client, args, out)
+    except DaemonUnreachable as exc:
+        print(f"cortexctl: {exc}", file=sys.stderr)
+        print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except TimeoutError:
+        print(f"cortexctl: no answer within {args.timeout:g}s", file=sys.stderr)
+        return EXIT_DAEMON_ERROR
+    except CortexError as exc:
+        if out.as_json:
+            out.json({"error": exc.to_error()})
+        else:
+            print(f"cortexctl: {exc.code.name}: {exc.message}", file=sys.stderr)
+            for problem in getattr(exc, "errors", []):
+                print(f"  {problem}", file=sys.stderr)
+        return EXIT_DAEMON_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Blocking client for the cortexd socket: one persistent connection.
+
+Errors the daemon answers with are raised as the typed exceptions of
+`cortexd.protocol` (`QueueFull`, `PermissionDenied`, …); failing to reach the
+daemon at all is `DaemonUnreachable`. Only the standard library and orjson are
+imported, so command-line use stays fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import socket
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from cortexd.protocol import JSONRPC, InvalidRequest, default_socket_path, error_from_wire
+
+DEFAULT_TIMEOUT = 10.0
+MAX_LINE = 64 * 1024 * 1024
+StreamHandler = Callable[[Any], None]
+
+
+class DaemonUnreachable(Exception):
+    """The socket could not be opened, or the connection broke mid-call."""
+
+    def __init__(self, path: str, reason: str, hint: str) -> None:
+        super().__init__(f"cannot reach cortexd at {path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.hint = hint
+
+
+def unreachable(path: str, exc: OSError) -> DaemonUnreachable:
+    """Translate a connect error into a message with what to do about it."""
+    if isinstance(exc, PermissionError) or exc.errno == errno.EACCES:
+        return DaemonUnreachable(
+            path,
+            "permission denied",
+            "join the socket's group: sudo usermod -aG cortex $USER, then log in again",
+        )
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return DaemonUnreachable(
+            path,
+            "the daemon is not running",
+            "start it with `make run` (per user) or `sudo systemctl start cortexd`",
+        )
+    return DaemonUnreachable(path, exc.strerror or str(exc), "check that cortexd is running")
+
+
+class Client:
+    """A blocking JSON-RPC client; use as a context manager.
+
+    Calls are sequential on the one connection. `call(..., on_stream=fn)`
+    passes each `stream` notification's `data` to `fn` before returning the
+    final result.
+    """
+
+    def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path or default_socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self._ids = itertools.count(1)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise unreachable(self.path, exc) from None
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        if self._sock is None:
+            self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        on_stream: StreamHandler | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request and wait for its answer.
+
+        Raises:
+            CortexError: (a subclass) the daemon answered with an error.
+            DaemonUnreachable: the connection failed or closed.
+            TimeoutError: no answer within `timeout` seconds of silence.
+        """
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        req_id = next(self._ids)
+        message: dict[str, Any] = {"jsonrpc": JSONRPC, "id": req_id, "method": method}
+        if params:
+            message["params"] = params
+        self._sock.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            self._sock.sendall(orjson.dumps(message) + b"\n")
+            while True:
+                reply = self._read_message()
+                if reply.get("method") == "stream":
+                    stream = reply.get("params") or {}
+                    if stream.get("id") == req_id and on_stream is not None:
+                        on_stream(stream.get("data"))
+                    continue
+                if reply.get("id") not in (req_id, None):
+                    continue
+                if "error" in reply:
+                    raise error_from_wire(reply["error"])
+                return reply.get("result")
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            self.close()
+            raise DaemonUnreachable(self.path, f"connection failed: {exc}", "retry") from None
+
+    def _read_message(self) -> dict[str, Any]:
+        assert self._sock is not None
+        while True:
+            index = self._buffer.find(b"\n")
+            if index >= 0:
+                line = bytes(self._buffer[:index])
+                del self._buffer[: index + 1]
+                try:
+                    value = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise InvalidRequest("the daemon sent a frame that is not JSON") from None
+                if not isinstance(value, dict):
+                    raise InvalidRequest("the daemon sent a frame that is not an object")
+                return value
+            if len(self._buffer) > MAX_LINE:
+                raise InvalidRequest("the daemon sent an oversized frame")
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                self.close()
+                raise DaemonUnreachable(
+                    self.path, "the daemon closed the connection", "check the daemon's log"
+                )
+            self._buffer += chunk

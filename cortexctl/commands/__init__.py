@@ -1,0 +1,1 @@
+"""cortexctl commands, one module per capability, each with `register(sub)`."""

@@ -1,0 +1,98 @@
+"""The typed, frozen configuration: one dataclass per section.
+
+Field metadata carries validation bounds (`min`, `max`) and whether a change
+needs a restart (`restart`). The loader reads these; nothing else keeps a
+parallel table of keys.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cortexd.protocol import default_socket_path
+
+LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+LogTarget = Literal["auto", "journal", "stderr"]
+
+
+def _bound(
+    lo: float | None = None, hi: float | None = None, *, restart: bool = False
+) -> dict[str, Any]:
+    return {"min": lo, "max": hi, "restart": restart}
+
+
+def default_state_dir() -> str:
+    """State lives in systemd's StateDirectory, /var/lib/cortex for root, else XDG state."""
+    from_systemd = os.environ.get("STATE_DIRECTORY")
+    if from_systemd:
+        # systemd may pass several colon-separated directories; ours is the first.
+        return from_systemd.split(":")[0]
+    if os.getuid() == 0:
+        return "/var/lib/cortex"
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(xdg, "cortex")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    socket_path: str = field(default_factory=default_socket_path, metadata=_bound(restart=True))
+    socket_group: str = field(default="cortex", metadata=_bound(restart=True))
+    admin_group: str = "cortex-admin"
+    max_request_bytes: int = field(default=65536, metadata=_bound(256, 16 * 1024 * 1024))
+    request_timeout: float = field(default=5.0, metadata=_bound(0.01, 3600))
+    idle_timeout: float = field(default=300.0, metadata=_bound(0.1, 86400))
+    write_timeout: float = field(default=10.0, metadata=_bound(0.1, 3600))
+    max_connections: int = field(default=1024, metadata=_bound(1, 65536, restart=True))
+    max_inflight_per_connection: int = field(default=64, metadata=_bound(1, 4096))
+    shutdown_timeout: float = field(default=10.0, metadata=_bound(0.0, 600))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "INFO"
+    target: LogTarget = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    interval_seconds: float = field(default=300.0, metadata=_bound(1, 86400))
+    enable_cve_scanning: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    model_path: str = field(default="", metadata=_bound(restart=True))
+    n_ctx: int = field(default=2048, metadata=_bound(16, 1 << 20, restart=True))
+    n_threads: int = field(default=0, metadata=_bound(0, 1024, restart=True))
+    n_batch: int = field(default=512, metadata=_bound(1, 1 << 16, restart=True))
+    use_mmap: bool = field(default=True, metadata=_bound(restart=True))
+    queue_depth: int = field(default=100, metadata=_bound(1, 100000))
+    request_timeout: float = field(default=120.0, metadata=_bound(0.1, 86400))
+    keep_alive: float = field(default=0.0, metadata=_bound(0, 86400 * 365))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon is configured with; built once per load, never mutated."""
+
+    state_dir: str = field(default_factory=default_state_dir, metadata=_bound(restart=True))
+    server: ServerConfig = field(default_factory=ServerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "logging": LoggingConfig,
+    "monitor": MonitorConfig,
+    "inference": InferenceConfig,
+}
+
+# Sections that later capabilities own; accepted without a warning so a config
+# file written for a newer daemon still loads.
+RESERVED_SECTIONS = frozenset(
+    {"checks", "alerts", "notify", "doctor", "healing", "plugins", "updates", "logs", "http"}
+)

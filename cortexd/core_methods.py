@@ -1,0 +1,99 @@
+"""The daemon's own methods: ping, version, status, config, shutdown."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+from cortexd import __version__
+from cortexd.config import redacted
+from cortexd.protocol import JSONRPC, NotFound
+from cortexd.server import Call, Method, Param
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+
+def core_methods(daemon: Daemon) -> list[Method]:
+    """The methods every daemon serves, bound to `daemon`."""
+
+    def ping(call: Call) -> dict[str, Any]:
+        return {"pong": True, "time": time.time()}
+
+    def version(call: Call) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": JSONRPC,
+            "python": platform.python_version(),
+        }
+
+    def status(call: Call) -> dict[str, Any]:
+        components: dict[str, Any] = {
+            "server": {
+                "state": "stopping" if daemon.server.shutting_down else "running",
+                "socket": daemon.socket_path,
+                "inherited_socket": daemon.inherited,
+                "inflight": daemon.server.inflight,
+            }
+        }
+        for component in daemon.components:
+            components[component.name] = component.state()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": daemon.started_wall,
+            "uptime_seconds": round(time.monotonic() - daemon.started, 3),
+            "config_sources": list(daemon.loaded.sources),
+            "restart_required": list(daemon.pending_restart),
+            "components": components,
+            "server": daemon.stats.snapshot(),
+        }
+
+    async def config_get(call: Call) -> dict[str, Any]:
+        config = redacted(daemon.config)
+        section = call.params["section"]
+        if section is not None:
+            if section not in config:
+                raise NotFound(f"no config section {section!r}", section=section)
+            config = {section: config[section]}
+        return {
+            "config": config,
+            "sources": list(daemon.loaded.sources),
+            "warnings": list(daemon.loaded.warnings),
+            "restart_required": list(daemon.pending_restart),
+        }
+
+    async def config_reload(call: Call) -> dict[str, Any]:
+        return await daemon.reload()
+
+    async def shutdown(call: Call) -> dict[str, Any]:
+        daemon.request_shutdown(f"requested by uid {call.peer.uid} pid {call.peer.pid}")
+        return {"shutting_down": True, "grace_seconds": daemon.config.server.shutdown_timeout}
+
+    return [
+        Method("ping", ping, inline=True, during_shutdown=True, summary="liveness check"),
+        Method("version", version, inline=True, during_shutdown=True, summary="daemon version"),
+        Method("status", status, inline=True, during_shutdown=True, summary="daemon status"),
+        Method(
+            "config.get",
+            config_get,
+            params=(Param("section", str),),
+            summary="the running configuration, secrets redacted",
+        ),
+        Method(
+            "config.reload",
+            config_reload,
+            access="admin",
+            aliases=("config_reload",),
+            summary="re-read the configuration files",
+        ),
+        Method(
+            "shutdown",
+            shutdown,
+            access="admin",
+            during_shutdown=True,
+            summary="stop the daemon gracefully",
+        ),
+    ]

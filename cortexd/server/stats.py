@@ -1,0 +1,46 @@
+"""Request counters by method and error name, for `status` and metrics.
+
+Labels are always registered method names or `unknown`: a caller-chosen
+string never becomes a key, so a fuzzer cannot grow these tables.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+UNKNOWN_METHOD = "unknown"
+
+
+@dataclass(slots=True)
+class ServerStats:
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    requests: Counter[str] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latency_sum: dict[str, float] = field(default_factory=dict)
+
+    def record(self, method: str, error: str | None, seconds: float) -> None:
+        self.requests[method] += 1
+        self.latency_sum[method] = self.latency_sum.get(method, 0.0) + seconds
+        if error is not None:
+            self.errors[(method, error)] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        by_method: dict[str, dict[str, object]] = {}
+        for method, count in sorted(self.requests.items()):
+            by_method[method] = {"requests": count, "errors": {}}
+        for (method, name), count in sorted(self.errors.items()):
+            entry = by_method.setdefault(method, {"requests": 0, "errors": {}})
+            errors = entry["errors"]
+            assert isinstance(errors, dict)
+            errors[name] = count
+        return {
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "connections_refused": self.connections_refused,
+            "requests_total": sum(self.requests.values()),
+            "errors_total": sum(self.errors.values()),
+            "methods": by_method,
+        }
