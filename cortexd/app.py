@@ -100,9 +100,11 @@ class Daemon:
         self._reload_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
 
-        from cortexd.core_methods import core_methods  # one place adds each capability
+        from cortexd.core_methods import core_methods
+        from cortexd.features import install_features
 
         self.registry.add(core_methods(self))
+        install_features(self)
 
     # -- lifecycle -------------------------------------------------------
 

@@ -1,0 +1,21 @@
+"""Where each capability plugs into the daemon: one call per feature.
+
+A feature builds its components from the config, adds them to
+`daemon.components` (started in order, stopped in reverse) and registers its
+socket methods with `daemon.registry.add(...)`. Nothing else in the root
+knows what a feature does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+
+def install_features(daemon: Daemon) -> None:
+    """Build and register every optional capability for `daemon`."""
+    # Each capability adds one line here, e.g.:
+    #   from cortexd.inference.methods import install as install_inference
+    #   install_inference(daemon)
