@@ -52,7 +52,8 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: LogLevel = "INFO"
-    target: LogTarget = "auto"
+    # Reload re-applies only the level; the handler is chosen once at start.
+    target: LogTarget = field(default="auto", metadata=_bound(restart=True))
 
 
 @dataclass(frozen=True, slots=True)
