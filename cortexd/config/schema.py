@@ -75,6 +75,61 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DoctorConfig:
+    max_parallel: int = field(default=4, metadata=_bound(1, 64))
+    timeout_seconds: float = field(default=30.0, metadata=_bound(0.1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    max_active: int = field(default=1000, metadata=_bound(1, 1_000_000))
+    retention_days: float = field(default=30.0, metadata=_bound(0.01, 3650))
+    history_max: int = field(default=100_000, metadata=_bound(1, 10_000_000))
+    coalesce_seconds: float = field(default=60.0, metadata=_bound(0, 86400))
+    reopen_window_seconds: float = field(default=300.0, metadata=_bound(0, 86400))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSettings:
+    """One check's settings; unset (null) values take the check's built-in default."""
+
+    enabled: bool = True
+    interval_seconds: float | None = field(default=None, metadata=_bound(0.1, 7 * 86400))
+    timeout_seconds: float | None = field(default=None, metadata=_bound(0.1, 3600))
+    warning: float | None = None
+    warning_clear: float | None = None
+    critical: float | None = None
+    critical_clear: float | None = None
+    samples: int | None = field(default=None, metadata=_bound(1, 1000))
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    targets: tuple[str, ...] | None = None
+    data_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksConfig:
+    cpu_usage: CheckSettings = field(default_factory=CheckSettings)
+    cpu_load: CheckSettings = field(default_factory=CheckSettings)
+    memory: CheckSettings = field(default_factory=CheckSettings)
+    swap_usage: CheckSettings = field(default_factory=CheckSettings)
+    disk_space: CheckSettings = field(default_factory=CheckSettings)
+    file_descriptors: CheckSettings = field(default_factory=CheckSettings)
+    zombie_processes: CheckSettings = field(default_factory=CheckSettings)
+    process_count: CheckSettings = field(default_factory=CheckSettings)
+    systemd_failed: CheckSettings = field(default_factory=CheckSettings)
+    apt_status: CheckSettings = field(default_factory=CheckSettings)
+    apt_updates: CheckSettings = field(default_factory=CheckSettings)
+    security_updates: CheckSettings = field(default_factory=CheckSettings)
+    cve_scan: CheckSettings = field(default_factory=CheckSettings)
+    dependency_conflicts: CheckSettings = field(default_factory=CheckSettings)
+    time_sync: CheckSettings = field(default_factory=CheckSettings)
+    dns_resolution: CheckSettings = field(default_factory=CheckSettings)
+    network_connectivity: CheckSettings = field(default_factory=CheckSettings)
+    reboot_required: CheckSettings = field(default_factory=CheckSettings)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the daemon is configured with; built once per load, never mutated."""
 
@@ -83,6 +138,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -90,10 +148,11 @@ SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "monitor": MonitorConfig,
     "inference": InferenceConfig,
+    "doctor": DoctorConfig,
+    "alerts": AlertsConfig,
+    "checks": ChecksConfig,
 }
 
 # Sections that later capabilities own; accepted without a warning so a config
 # file written for a newer daemon still loads.
-RESERVED_SECTIONS = frozenset(
-    {"checks", "alerts", "notify", "doctor", "healing", "plugins", "updates", "logs", "http"}
-)
+RESERVED_SECTIONS = frozenset({"notify", "healing", "plugins", "updates", "logs", "http"})

@@ -1,0 +1,172 @@
+"""The alert model (SPEC §5): severities, states, categories and fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Literal
+
+import orjson
+
+Clock = Callable[[], float]
+"""Wall-clock seconds since the epoch; injected so tests step time by hand."""
+
+State = Literal["firing", "acknowledged", "resolved"]
+STATES: tuple[State, ...] = ("firing", "acknowledged", "resolved")
+
+# The seed's alert types, kept as categories so its vocabulary still works.
+CATEGORIES = (
+    "apt_updates",
+    "security_update",
+    "disk_usage",
+    "memory_usage",
+    "cve_found",
+    "dependency",
+    "service",
+    "system",
+    "llm_error",
+    "daemon_status",
+    "ai_analysis",
+)
+
+
+class Severity(IntEnum):
+    """Ordered so that a comparison says which is worse."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        """`warning`, `WARNING` or `warn` → WARNING. Raises ValueError."""
+        name = text.strip().upper()
+        name = {"WARN": "WARNING", "CRIT": "CRITICAL", "ERR": "ERROR"}.get(name, name)
+        try:
+            return cls[name]
+        except KeyError:
+            raise ValueError(f"unknown severity {text!r}") from None
+
+
+SEVERITY_NAMES = tuple(s.name for s in Severity)
+
+
+def fingerprint(source: str, labels: Mapping[str, str]) -> str:
+    """A stable hash of what the alert is about: its source and identity labels.
+
+    Measured values belong in annotations and never enter the hash, so a disk
+    at 81 % and later 93 % is one alert, not two.
+    """
+    canonical = orjson.dumps([source, sorted(labels.items())])
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Alert:
+    """One alert: a condition's life from first firing until resolution."""
+
+    id: str
+    fingerprint: str
+    source: str
+    severity: Severity
+    category: str
+    title: str
+    description: str
+    labels: dict[str, str]
+    annotations: dict[str, Any]
+    state: State
+    first_seen: float
+    last_seen: float
+    count: int
+    host: str
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    resolved_at: float | None = None
+    cleared_at: float | None = None
+    # When the row was last written; count/last_seen changes between writes
+    # are coalesced (see AlertManager) and flushed later.
+    written_at: float = field(default=0.0, compare=False)
+    dirty: bool = field(default=False, compare=False)
+
+    @property
+    def active(self) -> bool:
+        return self.state != "resolved"
+
+    def match_labels(self) -> dict[str, str]:
+        """The label set silences match against (Alertmanager's names included)."""
+        return {
+            **self.labels,
+            "alertname": self.source,
+            "source": self.source,
+            "severity": self.severity.name.lower(),
+            "category": self.category,
+            "instance": self.host,
+            "host": self.host,
+        }
+
+    def to_dict(self, *, silenced: bool = False) -> dict[str, Any]:
+        """The JSON shape served by `alerts.list` and `alerts.get`."""
+        return {
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "source": self.source,
+            "severity": self.severity.name,
+            "category": self.category,
+            "title": self.title,
+            "description": self.description,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "state": self.state,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "count": self.count,
+            "acknowledged_at": self.acknowledged_at,
+            "acknowledged_by": self.acknowledged_by,
+            "resolved_at": self.resolved_at,
+            "cleared": self.cleared_at is not None,
+            "host": self.host,
+            "silenced": silenced,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """What `alerts.list` selects; None means no restriction."""
+
+    severity: Severity | None = None
+    states: tuple[State, ...] | None = None
+    category: str | None = None
+    since: float | None = None
+    include_cleared: bool = False
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Matchers that mute notifications for alerts they match, until `ends_at`."""
+
+    id: str
+    matchers: tuple[str, ...]
+    comment: str
+    created_by: str
+    created_at: float
+    starts_at: float
+    ends_at: float
+
+    def active_at(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "matchers": list(self.matchers),
+            "comment": self.comment,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "active": self.active_at(now),
+        }
