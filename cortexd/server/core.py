@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -30,26 +30,24 @@ from cortexd.protocol import (
     Busy,
     CortexError,
     InternalError,
-    InvalidRequest,
-    ParseError,
     PermissionDenied,
     ShuttingDown,
     Timeout,
     TooLarge,
 )
 from cortexd.server.call import Call, Peer
+from cortexd.server.framing import NEWLINE, BadFrame, dumps, parse_request
 from cortexd.server.registry import Method, Registry
 from cortexd.server.stats import UNKNOWN_METHOD, ServerStats
 
 log = logging.getLogger(__name__)
 
-_NEWLINE = b"\n"
 _ACCEPT_RETRY_DELAY = 0.1
 _REFUSE_WRITE_TIMEOUT = 1.0
-
-
-def _dumps(message: dict[str, Any]) -> bytes:
-    return orjson.dumps(message) + _NEWLINE
+# How often a connection whose client sent EOF with requests still running
+# checks whether the client hung up entirely (and so wants no answers).
+_HANGUP_POLL = 0.2
+_CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 class Authorizer:
@@ -61,11 +59,13 @@ class Authorizer:
         self._own_uid = os.getuid()
 
     def is_admin(self, peer: Peer) -> bool:
+        """uid 0, the daemon's own user, or a member of the admin group."""
         # The daemon's own user is an admin of it: a per-user `make run`
         # daemon must obey the user who started it.
         return peer.uid in (0, self._own_uid) or peer.in_group(self._admin_gid())
 
     def check(self, method: Method, peer: Peer) -> bool:
+        """Whether `peer` may call `method`."""
         if method.access == "read":
             return True
         if self.is_admin(peer):
@@ -93,11 +93,11 @@ class Server:
         self._inflight = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self._accept_scope: anyio.CancelScope | None = None
         self._connections: TaskGroup | None = None
 
     @property
     def inflight(self) -> int:
+        """Requests running in their own task right now (inline ones never count)."""
         return self._inflight
 
     def apply_config(self, config: ServerConfig) -> None:
@@ -110,23 +110,25 @@ class Server:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept connections until `stop_accepting`, then wait for them to close.
+        """Accept and serve connections until `close_connections`.
 
-        On cancellation every connection is closed.
+        `task_status.started()` is called once the listener accepts. On
+        cancellation every connection is closed.
         """
         listener = await SocketListener.from_socket(sock)
         async with listener, anyio.create_task_group() as connections:
             self._connections = connections
-            with anyio.CancelScope() as accept_scope:
-                self._accept_scope = accept_scope
-                task_status.started()
-                await self._accept_loop(listener, connections)
+            task_status.started()
+            await self._accept_loop(listener, connections)
 
     def stop_accepting(self) -> None:
-        """Refuse new requests (SHUTTING_DOWN) and stop accepting connections."""
+        """Begin draining: new requests are answered SHUTTING_DOWN.
+
+        The listener keeps accepting until `close_connections`, so a client
+        that connects during the drain is told why instead of hanging in the
+        backlog; methods marked `during_shutdown` (ping, status) still answer.
+        """
         self.shutting_down = True
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
 
     async def drain(self, grace: float) -> bool:
         """Wait up to `grace` seconds for in-flight requests; True if all finished."""
@@ -136,7 +138,7 @@ class Server:
         return self._inflight == 0
 
     def close_connections(self) -> None:
-        """Cancel every connection, finishing `serve`."""
+        """Stop accepting and cancel every connection, finishing `serve`."""
         if self._connections is not None:
             self._connections.cancel_scope.cancel()
 
@@ -150,29 +152,28 @@ class Server:
                 log.error("accept failed: %s", exc)
                 await anyio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
-            if self.stats.connections_open >= self.config.max_connections:
+            stats = self.stats
+            if stats.connections_open >= self.config.max_connections:
+                stats.connections_refused += 1
                 connections.start_soon(self._refuse, stream)
                 continue
+            # Counted here, not in the handler, so a burst of accepts before
+            # the handlers first run cannot overshoot the limit.
+            stats.connections_open += 1
+            stats.connections_total += 1
             connections.start_soon(self._handle_connection, stream)
 
     async def _refuse(self, stream: SocketStream) -> None:
-        self.stats.connections_refused += 1
         limit = self.config.max_connections
         error = Busy(f"too many connections (limit {limit}); try again later", limit=limit)
-        with anyio.move_on_after(_REFUSE_WRITE_TIMEOUT):
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                await stream.send(
-                    _dumps({"jsonrpc": JSONRPC, "id": None, "error": error.to_error()})
-                )
+        with anyio.move_on_after(_REFUSE_WRITE_TIMEOUT), contextlib.suppress(*_CLOSED):
+            await stream.send(dumps({"jsonrpc": JSONRPC, "id": None, "error": error.to_error()}))
         await anyio.aclose_forcefully(stream)
 
     async def _handle_connection(self, stream: SocketStream) -> None:
-        self.stats.connections_open += 1
-        self.stats.connections_total += 1
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            peer = Peer.of(raw)
-            conn = Connection(self, stream, peer)
+            conn = Connection(self, stream, raw, Peer.of(raw))
             await conn.run()
         except Exception:  # isolation boundary: one connection's bug is logged, not fatal
             log.exception("connection handler failed")
@@ -194,10 +195,13 @@ class Server:
 class Connection:
     """One client connection: a reading loop and the requests it started."""
 
-    def __init__(self, server: Server, stream: SocketStream, peer: Peer) -> None:
+    def __init__(
+        self, server: Server, stream: SocketStream, raw: socket.socket, peer: Peer
+    ) -> None:
         self.server = server
         self.stream = stream
         self.peer = peer
+        self._raw = raw
         self._reader = BufferedByteReceiveStream(stream)
         self._write_lock = anyio.Lock()
         self._slots = anyio.Semaphore(server.config.max_inflight_per_connection)
@@ -206,89 +210,108 @@ class Connection:
         self._admin: bool | None = None
 
     async def run(self) -> None:
+        """Read and answer until EOF, an idle timeout, a broken peer or cancellation."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
-            await self._read_loop(tasks)
+            eof = await self._read_loop(tasks)
+            if eof and self._pending:
+                tasks.start_soon(self._watch_hangup)
         # The task group waited for every request started on this connection,
         # so a client that half-closes after its last request still gets answers.
 
-    async def _read_loop(self, tasks: TaskGroup) -> None:
-        cfg = self.server.config
+    async def _read_loop(self, tasks: TaskGroup) -> bool:
+        """Dispatch each line; returns True when the client sent EOF."""
         while True:
+            cfg = self.server.config
             line: bytes | None = None
+            eof = too_long = False
             with anyio.move_on_after(cfg.idle_timeout):
                 try:
-                    line = await self._reader.receive_until(_NEWLINE, cfg.max_request_bytes)
+                    # One byte over the limit tells an over-long line from one
+                    # of exactly max_request_bytes whose newline comes later.
+                    line = await self._reader.receive_until(NEWLINE, cfg.max_request_bytes + 1)
                 except anyio.DelimiterNotFound:
-                    await self._send_error(None, TooLarge(cfg.max_request_bytes), "")
-                    return
+                    too_long = True
                 except anyio.IncompleteRead:
-                    rest = bytes(self._reader.buffer)
-                    if rest.strip():
-                        await self._on_line(rest, tasks)
-                    return
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
+                    # The final request may lack its newline (`echo -n … | socat`).
+                    eof = True
+                    line = bytes(self._reader.buffer)
+                except _CLOSED:
+                    self._abort()
+                    return False
+            if too_long or (line is not None and len(line) > cfg.max_request_bytes):
+                await self._too_large(cfg.max_request_bytes)
+                return False
             if line is None:
                 if self._pending == 0:
                     log.debug("closing idle connection", extra={"PEER_PID": self.peer.pid})
-                    return
+                    return False
                 continue
-            if len(line) > cfg.max_request_bytes:
-                await self._send_error(None, TooLarge(cfg.max_request_bytes), "")
-                return
             await self._on_line(line, tasks)
+            if eof:
+                return True
+
+    async def _too_large(self, limit: int) -> None:
+        # The client broke framing, so nothing more it sent can be trusted:
+        # answer, then close without waiting for its other requests.
+        await self._send_error(None, TooLarge(limit), UNKNOWN_METHOD)
+        self._abort()
 
     async def _on_line(self, line: bytes, tasks: TaskGroup) -> None:
         if not line.strip():
             return
         started = time.perf_counter()
         try:
-            request = _parse(line)
-        except CortexError as exc:
-            await self._send_error(None, exc, UNKNOWN_METHOD, started)
+            request = parse_request(line)
+        except BadFrame as bad:
+            await self._send_error(bad.req_id, bad.error, UNKNOWN_METHOD, started)
             return
         req_id = request.get("id")
+        notify = "id" not in request
         name = request["method"]
         server = self.server
-        label = name if server.registry.known(name) else UNKNOWN_METHOD
+        label = UNKNOWN_METHOD
         try:
             method = server.registry.get(name)
+            label = method.name
             if server.shutting_down and not method.during_shutdown:
                 raise ShuttingDown()
-            is_admin = self._is_admin()
             if not server.authorizer.check(method, self.peer):
-                log.warning(
-                    "denied %s to uid %d pid %d",
-                    name,
-                    self.peer.uid,
-                    self.peer.pid,
-                    extra={"PEER_UID": self.peer.uid, "PEER_PID": self.peer.pid},
-                )
-                raise PermissionDenied(
-                    f"{method.name} needs uid 0 or membership in the admin group",
-                    method=method.name,
-                    uid=self.peer.uid,
-                )
+                self._deny(method)
             params = method.bind(request.get("params"))
         except CortexError as exc:
-            await self._send_error(req_id, exc, label, started, notify="id" not in request)
+            await self._send_error(req_id, exc, label, started, notify=notify)
             return
         call = Call(
             method=method.name,
             params=params,
             peer=self.peer,
             id=req_id,
-            is_admin=is_admin,
+            is_admin=self._is_admin(),
             _sender=self._send_stream,
         )
         if method.inline:
-            await self._answer(method, call, "id" not in request, started, inline=True)
+            await self._answer(method, call, notify, started, inline=True)
             return
         await self._slots.acquire()
         self._pending += 1
         server._begin()
-        tasks.start_soon(self._run, method, call, "id" not in request, started)
+        tasks.start_soon(self._run, method, call, notify, started)
+
+    def _deny(self, method: Method) -> None:
+        peer = self.peer
+        log.warning(
+            "denied %s to uid %d pid %d",
+            method.name,
+            peer.uid,
+            peer.pid,
+            extra={"PEER_UID": peer.uid, "PEER_PID": peer.pid, "METHOD": method.name},
+        )
+        raise PermissionDenied(
+            f"{method.name} needs uid 0 or membership in the admin group",
+            method=method.name,
+            uid=peer.uid,
+        )
 
     async def _run(self, method: Method, call: Call, notify: bool, started: float) -> None:
         try:
@@ -324,7 +347,7 @@ class Connection:
         else:
             self.server.stats.record(method.name, None, time.perf_counter() - started)
             if not notify:
-                await self._write(_dumps({"jsonrpc": JSONRPC, "id": call.id, "result": result}))
+                await self._write(dumps({"jsonrpc": JSONRPC, "id": call.id, "result": result}))
 
     def _is_admin(self) -> bool:
         if self._admin is None:
@@ -332,7 +355,7 @@ class Connection:
         return self._admin
 
     async def _send_stream(self, params: dict[str, Any]) -> None:
-        await self._write(_dumps({"jsonrpc": JSONRPC, "method": "stream", "params": params}))
+        await self._write(dumps({"jsonrpc": JSONRPC, "method": "stream", "params": params}))
 
     async def _send_error(
         self,
@@ -344,10 +367,10 @@ class Connection:
         notify: bool = False,
     ) -> None:
         elapsed = time.perf_counter() - started if started is not None else 0.0
-        self.server.stats.record(label or UNKNOWN_METHOD, exc.code.name, elapsed)
+        self.server.stats.record(label, exc.code.name, elapsed)
         if notify:
             return
-        await self._write(_dumps({"jsonrpc": JSONRPC, "id": req_id, "error": exc.to_error()}))
+        await self._write(dumps({"jsonrpc": JSONRPC, "id": req_id, "error": exc.to_error()}))
 
     async def _write(self, data: bytes) -> None:
         """Send one frame; a client that stops reading past the write deadline is cut off."""
@@ -356,41 +379,32 @@ class Connection:
                 async with self._write_lock:
                     await self.stream.send(data)
         except TimeoutError:
-            log.warning("client pid %d stopped reading; closing its connection", self.peer.pid)
+            log.warning(
+                "client pid %d stopped reading; closing its connection",
+                self.peer.pid,
+                extra={"PEER_UID": self.peer.uid, "PEER_PID": self.peer.pid},
+            )
             self._abort()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except _CLOSED:
             self._abort()
+
+    async def _watch_hangup(self) -> None:
+        """After EOF, cancel the running requests if the client hung up entirely.
+
+        EOF alone may be a half-close (`socat`, `shutdown(SHUT_WR)`) from a
+        client still waiting for its answers, so the reader cannot tell; the
+        kernel reports POLLHUP only once the peer closed both directions.
+        """
+        poller = select.poll()
+        poller.register(self._raw.fileno(), select.POLLHUP)
+        while self._pending:
+            if any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+                log.debug("client pid %d hung up; cancelling its requests", self.peer.pid)
+                self._abort()
+                return
+            await anyio.sleep(_HANGUP_POLL)
 
     def _abort(self) -> None:
-        """The peer is gone: cancel everything this connection started."""
+        """The peer is gone or broke the protocol: cancel everything this connection started."""
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
-
-
-def _parse(line: bytes) -> dict[str, Any]:
-    """Decode one frame into a request object or raise the matching protocol error."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParseError(f"request is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        request = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ParseError(f"request is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if isinstance(request, list):
-        raise InvalidRequest("batch requests are not supported; send one request per line")
-    if not isinstance(request, dict):
-        raise InvalidRequest("a request must be a JSON object")
-    if request.get("jsonrpc") != JSONRPC:
-        raise InvalidRequest('"jsonrpc" must be "2.0"')
-    method = request.get("method")
-    if not isinstance(method, str) or not method:
-        raise InvalidRequest('"method" must be a non-empty string')
-    if "id" in request:
-        req_id = request["id"]
-        if isinstance(req_id, bool) or not isinstance(req_id, str | int | float | type(None)):
-            raise InvalidRequest('"id" must be a string, a number or null')
-    params = request.get("params")
-    if params is not None and not isinstance(params, dict | list):
-        raise InvalidRequest('"params" must be an object or an array')
-    return request

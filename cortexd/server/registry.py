@@ -139,19 +139,22 @@ class Method:
         for alias, target in self.param_aliases.items():
             if alias in given and target not in given:
                 given[target] = given.pop(alias)
+        # Unknown names first: a misspelt param is the likelier mistake than
+        # a missing one, and "unknown 'txt' (accepted: text)" says how to fix it.
+        names = {p.name for p in self.params}
+        unknown = [name for name in given if name not in names]
+        if unknown:
+            known = ", ".join(p.name for p in self.params) or "none"
+            raise InvalidParams(sorted(unknown)[0], f"unknown param (accepted: {known})")
         out: dict[str, Any] = {}
         for p in self.params:
-            value = given.pop(p.name, _MISSING)
+            value = given.get(p.name, _MISSING)
             if value is _MISSING or (value is None and not p.required):
                 if p.required:
                     raise InvalidParams(p.name, "is required")
                 out[p.name] = p.default
                 continue
             out[p.name] = p.validate(value)
-        if given:
-            unknown = sorted(given)[0]
-            known = ", ".join(p.name for p in self.params) or "none"
-            raise InvalidParams(unknown, f"unknown param (accepted: {known})")
         return out
 
 
