@@ -1,13 +1,15 @@
 """The composition root: builds every component from the config and runs them.
 
-Lifecycle (uvicorn's order): bind → serve → READY=1 → … → STOPPING=1 → stop
-accepting → let in-flight requests finish within `server.shutdown_timeout` →
-cancel the rest → stop components (they persist their state) → remove the
-socket file we created.
+Lifecycle (uvicorn's order): signals → bind → serve → components → READY=1 →
+… → STOPPING=1 → new requests answered SHUTTING_DOWN → in-flight requests
+finish within `server.shutdown_timeout` → cancel the rest → stop components
+(they persist their state) → remove the socket file we created (never one
+inherited from systemd). A second SIGINT skips the grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import grp
 import logging
@@ -15,14 +17,20 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd import __version__
-from cortexd.config import Config, LoadedConfig, load_config, restart_required
+from cortexd.config import (
+    Config,
+    LoadedConfig,
+    keep_running_values,
+    load_config,
+    restart_required,
+)
 from cortexd.log import set_level
 from cortexd.protocol import ConfigError
 from cortexd.sd import Notifier, inherited_socket
@@ -41,6 +49,9 @@ log = logging.getLogger(__name__)
 
 JOURNAL_GROUPS = ("adm", "systemd-journal")
 STATUS_INTERVAL = 30.0
+# Components get at least this long to persist their state on shutdown, even
+# when draining requests used up all of `server.shutdown_timeout`.
+MIN_COMPONENT_STOP = 2.0
 
 
 class Component(Protocol):
@@ -69,7 +80,11 @@ def _gid(name: str) -> int | None:
 
 
 class Daemon:
-    """Everything the daemon runs, built from one loaded config."""
+    """Everything the daemon runs, built from one loaded config.
+
+    `loader` re-reads the config on reload (by default the same files and
+    command-line overrides as at start: `config_path`, `overrides`).
+    """
 
     def __init__(
         self,
@@ -78,12 +93,13 @@ class Daemon:
         config_path: str | None = None,
         overrides: Mapping[str, Any] | None = None,
         notifier: Notifier | None = None,
+        loader: Callable[[], LoadedConfig] | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.pending_restart: list[str] = []
-        self._config_path = config_path
-        self._overrides = dict(overrides or {})
+        frozen_overrides = dict(overrides or {})
+        self._loader = loader or (lambda: load_config(config_path, frozen_overrides))
         self.notifier = notifier or Notifier()
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -96,6 +112,8 @@ class Daemon:
         self.components: list[Component] = []
         self.bound: BoundSocket | None = None
         self.inherited = False
+        self._inherited_path = ""
+        self.forced = False
         self._shutdown = anyio.Event()
         self._reload_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
@@ -109,16 +127,22 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until shutdown is requested. Raises on start-up failure."""
+        """Serve until shutdown is requested, then stop gracefully.
+
+        Raises:
+            CortexError, OSError: start-up failed (socket in use or unsafe,
+                cannot bind); anyio wraps them in an ExceptionGroup.
+        """
         raise_fd_limit(self.config.server.max_connections)
-        sock = await self._listening_socket()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                # Signals first, so a SIGTERM during start-up still stops cleanly.
+                await tg.start(self._signals)
+                sock = await self._listening_socket()
                 await tg.start(self.server.serve, sock)
                 for component in self.components:
                     await component.start(tg)
-                tg.start_soon(self._signals)
                 tg.start_soon(self._watchdog)
                 self.notifier.ready(self._status_line())
                 log.info(
@@ -133,32 +157,47 @@ class Daemon:
         finally:
             if self.bound is not None:
                 remove_socket(self.bound)
-            log.info("stopped")
+            log.info("stopped" if not self.forced else "stopped without waiting")
 
     async def _listening_socket(self) -> socket.socket:
         inherited = inherited_socket()
         if inherited is not None:
             self.inherited = True
-            log.info("using the socket passed by systemd")
+            self._inherited_path = _socket_name(inherited)
+            log.info("using the socket passed by systemd: %s", self._inherited_path)
             return inherited
         self.bound = await anyio.to_thread.run_sync(bind_socket, self.config.server)
         return self.bound.sock
 
     @property
     def socket_path(self) -> str:
+        """The path clients connect to (the inherited socket's, under socket activation)."""
         if self.bound is not None:
             return self.bound.path
+        if self._inherited_path:
+            return self._inherited_path
         return self.config.server.socket_path
 
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown has been requested."""
+        return self._shutdown.is_set()
+
     def request_shutdown(self, reason: str) -> None:
+        """Begin a graceful shutdown (idempotent)."""
         if not self._shutdown.is_set():
             log.info("shutting down: %s", reason)
             self._shutdown.set()
 
     async def _stop(self) -> None:
+        """Drain, then stop components; bounded by `server.shutdown_timeout`.
+
+        On cancellation (a forced exit) the remaining steps are skipped.
+        """
         self.notifier.stopping()
         self.server.stop_accepting()
         timeout = self.config.server.shutdown_timeout
+        deadline = time.monotonic() + timeout
         if not await self.server.drain(timeout):
             log.warning(
                 "%d requests still running after %gs; cancelling them",
@@ -166,30 +205,41 @@ class Daemon:
                 timeout,
             )
         self.server.close_connections()
-        for component in reversed(self.components):
-            with anyio.move_on_after(timeout, shield=True):
+        budget = max(deadline - time.monotonic(), MIN_COMPONENT_STOP)
+        with anyio.move_on_after(budget) as scope:
+            for component in reversed(self.components):
                 try:
                     await component.stop()
                 except Exception:  # isolation boundary: one component's failure is logged
                     log.exception("stopping %s failed", component.name)
+        if scope.cancelled_caught:
+            log.warning("components did not stop within %gs", budget)
 
     def force_exit(self) -> None:
-        """Second SIGINT: skip the grace period."""
-        log.warning("second interrupt: stopping now")
+        """Skip the grace period: cancel everything now (second SIGINT)."""
+        log.warning("second interrupt: stopping now without waiting for requests")
+        self.forced = True
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
-        interrupts = 0
+    async def _signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """SIGTERM/SIGINT stop gracefully, SIGINT while stopping forces, SIGHUP reloads.
+
+        The handlers only set state or start a task; the work runs in the loop.
+        """
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._tg_start(self._reload_from_signal)
+                elif signum == signal.SIGINT and self.stopping:
+                    self.force_exit()
                 elif signum == signal.SIGINT:
-                    interrupts += 1
-                    if interrupts > 1:
-                        self.force_exit()
-                    self.request_shutdown("SIGINT")
+                    self.request_shutdown("SIGINT (interrupt again to stop at once)")
+                elif self.stopping:
+                    log.info("already shutting down; SIGINT stops at once")
                 else:
                     self.request_shutdown("SIGTERM")
 
@@ -198,10 +248,13 @@ class Daemon:
             self._tg.start_soon(fn)
 
     async def _reload_from_signal(self) -> None:
-        try:
+        if self.stopping:
+            log.info("SIGHUP ignored: shutting down")
+            return
+        log.info("SIGHUP: reloading the configuration")
+        # A bad file keeps the running config; reload() has logged why.
+        with contextlib.suppress(ConfigError):
             await self.reload()
-        except ConfigError as exc:
-            log.error("reload on SIGHUP failed; keeping the running config: %s", exc.message)
 
     async def _watchdog(self) -> None:
         """Feed systemd's watchdog from the loop itself, so a blocked loop starves it."""
@@ -225,23 +278,31 @@ class Daemon:
 
     # -- reload ----------------------------------------------------------
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, request_id: str | None = None) -> dict[str, Any]:
         """Re-read the config; a bad one keeps the running config and raises.
+
+        Settings that need a restart keep their running values and are
+        listed in the answer's `restart_required`. `request_id` tags the log
+        lines of a reload asked for over the socket.
 
         Raises:
             ConfigError: the new config failed validation (nothing changed).
         """
+        context = {"REQUEST_ID": request_id} if request_id else {}
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                loaded = await anyio.to_thread.run_sync(
-                    lambda: load_config(self._config_path, self._overrides)
-                )
-            except ConfigError:
+                loaded = await anyio.to_thread.run_sync(self._loader)
+            except ConfigError as exc:
                 self.notifier.ready(self._status_line())
+                log.error(
+                    "configuration reload failed; keeping the running config: %s",
+                    "; ".join(exc.errors),
+                    extra=context,
+                )
                 raise
             pending = restart_required(self.config, loaded.config)
-            live = _keep_restart_settings(self.config, loaded.config, pending)
+            live = keep_running_values(self.config, loaded.config, pending)
             self.loaded = dataclasses.replace(loaded, config=live)
             self.config = live
             self.pending_restart = pending
@@ -249,10 +310,21 @@ class Daemon:
             set_level(live.logging.level)
             self.server.apply_config(live.server)
             for component in self.components:
-                component.apply_config(live)
+                try:
+                    component.apply_config(live)
+                except Exception:  # isolation boundary: one component keeps its old settings
+                    log.exception("%s could not apply the reloaded config", component.name)
             for warning in loaded.warnings:
-                log.warning("%s", warning)
-            log.info("configuration reloaded from %s", ", ".join(loaded.sources) or "defaults")
+                log.warning("%s", warning, extra=context)
+            if pending:
+                log.warning(
+                    "these settings change only on restart: %s", ", ".join(pending), extra=context
+                )
+            log.info(
+                "configuration reloaded from %s",
+                ", ".join(loaded.sources) or "defaults",
+                extra=context,
+            )
             self.notifier.ready(self._status_line())
             return {
                 "reloaded": True,
@@ -262,16 +334,9 @@ class Daemon:
             }
 
 
-def _keep_restart_settings(old: Config, new: Config, keys: list[str]) -> Config:
-    """`new`, except that settings needing a restart keep their running values."""
-    result = new
-    for key in keys:
-        if "." not in key:
-            result = dataclasses.replace(result, **{key: getattr(old, key)})
-            continue
-        section, name = key.split(".", 1)
-        merged = dataclasses.replace(
-            getattr(result, section), **{name: getattr(getattr(old, section), name)}
-        )
-        result = dataclasses.replace(result, **{section: merged})
-    return result
+def _socket_name(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return ""
+    return name if isinstance(name, str) else ""

@@ -66,7 +66,7 @@ def core_methods(daemon: Daemon) -> list[Method]:
         }
 
     async def config_reload(call: Call) -> dict[str, Any]:
-        return await daemon.reload()
+        return await daemon.reload(request_id=call.request_id)
 
     async def shutdown(call: Call) -> dict[str, Any]:
         daemon.request_shutdown(f"requested by uid {call.peer.uid} pid {call.peer.pid}")

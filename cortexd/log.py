@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from cortexd.config import LoggingConfig
 
 ROOT_LOGGER = "cortexd"
 SYSLOG_IDENTIFIER = "cortexd"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 LEVELS: dict[str, int] = {
     "DEBUG": logging.DEBUG,
@@ -70,11 +72,18 @@ class StderrFormatter(logging.Formatter):
 
 
 class JournalHandler(logging.Handler):
-    """Send records to journald with `COMPONENT`, `PRIORITY` and context fields."""
+    """Send records to journald with `COMPONENT`, `PRIORITY` and context fields.
 
-    def __init__(self, send: Callable[..., Any]) -> None:
+    If journald goes away (its socket refuses), records go to `fallback`
+    (stderr) as readable lines rather than being lost or printing a traceback
+    per record.
+    """
+
+    def __init__(self, send: Callable[..., Any], fallback: TextIO | None = None) -> None:
         super().__init__()
         self._send = send
+        self._fallback = fallback
+        self._formatter = StderrFormatter()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -92,8 +101,18 @@ class JournalHandler(logging.Handler):
             if record.exc_info:
                 message = f"{message}\n{logging.Formatter().formatException(record.exc_info)}"
             self._send(message, **fields)
+        except OSError:
+            self._write_fallback(record)
         except Exception:  # a logging failure must never take the caller down
             self.handleError(record)
+
+    def _write_fallback(self, record: logging.LogRecord) -> None:
+        stream = self._fallback or sys.stderr
+        try:
+            stream.write(self._formatter.format(record) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone too; nothing left to tell
 
 
 def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | None = None) -> bool:
@@ -111,11 +130,25 @@ def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | No
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+def journald_listening(path: str = JOURNAL_SOCKET) -> bool:
+    """True when journald accepts datagrams on `path` (a stale socket file is not enough)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def setup_logging(config: LoggingConfig, level_override: str | None = None) -> str:
     """Point the `cortexd` logger at the journal or stderr; returns the target chosen.
 
-    Logging configuration is process-wide by nature; this is called only from
-    the entry point and on reload.
+    `logging.target: journal` falls back to stderr, with a warning there,
+    when journald does not answer or systemd-python is missing. Logging
+    configuration is process-wide by nature; this is called only from the
+    entry point.
     """
     root = logging.getLogger(ROOT_LOGGER)
     root.setLevel(LEVELS[level_override or config.level])
@@ -124,13 +157,19 @@ def setup_logging(config: LoggingConfig, level_override: str | None = None) -> s
     if target == "auto":
         target = "journal" if stderr_is_journal() else "stderr"
     handler: logging.Handler | None = None
+    problem = ""
     if target == "journal":
         try:
             from systemd import journal  # type: ignore[attr-defined]  # only for the journal
         except ImportError:
-            target = "stderr"
+            problem = "systemd-python is not installed"
         else:
-            handler = JournalHandler(journal.send)
+            if journald_listening():
+                handler = JournalHandler(journal.send)
+            else:
+                problem = f"journald does not answer on {JOURNAL_SOCKET}"
+        if handler is None:
+            target = "stderr"
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(StderrFormatter())
@@ -138,8 +177,11 @@ def setup_logging(config: LoggingConfig, level_override: str | None = None) -> s
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
+    if problem:
+        root.warning("logging to stderr instead of the journal: %s", problem)
     return target
 
 
 def set_level(level: str) -> None:
+    """Change the daemon's log level (on reload)."""
     logging.getLogger(ROOT_LOGGER).setLevel(LEVELS[level])

@@ -1,51 +1,60 @@
 """`cortexd` entry point: parse flags, load config, set up logging, run.
 
 Exit codes: 0 clean stop, 1 start-up or runtime failure, 2 bad usage or
-invalid configuration.
+invalid configuration, 130 stopped by a second interrupt before in-flight
+work finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Any
 
 import anyio
 
 from cortexd import __version__
-from cortexd.config import load_config
-from cortexd.config.schema import LoggingConfig
+from cortexd.config import SYSTEM_CONFIG, load_config
 from cortexd.log import LEVELS, setup_logging
 from cortexd.protocol import ConfigError, CortexError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 log = logging.getLogger("cortexd.main")
 
+_LEVEL_CHOICES = sorted({*LEVELS, "WARNING"})
+
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of `cortexd`."""
     parser = argparse.ArgumentParser(
         prog="cortexd",
         description="Host health, alerting, repair and local inference daemon.",
-        epilog="Configuration: /etc/cortex/daemon.conf, ~/.cortex/daemon.conf, "
-        "CORTEXD_SECTION__KEY environment variables; see docs/config.md.",
+        epilog=f"Configuration: {SYSTEM_CONFIG}, ~/.cortex/daemon.conf, "
+        "CORTEXD_SECTION__KEY environment variables, then these flags; see docs/config.md. "
+        "Exit codes: 0 stopped cleanly, 1 failed, 2 bad usage or configuration.",
     )
     parser.add_argument("--config", metavar="PATH", help="read only this config file")
     parser.add_argument("--socket", metavar="PATH", help="socket path (server.socket_path)")
-    parser.add_argument("--log-level", choices=sorted(LEVELS), type=str.upper, help="logging.level")
+    parser.add_argument("--log-level", choices=_LEVEL_CHOICES, type=str.upper, help="logging.level")
     parser.add_argument("--model", metavar="PATH", help="GGUF model (inference.model_path)")
     parser.add_argument("--state-dir", metavar="PATH", help="state directory (state_dir)")
     parser.add_argument(
-        "--check-config", action="store_true", help="validate the configuration and exit"
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print problems and exit (2 when invalid)",
     )
     parser.add_argument("--version", action="version", version=f"cortexd {__version__}")
     return parser
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The config layer the command-line flags make (highest precedence)."""
     out: dict[str, Any] = {}
     if args.socket:
         out.setdefault("server", {})["socket_path"] = args.socket
@@ -59,6 +68,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the daemon in the foreground; returns the process exit code."""
     args = build_parser().parse_args(argv)
     overrides = overrides_from(args)
     try:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"configuration OK ({', '.join(loaded.sources) or 'defaults'})")
         return EXIT_OK
-    setup_logging(loaded.config.logging or LoggingConfig())
+    setup_logging(loaded.config.logging)
     for warning in loaded.warnings:
         log.warning("%s", warning)
 
@@ -82,15 +92,35 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(loaded, config_path=args.config, overrides=overrides)
     try:
         anyio.run(daemon.run)
-    except CortexError as exc:
-        log.error("cannot start: %s", exc.message)
-        return EXIT_FAILURE
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
-    return EXIT_OK
+    except KeyboardInterrupt:  # an interrupt before the signal handlers were in place
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        return _report_failure(group)
+    except (CortexError, OSError) as exc:
+        return _report_failure(exc)
+    return EXIT_INTERRUPTED if daemon.forced else EXIT_OK
+
+
+def _report_failure(error: BaseException) -> int:
+    """Log why the daemon could not run: one clear line for expected failures
+    (socket in use, unsafe path, cannot bind), a traceback for bugs."""
+    leaves = _leaves(error)
+    if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        return EXIT_INTERRUPTED
+    for exc in leaves:
+        if isinstance(exc, CortexError):
+            log.error("cannot start: %s", exc.message)
+        elif isinstance(exc, OSError):
+            log.error("cannot start: %s", exc)
+        else:
+            log.critical("cortexd failed", exc_info=exc)
+    return EXIT_FAILURE
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 if __name__ == "__main__":

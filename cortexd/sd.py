@@ -24,8 +24,15 @@ class Notifier:
 
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        address = env.get("NOTIFY_SOCKET", "")
+        self.enabled = bool(address)
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._notifier is not None:
+            # sdnotify connected a blocking socket from os.environ; use ours
+            # (from `env`, non-blocking) instead.
+            if self._notifier.socket is not None:
+                self._notifier.socket.close()
+            self._notifier.socket = _connect(address)
         self.watchdog_seconds = _watchdog_seconds(env)
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(key, None)
@@ -50,6 +57,33 @@ class Notifier:
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 
+    def close(self) -> None:
+        """Close the notification socket; later sends do nothing."""
+        if self._notifier is not None:
+            if self._notifier.socket is not None:
+                self._notifier.socket.close()
+            self._notifier = None
+
+
+def _connect(address: str) -> socket.socket | None:
+    """A non-blocking datagram socket connected to `address` (`@name` is abstract).
+
+    Non-blocking because the sends happen on the event loop: if systemd's
+    queue is full a notification is dropped (sdnotify swallows the error),
+    which beats stalling every client. None when the address cannot be
+    reached; sdnotify then sends nothing.
+    """
+    target = "\0" + address[1:] if address.startswith("@") else address
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(target)
+    except OSError as exc:
+        log.warning("cannot reach NOTIFY_SOCKET %s: %s", address, exc)
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
 
 def _watchdog_seconds(env: MutableMapping[str, str]) -> float | None:
     usec = env.get("WATCHDOG_USEC")
@@ -67,7 +101,11 @@ def _watchdog_seconds(env: MutableMapping[str, str]) -> float | None:
 
 
 def inherited_socket(environ: MutableMapping[str, str] | None = None) -> socket.socket | None:
-    """The listening socket systemd passed (LISTEN_FDS/LISTEN_PID), if any."""
+    """The listening socket systemd passed (LISTEN_FDS/LISTEN_PID), if any.
+
+    Raises:
+        OSError: fd 3 is not a listening Unix stream socket.
+    """
     env = os.environ if environ is None else environ
     pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
@@ -85,5 +123,7 @@ def inherited_socket(environ: MutableMapping[str, str] | None = None) -> socket.
     sock = socket.socket(fileno=SD_LISTEN_FDS_START)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         raise OSError(f"inherited fd {SD_LISTEN_FDS_START} is not a Unix stream socket")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise OSError(f"inherited fd {SD_LISTEN_FDS_START} is not listening")
     os.set_inheritable(sock.fileno(), False)
     return sock

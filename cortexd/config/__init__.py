@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cortexd.config.loader import LoadedConfig, load_config
+from cortexd.config.loader import (
+    SYSTEM_CONFIG,
+    ConfigFiles,
+    LoadedConfig,
+    load_config,
+    user_config_path,
+)
 from cortexd.config.schema import (
     Config,
     InferenceConfig,
@@ -10,17 +16,28 @@ from cortexd.config.schema import (
     MonitorConfig,
     ServerConfig,
 )
-from cortexd.config.view import as_dict, redacted, restart_required
+from cortexd.config.view import (
+    as_dict,
+    is_secret_key,
+    keep_running_values,
+    redacted,
+    restart_required,
+)
 
 __all__ = [
+    "SYSTEM_CONFIG",
     "Config",
+    "ConfigFiles",
     "InferenceConfig",
     "LoadedConfig",
     "LoggingConfig",
     "MonitorConfig",
     "ServerConfig",
     "as_dict",
+    "is_secret_key",
+    "keep_running_values",
     "load_config",
     "redacted",
     "restart_required",
+    "user_config_path",
 ]

@@ -3,28 +3,32 @@
 Precedence, lowest first: built-in defaults < /etc/cortex/daemon.conf <
 ~/.cortex/daemon.conf < CORTEXD_SECTION__KEY environment < command-line
 overrides. `--config PATH` replaces both file layers with one file.
-Validation collects every problem before failing, each message naming the
-source, the key and what is wrong.
+
+Every value remembers where it came from (file and line, environment
+variable, command line), so validation — which runs once on the merged
+result and collects every problem before failing — can name the source, the
+key and what is wrong.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Literal, Union, get_args, get_origin
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import yaml
 
-from cortexd.config.schema import RESERVED_SECTIONS, SECTIONS, Config
+from cortexd.config.coerce import EnvText, Origins, build_config, kind_of, origin_of
+from cortexd.config.schema import RESERVED_SECTIONS, Config
 from cortexd.protocol import ConfigError
 
 SYSTEM_CONFIG = "/etc/cortex/daemon.conf"
-USER_CONFIG = "~/.cortex/daemon.conf"
+USER_CONFIG = os.path.join(".cortex", "daemon.conf")  # under $HOME
 ENV_PREFIX = "CORTEXD_"
+ENV_SEPARATOR = "__"
+# Names under the prefix that are not config keys.
+ENV_RESERVED = frozenset({"CORTEXD_CONFIG"})
 MAX_CONFIG_BYTES = 1 << 20
 
 # The original daemon's flat keys, kept so existing daemon.conf files load.
@@ -39,10 +43,8 @@ FLAT_ALIASES: dict[str, tuple[str, str]] = {
     "enable_journald_logging": ("logging", "target"),
     "log_level": ("logging", "level"),
 }
-_SEED_LOG_LEVELS = {0: "DEBUG", 1: "INFO", 2: "WARN", 3: "ERROR"}
-_LEVEL_SYNONYMS = {"WARNING": "WARN", "ERR": "ERROR", "CRITICAL": "ERROR"}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+# The seed numbered its levels: 0 DEBUG … 3 ERROR.
+SEED_LOG_LEVELS = {0: "DEBUG", 1: "INFO", 2: "WARN", 3: "ERROR"}
 
 Layer = dict[str, Any]
 
@@ -56,44 +58,99 @@ class LoadedConfig:
     warnings: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFiles:
+    """Which files feed the config: one explicit file, or the system and user files.
+
+    The system path is a parameter (not read from the module constant at load
+    time) so tests and packagers can point it elsewhere.
+    """
+
+    explicit: str | None = None
+    system: str = SYSTEM_CONFIG
+    user: str | None = None
+
+    def paths(self, environ: Mapping[str, str]) -> list[str]:
+        if self.explicit:
+            return [self.explicit]
+        return [self.system, self.user or user_config_path(environ)]
+
+
+def user_config_path(environ: Mapping[str, str]) -> str:
+    """~/.cortex/daemon.conf, with HOME taken from `environ`."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, USER_CONFIG)
+
+
+@dataclass(slots=True)
+class _Merged:
+    data: Layer = field(default_factory=dict)
+    origins: Origins = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def load_config(
     explicit_path: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    files: ConfigFiles | None = None,
 ) -> LoadedConfig:
     """Read every layer, merge and validate.
 
+    `explicit_path` is `--config PATH`; `files` overrides which files are read
+    (it wins over `explicit_path` when both are given); `environ` defaults to
+    the process environment.
+
     Raises:
-        ConfigError: with one message per problem (file, key, problem).
+        ConfigError: with one message per problem, each naming the source,
+            the key and the problem.
     """
     env = os.environ if environ is None else environ
-    errors: list[str] = []
-    warnings: list[str] = []
-    sources: list[str] = []
-    merged: Layer = {}
-
-    paths = [explicit_path] if explicit_path else [SYSTEM_CONFIG, os.path.expanduser(USER_CONFIG)]
-    for path in paths:
-        layer = _read_file(path, required=explicit_path is not None, errors=errors)
-        if layer is None:
-            continue
-        sources.append(path)
-        _merge(merged, _normalise(layer, path, errors, warnings))
-    env_layer = _env_layer(env, errors)
-    if env_layer:
-        sources.append("environment")
-        _merge(merged, _normalise(env_layer, "environment", errors, warnings))
+    files = files or ConfigFiles(explicit=explicit_path)
+    merged = _Merged()
+    for path in files.paths(env):
+        _load_file(merged, path, required=files.explicit is not None)
+    _load_env(merged, env)
     if overrides:
-        sources.append("command line")
-        _merge(merged, _normalise(dict(overrides), "command line", errors, warnings))
+        merged.sources.append("command line")
+        _add_layer(merged, dict(overrides), "command line", {})
+    config = build_config(merged.data, merged.origins, merged.errors, merged.warnings)
+    _warn_unknown_top_level(merged)
+    if merged.errors:
+        raise ConfigError(merged.errors)
+    return LoadedConfig(
+        config=config, sources=tuple(merged.sources), warnings=tuple(merged.warnings)
+    )
 
-    config = build_config(merged, errors)
-    if errors:
-        raise ConfigError(errors)
-    return LoadedConfig(config=config, sources=tuple(sources), warnings=tuple(warnings))
+
+def _load_file(merged: _Merged, path: str, *, required: bool) -> None:
+    text = _read_text(path, required=required, errors=merged.errors)
+    if text is None:
+        return
+    merged.sources.append(path)
+    try:
+        data = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text)) if data else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        merged.errors.append(f"{path}: invalid YAML{where}: {problem}")
+        return
+    if data is None:
+        return  # an empty file, or only comments
+    if not isinstance(data, dict):
+        merged.errors.append(
+            f"{path}: the top level must be a mapping of sections, not {kind_of(data)}"
+        )
+        return
+    _add_layer(merged, data, path, lines)
 
 
-def _read_file(path: str, *, required: bool, errors: list[str]) -> Layer | None:
+def _read_text(path: str, *, required: bool, errors: list[str]) -> str | None:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
@@ -108,183 +165,126 @@ def _read_file(path: str, *, required: bool, errors: list[str]) -> Layer | None:
         errors.append(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
         return None
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        errors.append(f"{path}: not UTF-8 text")
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        errors.append(f"{path}: invalid YAML{where}: {problem}")
-        return None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        errors.append(f"{path}: top level must be a mapping of sections, not {_kind(data)}")
-        return None
-    return data
 
 
-def _env_layer(env: Mapping[str, str], errors: list[str]) -> Layer:
-    layer: Layer = {}
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == "CORTEXD_CONFIG":
+def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """The 1-based line of every mapping key, by its path in the document."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    return lines
+
+
+def _load_env(merged: _Merged, env: Mapping[str, str]) -> None:
+    """One layer per CORTEXD_ variable, so a problem names the variable."""
+    names = sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in ENV_RESERVED)
+    if names:
+        merged.sources.append("environment")
+    for name in names:
+        parts = name[len(ENV_PREFIX) :].lower().split(ENV_SEPARATOR)
+        source = f"environment variable {name}"
+        if not all(parts):
+            merged.errors.append(f"{source}: expected CORTEXD_SECTION__KEY")
             continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        if len(path) == 1:
-            layer[path[0]] = value
-        elif len(path) == 2:
-            layer.setdefault(path[0], {})[path[1]] = value
-        else:
-            errors.append(f"environment: {name}: expected CORTEXD_SECTION__KEY")
-    return layer
+        layer: Layer = {}
+        node = layer
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = EnvText(env[name])
+        _add_layer(merged, layer, source, {})
 
 
-def _normalise(layer: Layer, source: str, errors: list[str], warnings: list[str]) -> Layer:
-    """Map flat seed keys to sections and report unknown keys."""
+def _add_layer(
+    merged: _Merged, layer: Layer, source: str, lines: dict[tuple[str, ...], int]
+) -> None:
+    normal, origins = _normalise(layer, source, lines, merged.errors)
+    _merge(merged.data, normal)
+    merged.origins.update(origins)
+
+
+def _normalise(
+    layer: Layer, source: str, lines: dict[tuple[str, ...], int], errors: list[str]
+) -> tuple[Layer, Origins]:
+    """Map the seed's flat keys to their sections and note where each key came from."""
     out: Layer = {}
-    for key, value in layer.items():
-        key = str(key)
+    origins: Origins = {}
+
+    def where(path: tuple[str, ...]) -> str:
+        line = lines.get(path)
+        return f"{source}:{line}" if line else source
+
+    for raw_key, value in layer.items():
+        key = str(raw_key)
         if key in FLAT_ALIASES:
             section, name = FLAT_ALIASES[key]
-            value = _translate_alias(key, value, source, errors)
-            out.setdefault(section, {})[name] = value
-        elif key == "state_dir":
-            out[key] = value
-        elif key in SECTIONS:
-            if not isinstance(value, dict):
-                errors.append(f"{source}: {key}: must be a mapping, not {_kind(value)}")
-                continue
-            known = {f.name for f in fields(SECTIONS[key])}
-            section_out = out.setdefault(key, {})
-            for sub, sub_value in value.items():
-                if sub not in known:
-                    warnings.append(f"{source}: {key}.{sub}: unknown key, ignored")
-                    continue
-                section_out[sub] = sub_value
-        elif key in RESERVED_SECTIONS:
-            out[key] = value
-        else:
-            warnings.append(f"{source}: {key}: unknown key, ignored")
-    return out
+            origin = where((key,))
+            translated = _translate_alias(key, value, origin, errors)
+            if not isinstance(out.get(section), dict):
+                out[section] = {}
+            out[section][name] = translated
+            origins[(section, name)] = origin
+            continue
+        out[key] = _merge_copy(out.get(key), value)
+        _note_origins(value, (key,), (key,), where, origins)
+    return out, origins
 
 
-def _translate_alias(key: str, value: Any, source: str, errors: list[str]) -> Any:
+def _note_origins(
+    value: Any,
+    source_path: tuple[str, ...],
+    path: tuple[str, ...],
+    where: Any,
+    origins: Origins,
+) -> None:
+    origins[path] = where(source_path)
+    if isinstance(value, dict):
+        for sub, sub_value in value.items():
+            _note_origins(sub_value, (*source_path, str(sub)), (*path, str(sub)), where, origins)
+
+
+def _translate_alias(key: str, value: Any, origin: str, errors: list[str]) -> Any:
+    if isinstance(value, EnvText) and key in ("log_level", "enable_journald_logging"):
+        value = value.parsed()
     if key == "log_level" and isinstance(value, int) and not isinstance(value, bool):
-        if value not in _SEED_LOG_LEVELS:
-            errors.append(f"{source}: log_level: must be 0-3, got {value}")
+        if value not in SEED_LOG_LEVELS:
+            errors.append(f"{origin}: log_level: must be 0-3, got {value}")
             return "INFO"
-        return _SEED_LOG_LEVELS[value]
+        return SEED_LOG_LEVELS[value]
     if key == "enable_journald_logging":
         if isinstance(value, bool):
             return "journal" if value else "stderr"
-        errors.append(f"{source}: enable_journald_logging: expected true or false, got {value!r}")
+        errors.append(
+            f"{origin}: enable_journald_logging: expected true or false, "
+            f"got {kind_of(value)} {value!r}"
+        )
         return "auto"
     return value
 
 
+def _merge_copy(existing: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        into = dict(existing) if isinstance(existing, dict) else {}
+        _merge(into, value)
+        return into
+    return value
+
+
 def _merge(into: Layer, layer: Layer) -> None:
+    """Deep-merge `layer` over `into`: mappings merge key by key, anything else replaces."""
     for key, value in layer.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            into[key].update(value)
-        else:
-            into[key] = dict(value) if isinstance(value, dict) else value
+        into[key] = _merge_copy(into.get(key), value)
 
 
-def build_config(merged: Layer, errors: list[str]) -> Config:
-    """Validate a merged layer into a `Config`; problems are appended to `errors`."""
-    base = Config()
-    kwargs: dict[str, Any] = {}
-    hints = typing.get_type_hints(Config)
-    if "state_dir" in merged:
-        value = _coerce(merged["state_dir"], hints["state_dir"], "state_dir", errors)
-        if value is not None:
-            kwargs["state_dir"] = os.path.expanduser(value)
-    for name, cls in SECTIONS.items():
-        given = merged.get(name, {})
-        kwargs[name] = _build_section(cls, given, name, getattr(base, name), errors)
-    return dataclasses.replace(base, **kwargs)
-
-
-def _build_section(
-    cls: type[Any], given: Layer, section: str, default: Any, errors: list[str]
-) -> Any:
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in given:
-            continue
-        key = f"{section}.{f.name}"
-        value = _coerce(given[f.name], hints[f.name], key, errors)
-        if value is None:
-            continue
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if lo is not None and value < lo:
-                errors.append(f"{key}: must be at least {lo:g}, got {value:g}")
-                continue
-            if hi is not None and value > hi:
-                errors.append(f"{key}: must be at most {hi:g}, got {value:g}")
-                continue
-        values[f.name] = value
-    return dataclasses.replace(default, **values)
-
-
-def _coerce(value: Any, hint: Any, key: str, errors: list[str]) -> Any:
-    """Return `value` as type `hint`, or None after recording why it cannot be."""
-    origin = get_origin(hint)
-    if origin is Literal:
-        choices = get_args(hint)
-        text = str(value).upper() if isinstance(value, str) else value
-        if isinstance(text, str) and all(c.isupper() for c in choices if isinstance(c, str)):
-            text = _LEVEL_SYNONYMS.get(text, text)
-        elif isinstance(value, str):
-            text = value.lower()
-        if text in choices:
-            return text
-        errors.append(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
-        return None
-    if origin in (Union, types.UnionType):
-        return _coerce(value, next(a for a in get_args(hint) if a is not type(None)), key, errors)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        errors.append(f"{key}: expected true or false, got {_kind(value)} {value!r}")
-        return None
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        errors.append(f"{key}: expected an integer, got {_kind(value)} {value!r}")
-        return None
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        errors.append(f"{key}: expected a number, got {_kind(value)} {value!r}")
-        return None
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        errors.append(f"{key}: expected a string, got {_kind(value)} {value!r}")
-        return None
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a schema bug, not input
-
-
-def _kind(value: Any) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
+def _warn_unknown_top_level(merged: _Merged) -> None:
+    known = {f.name for f in fields(Config)} | RESERVED_SECTIONS
+    for key in merged.data:
+        if key not in known:
+            origin = origin_of(merged.origins, (key,))
+            merged.warnings.append(f"{origin}: {key}: unknown key, ignored")
