@@ -19,3 +19,6 @@ def install_features(daemon: Daemon) -> None:
     # Each capability adds one line here, e.g.:
     #   from cortexd.inference.methods import install as install_inference
     #   install_inference(daemon)
+    from cortexd.inference.methods import install as install_inference
+
+    install_inference(daemon)
