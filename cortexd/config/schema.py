@@ -65,8 +65,7 @@ class MonitorConfig:
 @dataclass(frozen=True, slots=True)
 class InferenceConfig:
     model_path: str = field(default="", metadata=_bound(restart=True))
-    # Up to 16M tokens: the daemon itself refuses a KV cache that cannot fit in memory.
-    n_ctx: int = field(default=2048, metadata=_bound(16, 1 << 24, restart=True))
+    n_ctx: int = field(default=2048, metadata=_bound(16, 1 << 20, restart=True))
     n_threads: int = field(default=0, metadata=_bound(0, 1024, restart=True))
     n_batch: int = field(default=512, metadata=_bound(1, 1 << 16, restart=True))
     use_mmap: bool = field(default=True, metadata=_bound(restart=True))
