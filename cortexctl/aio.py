@@ -16,8 +16,14 @@ from typing import Any
 
 import orjson
 
-from cortexctl.client import DEFAULT_TIMEOUT, MAX_LINE, DaemonUnreachable, unreachable
-from cortexd.protocol import JSONRPC, default_socket_path, error_from_wire
+from cortexctl.client import (
+    DEFAULT_TIMEOUT,
+    LOG_HINT,
+    MAX_LINE,
+    DaemonUnreachable,
+    unreachable,
+)
+from cortexd.protocol import JSONRPC, CortexError, default_socket_path, error_from_wire
 
 
 class AsyncClient:
@@ -32,6 +38,7 @@ class AsyncClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed_error: Exception | None = None
 
     async def connect(self) -> None:
         try:
@@ -40,14 +47,20 @@ class AsyncClient:
             )
         except OSError as exc:
             raise unreachable(self.path, exc) from None
+        self._closed_error = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def close(self) -> None:
+        """Close the connection; calls still waiting fail with DaemonUnreachable."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        closed = DaemonUnreachable(self.path, "the client was closed", "open a new client")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(closed)
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):
@@ -88,6 +101,10 @@ class AsyncClient:
         if self._writer is None:
             await self.connect()
         assert self._writer is not None
+        if self._task is None or self._task.done():
+            raise self._closed_error or DaemonUnreachable(
+                self.path, "the connection is closed", "open a new client"
+            )
         req_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": JSONRPC, "id": req_id, "method": method}
         if params:
@@ -102,7 +119,9 @@ class AsyncClient:
             reply = await asyncio.wait_for(
                 future, self.timeout if reply_timeout is None else reply_timeout
             )
-        except (ConnectionError, BrokenPipeError) as exc:
+        except TimeoutError:  # an OSError too, but it means "no answer yet", not "gone"
+            raise
+        except OSError as exc:
             raise DaemonUnreachable(self.path, str(exc), "check that cortexd is running") from None
         finally:
             self._pending.pop(req_id, None)
@@ -114,7 +133,7 @@ class AsyncClient:
     async def _read_loop(self) -> None:
         assert self._reader is not None
         error: Exception = DaemonUnreachable(
-            self.path, "the daemon closed the connection", "check the daemon's log"
+            self.path, "the daemon closed the connection", "check the daemon's log: " + LOG_HINT
         )
         try:
             while True:
@@ -125,20 +144,41 @@ class AsyncClient:
                     message = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue
-                if not isinstance(message, dict):
-                    continue
-                if message.get("method") == "stream":
-                    params = message.get("params") or {}
-                    callback = self._streams.get(int(params.get("id") or 0))
-                    if callback is not None:
-                        callback(params.get("data"))
-                    continue
-                req_id = message.get("id")
-                future = self._pending.get(req_id) if isinstance(req_id, int) else None
-                if future is not None and not future.done():
-                    future.set_result(message)
+                if isinstance(message, dict):
+                    parting = self._route(message)
+                    if parting is not None:
+                        error = parting
         except (OSError, ValueError) as exc:
-            error = DaemonUnreachable(self.path, str(exc), "check the daemon's log")
+            # A reset right after a parting error line (BUSY) is expected;
+            # the parting error says more than the reset.
+            if not isinstance(error, CortexError):
+                error = DaemonUnreachable(
+                    self.path, str(exc), "check the daemon's log: " + LOG_HINT
+                )
+        self._closed_error = error
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+    def _route(self, message: dict[str, Any]) -> Exception | None:
+        """Deliver one frame; returns the error of an id-less error frame.
+
+        The daemon answers with `id: null` only when it could not tell which
+        request a frame was (BUSY on connect, TOO_LARGE): every call still
+        waiting fails with that error once the connection closes.
+        """
+        if message.get("method") == "stream":
+            params = message.get("params")
+            if isinstance(params, dict):
+                stream_id = params.get("id")
+                callback = self._streams.get(stream_id) if isinstance(stream_id, int) else None
+                if callback is not None:
+                    callback(params.get("data"))
+            return None
+        req_id = message.get("id")
+        if req_id is None and isinstance(message.get("error"), dict):
+            return error_from_wire(message["error"])
+        future = self._pending.get(req_id) if isinstance(req_id, int) else None
+        if future is not None and not future.done():
+            future.set_result(message)
+        return None

@@ -37,7 +37,18 @@ Command = Callable[[Client, argparse.Namespace, Output], int]
 COMMAND_MODULES = (core,)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command module's subcommands."""
     parser = argparse.ArgumentParser(
         prog="cortexctl",
         description="Control and query the cortexd daemon.",
@@ -49,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print JSON for programs")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="reply timeout"
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"reply timeout (default: {DEFAULT_TIMEOUT:g})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
@@ -58,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
+    """Run one command; returns the exit code (see the module docstring)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

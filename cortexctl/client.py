@@ -21,6 +21,9 @@ from cortexd.protocol import JSONRPC, InvalidRequest, default_socket_path, error
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
+# How long to look for the daemon's parting error line after a failed send.
+PARTING_READ_TIMEOUT = 0.5
+LOG_HINT = "journalctl -u cortexd (or the terminal running `make run`)"
 StreamHandler = Callable[[Any], None]
 
 
@@ -118,7 +121,13 @@ class Client:
             message["params"] = params
         self._sock.settimeout(self.timeout if timeout is None else timeout)
         try:
-            self._sock.sendall(orjson.dumps(message) + b"\n")
+            try:
+                self._sock.sendall(orjson.dumps(message) + b"\n")
+            except OSError:
+                # A daemon that refuses the connection (BUSY) or is stopping
+                # says why in a line it sent before closing: read it first.
+                self._raise_parting_error()
+                raise
             while True:
                 reply = self._read_message()
                 if reply.get("method") == "stream":
@@ -135,7 +144,21 @@ class Client:
             raise
         except OSError as exc:
             self.close()
-            raise DaemonUnreachable(self.path, f"connection failed: {exc}", "retry") from None
+            raise DaemonUnreachable(
+                self.path, f"connection failed: {exc}", "check the daemon's log: " + LOG_HINT
+            ) from None
+
+    def _raise_parting_error(self) -> None:
+        """Raise the error frame the daemon left in our buffer, if any."""
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(PARTING_READ_TIMEOUT)
+            reply = self._read_message()
+        except (OSError, DaemonUnreachable, InvalidRequest):
+            return
+        if isinstance(reply.get("error"), dict):
+            self.close()
+            raise error_from_wire(reply["error"])
 
     def _read_message(self) -> dict[str, Any]:
         assert self._sock is not None
@@ -157,6 +180,6 @@ class Client:
             if not chunk:
                 self.close()
                 raise DaemonUnreachable(
-                    self.path, "the daemon closed the connection", "check the daemon's log"
+                    self.path, "the daemon closed the connection", "check its log: " + LOG_HINT
                 )
             self._buffer += chunk

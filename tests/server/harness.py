@@ -183,6 +183,11 @@ async def serving(methods: Iterable[Method] | None = None, **limits: Any) -> Asy
             finally:
                 for conn in served.conns:
                     await conn.aclose()
+                # Let the server see those closes before cancelling it: a read
+                # woken and cancelled in the same loop iteration makes asyncio
+                # log a harmless InvalidStateError from inside anyio.
+                with anyio.move_on_after(5):
+                    await served.wait_until(lambda: stats.connections_open == 0)
                 server.close_connections()
     finally:
         remove_socket(bound)
