@@ -26,13 +26,15 @@ class Notifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
         self.enabled = bool(address)
-        self._notifier = sdnotify.SystemdNotifier() if self.enabled else None
-        if self._notifier is not None:
-            # sdnotify connected a blocking socket from os.environ; use ours
-            # (from `env`, non-blocking) instead.
-            if self._notifier.socket is not None:
-                self._notifier.socket.close()
-            self._notifier.socket = _connect(address)
+        self._notifier: sdnotify.SystemdNotifier | None = None
+        if self.enabled:
+            # sdnotify's constructor connects a blocking socket to the address
+            # in os.environ (and leaks it when that is unset); we give it our
+            # own non-blocking socket to the address in `env` instead.
+            notifier = sdnotify.SystemdNotifier.__new__(sdnotify.SystemdNotifier)
+            notifier.debug = False
+            notifier.socket = _connect(address)
+            self._notifier = notifier
         self.watchdog_seconds = _watchdog_seconds(env)
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(key, None)

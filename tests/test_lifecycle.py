@@ -1,0 +1,493 @@
+"""The daemon's lifecycle as systemd and an operator see it, on the real process.
+
+Every test runs the real `cortexd` in a subprocess with a real datagram
+socket as NOTIFY_SOCKET (tests/daemon.py) and talks to it over its real Unix
+socket. The drain tests need a request that stays in flight for as long as the
+test wants, and no built-in method does that yet; they run the real entry
+point (`cortexd.main.main`) from a small launcher that registers one extra
+method, `test.gate`, which waits until a file exists. Everything else — the
+signal handling, the drain, the exit code — is the daemon's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from cortexd import __version__
+from cortexd.sd import Notifier
+from tests.daemon import (
+    READY_TIMEOUT,
+    DaemonProcess,
+    NotifyListener,
+    base_config,
+    merge,
+    running_daemon,
+    short_tmpdir,
+    spawn,
+)
+
+# Generous bounds for a shared two-core machine: they catch hangs, not slowness.
+WAIT = 30.0
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+GATE_LAUNCHER = """
+import sys
+
+import anyio
+
+from cortexd import app
+from cortexd.main import main
+from cortexd.server import Method, Param
+
+_build = app.Daemon.__init__
+
+
+async def gate(call):
+    # Stays in flight until the test creates the file.
+    while not await anyio.Path(call.params["path"]).exists():
+        await anyio.sleep(0.02)
+    return {"opened": call.params["path"]}
+
+
+def _build_with_gate(self, *args, **kwargs):
+    _build(self, *args, **kwargs)
+    self.registry.add(
+        [Method("test.gate", gate, params=(Param("path", str, required=True),), timeout=300)]
+    )
+
+
+app.Daemon.__init__ = _build_with_gate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# -- helpers -------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def wait_sequence(
+    notify: NotifyListener, keys: list[str], start: int, timeout: float = WAIT
+) -> None:
+    """Wait until `keys` arrive in this order among the messages after index `start`."""
+
+    def present(_message: dict[str, str]) -> bool:
+        with notify._cond:
+            seen = [k for m in notify.messages[start:] for k in m if k in keys]
+        it = iter(seen)
+        return all(k in it for k in keys)
+
+    notify.wait_for(present, timeout)
+
+
+def count(notify: NotifyListener, key: str) -> int:
+    with notify._cond:
+        return sum(1 for m in notify.messages if key in m)
+
+
+class Conn:
+    """One raw client connection: send requests, collect answers by id."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(path)
+        self.buffer = b""
+        self.answers: dict[Any, dict[str, Any]] = {}
+        self.closed = False
+
+    def send(self, req_id: int, method: str, params: dict[str, Any] | None = None) -> None:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": req_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.sock.sendall(orjson.dumps(message) + b"\n")
+
+    def answer(self, req_id: int) -> dict[str, Any]:
+        while req_id not in self.answers:
+            if self.closed:
+                raise AssertionError(f"connection closed before answer {req_id}: {self.answers}")
+            self._read()
+        return self.answers[req_id]
+
+    def read_until_closed(self) -> None:
+        while not self.closed:
+            self._read()
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            self.closed = True
+            return
+        self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            message = orjson.loads(line)
+            self.answers[message.get("id")] = message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def gated_daemon(config: dict[str, Any]) -> Iterator[DaemonProcess]:
+    """The real daemon plus the `test.gate` method (see the module docstring)."""
+    workdir = short_tmpdir()
+    cfg = merge(base_config(workdir), config)
+    proc, notify, config_path, log_path = spawn(
+        workdir, cfg, command=[sys.executable, "-c", GATE_LAUNCHER]
+    )
+    daemon = DaemonProcess(
+        proc=proc,
+        socket_path=cfg["server"]["socket_path"],
+        config_path=config_path,
+        state_dir=cfg["state_dir"],
+        workdir=workdir,
+        notify=notify,
+        log_path=log_path,
+    )
+    try:
+        try:
+            notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"daemon never became ready; log:\n{daemon.log()}") from None
+        yield daemon
+    finally:
+        daemon.stop()
+        notify.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def current_config(daemon: DaemonProcess) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(Path(daemon.config_path).read_text())
+    return loaded
+
+
+def error_of(conn_answer: dict[str, Any]) -> dict[str, Any]:
+    assert "error" in conn_answer, conn_answer
+    error: dict[str, Any] = conn_answer["error"]
+    return error
+
+
+# -- start-up and readiness -----------------------------------------------
+
+
+def test_ready_is_sent_once_the_socket_accepts_with_a_status_line() -> None:
+    with running_daemon(wait_ready=False) as daemon:
+        ready = daemon.notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
+        # Connecting the moment READY arrives must work: the socket listens first.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(WAIT)
+            sock.connect(daemon.socket_path)
+            sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+            assert b'"pong":true' in sock.recv(65536)
+        assert daemon.socket_path in ready["STATUS"]
+        assert ready["MAINPID"] == str(daemon.proc.pid)
+        assert daemon.notify.keys()[0] == "READY"
+
+
+def test_watchdog_keeps_being_fed_at_half_the_period() -> None:
+    # 200 ms period → a WATCHDOG=1 about every 100 ms from the event loop.
+    with running_daemon(env={"WATCHDOG_USEC": "200000"}) as daemon:
+        daemon.notify.wait_for(lambda m: m.get("WATCHDOG") == "1", WAIT)
+        wait_until(lambda: count(daemon.notify, "WATCHDOG") >= 5, what="5 watchdog pings")
+        before = count(daemon.notify, "WATCHDOG")
+        # Still alive and still feeding after serving requests.
+        assert daemon.call("ping")["pong"] is True
+        wait_until(lambda: count(daemon.notify, "WATCHDOG") >= before + 5, what="more pings")
+
+
+def test_no_watchdog_pings_when_systemd_did_not_ask_for_them() -> None:
+    with running_daemon() as daemon:
+        daemon.call("status")
+        assert daemon.stop() == 0
+        seen = daemon.notify.keys()
+        assert "STOPPING" in seen
+        assert "WATCHDOG" not in seen
+
+
+def test_watchdog_period_belongs_to_the_watched_pid_only() -> None:
+    assert Notifier({"WATCHDOG_USEC": "2000000"}).watchdog_seconds == 2.0
+    other_pid = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert Notifier(other_pid).watchdog_seconds is None
+    assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_seconds is None
+
+
+def test_notifier_consumes_its_environment() -> None:
+    env = {"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "1000000"}
+    notifier = Notifier(env)
+    notifier.ready("serving")  # an unreachable address is not an error
+    notifier.close()
+    assert env == {}
+
+
+# -- reload ----------------------------------------------------------------
+
+
+def test_sighup_with_a_good_file_applies_it_between_reloading_and_ready() -> None:
+    with running_daemon() as daemon:
+        config = current_config(daemon)
+        config["server"]["request_timeout"] = 7.5
+        config["logging"]["level"] = "INFO"
+        daemon.write_config(config)
+        start = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        wait_sequence(daemon.notify, ["RELOADING", "READY"], start)
+        running = daemon.call("config.get")["config"]
+        assert running["server"]["request_timeout"] == 7.5
+        assert running["logging"]["level"] == "INFO"
+
+
+def test_sighup_with_a_bad_file_keeps_the_running_config_and_logs_why() -> None:
+    with running_daemon({"server": {"request_timeout": 4.0}}) as daemon:
+        Path(daemon.config_path).write_text("server:\n  request_timeout: [1, 2\n")
+        start = len(daemon.notify.messages)
+        daemon.signal(signal.SIGHUP)
+        wait_sequence(daemon.notify, ["RELOADING", "READY"], start)
+        assert daemon.call("config.get")["config"]["server"]["request_timeout"] == 4.0
+        assert daemon.call("ping")["pong"] is True
+        wait_until(lambda: "reload failed" in daemon.log(), what="the failure in the log")
+        log = daemon.log()
+        assert f"{daemon.config_path}: invalid YAML at line 3" in log
+        assert "ERROR" in log
+
+
+def test_config_reload_with_a_bad_file_answers_config_error_naming_file_key_problem() -> None:
+    with running_daemon() as daemon:
+        config = current_config(daemon)
+        config["server"]["request_timeout"] = "soon"
+        config["logging"]["level"] = "LOUD"
+        daemon.write_config(config)
+        conn = Conn(daemon.socket_path)
+        conn.send(1, "config.reload")
+        error = error_of(conn.answer(1))
+        conn.close()
+        assert error["code"] == -32011
+        assert error["data"]["name"] == "CONFIG_ERROR"
+        problems = error["data"]["errors"]
+        assert any(
+            p.startswith(f"{daemon.config_path}:")
+            and "server.request_timeout" in p
+            and "expected a number" in p
+            for p in problems
+        ), problems
+        assert any(
+            "logging.level" in p and "must be one of DEBUG, INFO, WARN, ERROR" in p
+            for p in problems
+        ), problems
+        # The running config is untouched and the daemon serves on.
+        assert daemon.call("config.get")["config"]["server"]["request_timeout"] == 5.0
+        assert daemon.call("ping")["pong"] is True
+
+
+def test_settings_that_need_a_restart_are_reported_and_not_applied() -> None:
+    with running_daemon() as daemon:
+        config = current_config(daemon)
+        moved = os.path.join(daemon.workdir, "moved.sock")
+        config["server"]["socket_path"] = moved
+        config["server"]["request_timeout"] = 6.0  # this one applies live
+        config["inference"] = {"n_ctx": 4096}
+        daemon.write_config(config)
+        result = daemon.call("config.reload")
+        assert sorted(result["restart_required"]) == ["inference.n_ctx", "server.socket_path"]
+        running = daemon.call("config.get")
+        assert running["config"]["server"]["socket_path"] == daemon.socket_path
+        assert running["config"]["inference"]["n_ctx"] == 2048
+        assert running["config"]["server"]["request_timeout"] == 6.0
+        assert sorted(running["restart_required"]) == ["inference.n_ctx", "server.socket_path"]
+        assert sorted(daemon.call("status")["restart_required"]) == [
+            "inference.n_ctx",
+            "server.socket_path",
+        ]
+        assert not os.path.exists(moved)
+
+
+def test_config_reload_alias_and_status_after_reload() -> None:
+    with running_daemon() as daemon:
+        result = daemon.call("config_reload")
+        assert result["reloaded"] is True
+        assert result["sources"] == [daemon.config_path]
+        assert result["restart_required"] == []
+
+
+# -- shutdown ----------------------------------------------------------------
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket_it_created() -> None:
+    with running_daemon() as daemon:
+        daemon.call("ping")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(WAIT) == 0
+        wait_sequence(daemon.notify, ["READY", "STOPPING"], 0)
+        assert not os.path.exists(daemon.socket_path)
+        assert "stopped" in daemon.log()
+
+
+def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused() -> None:
+    with gated_daemon({"server": {"shutdown_timeout": 60}}) as daemon:
+        gate = os.path.join(daemon.workdir, "gate")
+        busy = Conn(daemon.socket_path)
+        other = Conn(daemon.socket_path)
+        busy.send(1, "test.gate", {"path": gate})
+        wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
+
+        daemon.signal(signal.SIGTERM)
+        daemon.notify.wait_for(lambda m: m.get("STOPPING") == "1", WAIT)
+        busy.send(2, "config.get")
+        other.send(3, "config.get")
+        late = Conn(daemon.socket_path)  # connects during the drain
+        late.send(4, "config.get")
+        for conn, req_id in ((busy, 2), (other, 3), (late, 4)):
+            error = error_of(conn.answer(req_id))
+            assert error["code"] == -32007
+            assert error["data"]["name"] == "SHUTTING_DOWN"
+        # status still answers while draining, and shows the request in flight.
+        other.send(5, "status")
+        assert other.answer(5)["result"]["components"]["server"]["state"] == "stopping"
+        assert daemon.proc.poll() is None
+
+        Path(gate).touch()
+        assert busy.answer(1)["result"] == {"opened": gate}
+        assert daemon.wait(WAIT) == 0
+        for conn in (busy, other, late):
+            conn.close()
+        assert not os.path.exists(daemon.socket_path)
+
+
+def test_requests_still_running_at_the_shutdown_timeout_are_cancelled() -> None:
+    with gated_daemon({"server": {"shutdown_timeout": 1}}) as daemon:
+        gate = os.path.join(daemon.workdir, "never")
+        busy = Conn(daemon.socket_path)
+        busy.send(1, "test.gate", {"path": gate})
+        wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
+        daemon.signal(signal.SIGTERM)
+        # Exits on its own after the 1 s grace (the bound here only catches a hang).
+        assert daemon.wait(WAIT) == 0
+        busy.read_until_closed()
+        busy.close()
+        assert 1 not in busy.answers or "error" in busy.answers[1]
+        assert "still running after 1s; cancelling" in daemon.log()
+
+
+def test_a_second_sigint_stops_at_once() -> None:
+    with gated_daemon({"server": {"shutdown_timeout": 300}}) as daemon:
+        busy = Conn(daemon.socket_path)
+        busy.send(1, "test.gate", {"path": os.path.join(daemon.workdir, "never")})
+        wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
+        daemon.signal(signal.SIGINT)
+        daemon.notify.wait_for(lambda m: m.get("STOPPING") == "1", WAIT)
+        assert daemon.proc.poll() is None  # the first interrupt waits for the request
+        daemon.signal(signal.SIGINT)
+        # Far inside the 300 s grace period the first interrupt would have allowed.
+        assert daemon.wait(WAIT) == EXIT_INTERRUPTED
+        busy.close()
+        assert not os.path.exists(daemon.socket_path)
+        assert "stopping now" in daemon.log()
+
+
+def test_shutdown_method_stops_the_daemon() -> None:
+    with running_daemon() as daemon:
+        result = daemon.call("shutdown")
+        assert result["shutting_down"] is True
+        assert daemon.wait(WAIT) == 0
+        seen = daemon.notify.keys()
+        assert "STOPPING" in seen
+
+
+# -- the socket path ---------------------------------------------------------
+
+
+def _spawn_plain(workdir: str, socket_path: str) -> tuple[subprocess.Popen[bytes], str]:
+    cfg = merge(base_config(workdir), {"server": {"socket_path": socket_path}})
+    proc, notify, _config, log_path = spawn(workdir, cfg)
+    try:
+        proc.wait(WAIT)
+    finally:
+        notify.close()
+    return proc, Path(log_path).read_text()
+
+
+def test_refuses_to_start_when_a_live_daemon_answers_on_the_path() -> None:
+    with running_daemon() as first:
+        workdir = short_tmpdir()
+        try:
+            proc, log = _spawn_plain(workdir, first.socket_path)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        assert proc.returncode == EXIT_FAILURE
+        assert f"cannot start: a daemon is already serving on {first.socket_path}" in log
+        # The first daemon keeps its socket and keeps serving.
+        assert first.call("ping")["pong"] is True
+
+
+def test_a_stale_socket_file_is_replaced() -> None:
+    outer = short_tmpdir()
+    try:
+        path = os.path.join(outer, "stale.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+            dead.bind(path)  # a socket file nobody listens on, as after a crash
+        with running_daemon({"server": {"socket_path": path}}) as daemon:
+            assert daemon.call("ping")["pong"] is True
+            assert "removing stale socket" in daemon.log()
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def test_a_path_that_is_not_a_socket_is_refused_and_left_alone() -> None:
+    workdir = short_tmpdir()
+    try:
+        path = os.path.join(workdir, "precious")
+        Path(path).write_text("not a socket\n")
+        proc, log = _spawn_plain(workdir, path)
+        assert proc.returncode == EXIT_FAILURE
+        assert f"{path} exists and is not a socket" in log
+        assert Path(path).read_text() == "not a socket\n"
+        assert stat.S_ISREG(os.lstat(path).st_mode)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- status ------------------------------------------------------------------
+
+
+def test_status_reports_what_an_operator_needs() -> None:
+    with running_daemon() as daemon, daemon.client() as client:
+        client.call("ping")
+        conn = Conn(daemon.socket_path)
+        conn.send(1, "config.get", {"section": 7})  # wrong type → INVALID_PARAMS
+        assert error_of(conn.answer(1))["data"]["name"] == "INVALID_PARAMS"
+        status = client.call("status")
+        conn.close()
+    assert status["version"] == __version__
+    assert status["pid"] == daemon.proc.pid
+    assert status["uptime_seconds"] > 0
+    assert status["config_sources"] == [daemon.config_path]
+    server = status["components"]["server"]
+    assert server["state"] == "running"
+    assert server["socket"] == daemon.socket_path
+    assert server["inherited_socket"] is False
+    stats = status["server"]
+    assert stats["connections_open"] >= 2  # the client and the raw connection
+    assert stats["methods"]["ping"]["requests"] >= 1
+    assert stats["methods"]["config.get"]["errors"] == {"INVALID_PARAMS": 1}
+    assert stats["errors_total"] >= 1
