@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import resource
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -236,7 +237,11 @@ def _kv_per_token(meta: dict[str, Any], arch: str) -> int | None:
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still allocate: MemAvailable, capped by the cgroup limit."""
+    """Bytes this process can still allocate.
+
+    The least of MemAvailable, the cgroup's headroom (the unit's MemoryMax) and
+    the address-space limit's headroom (LimitAS / `prlimit --as`).
+    """
     found: list[int] = []
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
@@ -247,7 +252,20 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     found.extend(_cgroup_headroom())
+    found.extend(_address_space_headroom())
     return min(found) if found else None
+
+
+def _address_space_headroom() -> list[int]:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return []
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return []
+    return [max(0, soft - size)]
 
 
 def _cgroup_headroom() -> list[int]:

@@ -1,0 +1,58 @@
+"""Fixtures for the inference tests: the real model, real daemons serving it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.daemon import DaemonProcess, running_daemon
+
+MODEL_ENV = "CORTEX_TEST_MODEL"
+READY_DEADLINE = 60.0
+POLL = 0.02
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The SmolLM2 GGUF `make test` fetches (CORTEX_TEST_MODEL)."""
+    path = os.environ.get(MODEL_ENV, "")
+    if not path or not os.path.isfile(path):
+        pytest.skip(f"{MODEL_ENV} does not name a model file; run the tests with `make test`")
+    return path
+
+
+def wait_state(d: DaemonProcess, states: set[str], deadline: float = READY_DEADLINE) -> Any:
+    """Poll model.status until its state is one of `states`; return the status."""
+    end = time.monotonic() + deadline
+    while True:
+        status = d.call("model.status")
+        if status["state"] in states:
+            return status
+        if time.monotonic() > end:
+            raise AssertionError(f"model never reached {states}: {status}\n{d.log()[-3000:]}")
+        time.sleep(POLL)
+
+
+def wait_for(predicate: Any, deadline: float = 30.0) -> Any:
+    """Poll `predicate()` until it returns something truthy."""
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(POLL)
+
+
+@pytest.fixture(scope="module")
+def model_daemon(model_path: str) -> Iterator[DaemonProcess]:
+    """One daemon serving the model with a queue of one, shared by a module's tests."""
+    config = {"inference": {"model_path": model_path, "n_threads": 1, "queue_depth": 1}}
+    with running_daemon(config) as d:
+        wait_state(d, {"ready"})
+        yield d
