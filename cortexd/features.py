@@ -22,3 +22,7 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.inference.methods import install as install_inference
 
     install_inference(daemon)
+    from cortexd.alerts.methods import install as install_alerts
+    from cortexd.monitor.methods import install as install_monitor
+
+    install_monitor(daemon, install_alerts(daemon))

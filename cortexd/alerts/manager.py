@@ -112,7 +112,7 @@ class AlertManager:
         self._recent = {a.fingerprint: a for a in recent}
         self._silences = {s.id: s for s in silences}
         self._state = "running"
-        log.info("alerts: %d open, %d silences loaded", len(self._open), len(self._silences))
+        log.info("%d open alerts, %d silences loaded", len(self._open), len(self._silences))
 
     async def start(self, tg: TaskGroup) -> None:
         await self.open()
@@ -184,7 +184,7 @@ class AlertManager:
                 k: a for k, a in self._recent.items() if (a.resolved_at or 0) >= horizon
             }
         if deleted:
-            log.info("alerts: pruned %d old alerts", deleted)
+            log.info("pruned %d old alerts", deleted)
         return deleted
 
     async def _save(self, alerts: list[Alert]) -> None:
@@ -229,7 +229,7 @@ class AlertManager:
                 self.dropped_over_cap += 1
                 if self.dropped_over_cap == 1 or self.dropped_over_cap % 100 == 0:
                     log.warning(
-                        "alerts: active cap %d reached; %d new alerts dropped",
+                        "active alert cap %d reached; %d new alerts dropped",
                         self.config.max_active,
                         self.dropped_over_cap,
                     )

@@ -1,0 +1,393 @@
+"""Package checks on Debian: dpkg/apt state, pending updates, known CVEs.
+
+apt and dpkg are only ever asked, never changed: `apt-get check` and the
+upgrade simulation run with `Debug::NoLocking` so a check never takes (or
+waits for) the package locks an administrator's apt run holds. Package
+lists are not downloaded here; `apt_updates` reports against the lists the
+system last fetched and says how old they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cortexd.alerts.model import Severity
+from cortexd.monitor.check import Check, Finding, Status
+from cortexd.monitor.checks.commands import Runner, have, run_command
+
+DPKG_DIR = "/var/lib/dpkg"
+APT_LISTS = "/var/lib/apt/lists"
+LOCK_FILES = (
+    "/var/lib/dpkg/lock-frontend",
+    "/var/lib/dpkg/lock",
+    "/var/lib/apt/lists/lock",
+    "/var/cache/apt/archives/lock",
+)
+NO_LOCK = ("-o", "Debug::NoLocking=1")
+_INST = re.compile(
+    r"^Inst (?P<name>\S+) (?:\[(?P<old>[^\]]*)\] )?\((?P<new>\S+) (?P<origin>[^\[]*)"
+)
+
+
+def _no_apt() -> Finding | None:
+    if not os.path.isdir(DPKG_DIR) or not have("dpkg") or not have("apt-get"):
+        return Finding("no dpkg/apt on this host", status=Status.SKIP)
+    return None
+
+
+# -- apt_status ---------------------------------------------------------------
+
+
+def held_locks(lock_files: Sequence[str], proc_locks: str = "/proc/locks") -> dict[str, int]:
+    """Which of `lock_files` some process holds a lock on, with its pid (from /proc/locks)."""
+    wanted: dict[tuple[int, int, int], str] = {}
+    for path in lock_files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        wanted[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = path
+    held: dict[str, int] = {}
+    with open(proc_locks, encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            parts = line.split()
+            if "->" in parts:  # a waiter, not a holder
+                continue
+            try:
+                pid = int(parts[4])
+                major, minor, inode = parts[5].split(":")
+                key = (int(major, 16), int(minor, 16), int(inode))
+            except (IndexError, ValueError):
+                continue
+            if key in wanted:
+                held[wanted[key]] = pid
+    return held
+
+
+class AptStatus(Check):
+    id = "apt_status"
+    name = "APT status"
+    category = "packages"
+    alert_category = "dependency"
+    description = "interrupted dpkg runs, half-installed packages, held package locks"
+    interval = 300.0
+    fix_id = "dpkg_configure"
+
+    def __init__(self, runner: Runner = run_command, dpkg_dir: str = DPKG_DIR) -> None:
+        self.runner = runner
+        self.dpkg_dir = dpkg_dir
+
+    def collect(self) -> list[Finding]:
+        if self.runner is run_command and (skip := _no_apt()):
+            return [skip]
+        problems: list[str] = []
+        status = Status.PASS
+        updates = os.path.join(self.dpkg_dir, "updates")
+        pending = [n for n in _listdir(updates) if n.isdigit()]
+        if pending:
+            problems.append("dpkg was interrupted; run `dpkg --configure -a`")
+            status = Status.FAIL
+        audit = self.runner(["dpkg", "--audit"], 60.0)
+        audit_text = audit.stdout.strip()
+        if audit.returncode != 0 or audit_text:
+            problems.append(f"dpkg --audit reports: {_first_line(audit_text or audit.stderr)}")
+            status = Status.FAIL
+        locks = held_locks([os.path.join(self.dpkg_dir, "lock-frontend"), *LOCK_FILES[1:]])
+        if locks:
+            held = ", ".join(f"{path} (pid {pid})" for path, pid in locks.items())
+            problems.append(f"package locks held: {held}")
+            if status is Status.PASS:
+                status = Status.WARN
+        message = "; ".join(problems) if problems else "dpkg and apt are consistent"
+        return [
+            Finding(
+                message,
+                status=status,
+                severity=Severity.ERROR if status is Status.FAIL else None,
+                details={
+                    "interrupted": bool(pending),
+                    "audit": audit_text[:2000],
+                    "locks": dict(locks),
+                },
+            )
+        ]
+
+
+class DependencyConflicts(Check):
+    id = "dependency_conflicts"
+    name = "Dependency conflicts"
+    category = "packages"
+    alert_category = "dependency"
+    description = "broken dependencies reported by `apt-get check`"
+    interval = 3600.0
+    fix_id = "apt_fix_broken"
+    fail_severity = Severity.ERROR
+
+    def __init__(self, runner: Runner = run_command) -> None:
+        self.runner = runner
+
+    def collect(self) -> list[Finding]:
+        if self.runner is run_command and (skip := _no_apt()):
+            return [skip]
+        done = self.runner(["apt-get", *NO_LOCK, "-q", "check"], 120.0)
+        text = (done.stdout + "\n" + done.stderr).strip()
+        broken = [
+            line.strip()
+            for line in text.splitlines()
+            if "Depends:" in line or "unmet" in line.lower() or line.startswith("E:")
+        ]
+        if done.returncode != 0 or broken:
+            return [
+                Finding(
+                    f"apt-get check failed: {_first_line('; '.join(broken) or text)}",
+                    status=Status.FAIL,
+                    details={"returncode": done.returncode, "problems": broken[:50]},
+                )
+            ]
+        return [Finding("no broken dependencies", status=Status.PASS, details={"problems": []})]
+
+
+# -- pending updates ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    package: str
+    current: str | None
+    candidate: str
+    origin: str
+
+    @property
+    def security(self) -> bool:
+        return "security" in self.origin.lower()
+
+
+def parse_simulation(text: str) -> list[Upgrade]:
+    """Upgrades from `apt-get -s dist-upgrade` output (its `Inst` lines)."""
+    out = []
+    for line in text.splitlines():
+        found = _INST.match(line)
+        if found:
+            out.append(
+                Upgrade(
+                    found.group("name"),
+                    found.group("old"),
+                    found.group("new"),
+                    found.group("origin").strip(),
+                )
+            )
+    return out
+
+
+class _Updates(Check):
+    category = "packages"
+    interval = 3600.0
+
+    def __init__(self, runner: Runner = run_command, lists_dir: str = APT_LISTS) -> None:
+        self.runner = runner
+        self.lists_dir = lists_dir
+
+    def pending(self) -> tuple[list[Upgrade], float | None] | Finding:
+        if self.runner is run_command and (skip := _no_apt()):
+            return skip
+        lists = [
+            n
+            for n in _listdir(self.lists_dir)
+            if n.endswith(
+                ("Packages", "Packages.lz4", "Packages.gz", "Packages.xz", "InRelease", "Release")
+            )
+        ]
+        if not lists:
+            return Finding(
+                "package lists were never downloaded (run apt-get update)", status=Status.SKIP
+            )
+        newest = max(os.stat(os.path.join(self.lists_dir, n)).st_mtime for n in lists)
+        done = self.runner(["apt-get", *NO_LOCK, "-s", "-q", "dist-upgrade"], 120.0)
+        if done.returncode != 0:
+            raise RuntimeError(f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}")
+        return parse_simulation(done.stdout), time.time() - newest
+
+
+class AptUpdates(_Updates):
+    id = "apt_updates"
+    name = "Pending updates"
+    alert_category = "apt_updates"
+    description = "package upgrades available from the configured sources"
+
+    def collect(self) -> list[Finding]:
+        found = self.pending()
+        if isinstance(found, Finding):
+            return [found]
+        upgrades, age = found
+        details = {
+            "pending": len(upgrades),
+            "security": sum(u.security for u in upgrades),
+            "packages": [u.package for u in upgrades[:200]],
+            "lists_age_seconds": round(age or 0),
+        }
+        if not upgrades:
+            return [Finding("no pending updates", status=Status.PASS, details=details)]
+        return [
+            Finding(
+                f"{len(upgrades)} updates pending",
+                status=Status.WARN,
+                severity=Severity.INFO,
+                details=details,
+            )
+        ]
+
+
+class SecurityUpdates(_Updates):
+    id = "security_updates"
+    name = "Security updates"
+    category = "security"
+    alert_category = "security_update"
+    description = "pending upgrades that come from a security archive"
+
+    def collect(self) -> list[Finding]:
+        found = self.pending()
+        if isinstance(found, Finding):
+            return [found]
+        upgrades, age = found
+        security = [u for u in upgrades if u.security]
+        details = {
+            "security": len(security),
+            "packages": [f"{u.package} {u.candidate}" for u in security[:200]],
+            "lists_age_seconds": round(age or 0),
+        }
+        if not security:
+            return [Finding("no pending security updates", status=Status.PASS, details=details)]
+        return [
+            Finding(
+                f"{len(security)} security updates pending",
+                status=Status.WARN,
+                severity=Severity.WARNING,
+                details=details,
+            )
+        ]
+
+
+# -- cve_scan -------------------------------------------------------------------
+
+_CVE_LINE = re.compile(
+    r"^(?P<id>(?:CVE-\d{4}-\d+|TEMP-\S+))\s+(?P<pkg>\S+)(?:\s+\((?P<flags>[^)]*)\))?\s*$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Vulnerability:
+    id: str
+    package: str
+    flags: tuple[str, ...]
+
+    @property
+    def fixed(self) -> bool:
+        return "fixed" in self.flags
+
+    @property
+    def high(self) -> bool:
+        return "high urgency" in self.flags
+
+
+def parse_debsecan(text: str) -> list[Vulnerability]:
+    """Vulnerabilities from debsecan's summary output (`CVE-… pkg (flags)` lines)."""
+    out = []
+    for line in text.splitlines():
+        found = _CVE_LINE.match(line.strip())
+        if found:
+            flags = tuple(f.strip() for f in (found.group("flags") or "").split(",") if f.strip())
+            out.append(Vulnerability(found.group("id"), found.group("pkg"), flags))
+    return out
+
+
+class CveScan(Check):
+    id = "cve_scan"
+    name = "Known vulnerabilities"
+    category = "security"
+    alert_category = "cve_found"
+    description = "CVEs affecting installed packages, from debsecan or an offline report"
+    interval = 86400.0
+
+    def __init__(self, data_path: str = "", runner: Runner = run_command) -> None:
+        self.data_path = data_path
+        self.runner = runner
+
+    def collect(self) -> list[Finding]:
+        if self.data_path:
+            try:
+                with open(self.data_path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+            except FileNotFoundError:
+                return [Finding(f"no CVE data at {self.data_path}", status=Status.SKIP)]
+            source = self.data_path
+        elif self.runner is not run_command or have("debsecan"):
+            done = self.runner(["debsecan", "--format", "summary"], 600.0)
+            if done.returncode != 0:
+                return [
+                    Finding(
+                        f"debsecan could not fetch tracker data: {_first_line(done.stderr)}",
+                        status=Status.SKIP,
+                    )
+                ]
+            text, source = done.stdout, "debsecan"
+        else:
+            return [
+                Finding(
+                    "no vulnerability data: debsecan is not installed and "
+                    "checks.cve_scan.data_path is not set",
+                    status=Status.SKIP,
+                )
+            ]
+        vulns = parse_debsecan(text)
+        fixable = [v for v in vulns if v.fixed]
+        urgent = [v for v in fixable if v.high]
+        details = {
+            "source": source,
+            "total": len(vulns),
+            "fixable": len(fixable),
+            "high_urgency_fixable": len(urgent),
+            "packages": sorted({v.package for v in fixable})[:200],
+            "cves": [v.id for v in (urgent or fixable)[:100]],
+        }
+        if urgent:
+            return [
+                Finding(
+                    f"{len(urgent)} high-urgency CVEs have fixes available "
+                    f"({len(vulns)} known in total)",
+                    status=Status.FAIL,
+                    details=details,
+                )
+            ]
+        if fixable:
+            return [
+                Finding(
+                    f"{len(fixable)} CVEs have fixes available ({len(vulns)} known in total)",
+                    status=Status.WARN,
+                    details=details,
+                )
+            ]
+        return [
+            Finding(
+                f"no fixable CVEs ({len(vulns)} known without a fix)",
+                status=Status.PASS,
+                details=details,
+            )
+        ]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return "(no output)"

@@ -1,0 +1,99 @@
+"""The `health` snapshot: figures from the latest check results in one view.
+
+Built from the results the scheduler already holds (no extra probing), so a
+`health` call is cheap. After a restart the results persisted at shutdown
+are served, marked `stale`, until each check has run again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import psutil
+
+from cortexd.monitor.check import CheckResult, Status, worst
+
+OVERALL = {
+    Status.PASS: "healthy",
+    Status.SKIP: "healthy",
+    Status.WARN: "degraded",
+    Status.ERROR: "degraded",
+    Status.FAIL: "critical",
+}
+
+
+def _details(results: dict[str, CheckResult], check_id: str) -> dict[str, Any]:
+    result = results.get(check_id)
+    return dict(result.details) if result else {}
+
+
+def build_health(
+    results: dict[str, CheckResult], alerts: dict[str, Any], now: float | None = None
+) -> dict[str, Any]:
+    """The snapshot served by `health`; `alerts` is the alert manager's `state()`."""
+    now = time.time() if now is None else now
+    cpu = _details(results, "cpu_usage")
+    load = _details(results, "cpu_load")
+    memory = _details(results, "memory")
+    swap = _details(results, "swap_usage")
+    fds = _details(results, "file_descriptors")
+    procs = _details(results, "process_count")
+    zombies = _details(results, "zombie_processes")
+    units = _details(results, "systemd_failed")
+    updates = _details(results, "apt_updates")
+    security = _details(results, "security_updates")
+    disks = [
+        {k: v for k, v in item.items() if k not in ("labels",)}
+        for item in _details(results, "disk_space").get("items", [])
+    ]
+    if "failed_units" not in units and "items" in units:
+        units = {"failed_units": [i.get("unit") for i in units["items"]]}
+    root = next((d for d in disks if d.get("mountpoint") == "/"), None)
+    fullest = max((d.get("used_percent") or 0 for d in disks), default=None)
+    statuses = [r.status for r in results.values()]
+    overall = worst(statuses) if statuses else Status.SKIP
+    stale = [r.check_id for r in results.values() if r.stale]
+    return {
+        "status": OVERALL[overall] if statuses else "unknown",
+        "timestamp": now,
+        "host": socket.gethostname(),
+        "uptime_seconds": round(now - psutil.boot_time(), 1),
+        "cpu": {
+            "usage_percent": cpu.get("usage_percent"),
+            "count": load.get("cpus") or os.cpu_count(),
+            "load_1": load.get("load_1"),
+            "load_5": load.get("load_5"),
+            "load_15": load.get("load_15"),
+            "load_15_per_cpu": load.get("load_15_per_cpu"),
+        },
+        "memory": memory or None,
+        "swap": swap or None,
+        "disks": disks,
+        "processes": {
+            "total": procs.get("processes", zombies.get("processes")),
+            "zombies": zombies.get("zombies", procs.get("zombies")),
+            "pid_max": procs.get("pid_max"),
+        },
+        "file_descriptors": fds or None,
+        "failed_units": units.get("failed_units"),
+        "updates": {
+            "pending": updates.get("pending"),
+            "security": security.get("security", updates.get("security")),
+        },
+        "alerts": {
+            "active": alerts.get("active", 0),
+            "by_severity": alerts.get("active_by_severity", {}),
+        },
+        "checks": {r.check_id: r.status.value for r in results.values()},
+        "stale_checks": stale,
+        # The original daemon's flat fields, kept for its clients.
+        "cpu_usage_percent": cpu.get("usage_percent"),
+        "memory_usage_percent": memory.get("used_percent"),
+        "disk_usage_percent": (root or {}).get("used_percent", fullest),
+        "pending_updates": updates.get("pending"),
+        "security_updates": security.get("security"),
+        "active_alerts": alerts.get("active", 0),
+    }

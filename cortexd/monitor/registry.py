@@ -1,0 +1,81 @@
+"""Builds the check instances from the config: defaults, then per-check settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cortexd.config.schema import CheckSettings, Config
+from cortexd.monitor.check import Check
+from cortexd.monitor.checks import disk, metrics, packages, system
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[[CheckSettings], Check]
+
+
+def _factories() -> dict[str, Factory]:
+    """Check id → how to build it from its settings, in the order `doctor` lists them."""
+    return {
+        "cpu_usage": lambda s: metrics.CpuUsage(),
+        "cpu_load": lambda s: metrics.CpuLoad(),
+        "memory": lambda s: metrics.Memory(),
+        "swap_usage": lambda s: metrics.SwapUsage(),
+        "disk_space": lambda s: disk.DiskSpace(include=s.include, exclude=s.exclude),
+        "file_descriptors": lambda s: metrics.FileDescriptors(),
+        "zombie_processes": lambda s: metrics.ZombieProcesses(),
+        "process_count": lambda s: metrics.ProcessCount(),
+        "systemd_failed": lambda s: system.SystemdFailed(),
+        "apt_status": lambda s: packages.AptStatus(),
+        "apt_updates": lambda s: packages.AptUpdates(),
+        "security_updates": lambda s: packages.SecurityUpdates(),
+        "cve_scan": lambda s: packages.CveScan(data_path=s.data_path),
+        "dependency_conflicts": lambda s: packages.DependencyConflicts(),
+        "time_sync": lambda s: system.TimeSync(),
+        "dns_resolution": lambda s: system.DnsResolution(
+            s.targets if s.targets is not None else system.DEFAULT_DNS_NAMES
+        ),
+        "network_connectivity": lambda s: system.NetworkConnectivity(
+            s.targets if s.targets is not None else system.DEFAULT_TARGETS
+        ),
+        "reboot_required": lambda s: system.RebootRequired(),
+    }
+
+
+def build_checks(config: Config) -> list[Check]:
+    """Every built-in check with its configured interval, timeout and thresholds."""
+    checks: list[Check] = []
+    for check_id, factory in _factories().items():
+        settings: CheckSettings = getattr(config.checks, check_id)
+        check = factory(settings)
+        apply_settings(check, settings)
+        if check_id == "cve_scan" and not config.monitor.enable_cve_scanning:
+            check.enabled = False
+        checks.append(check)
+    return checks
+
+
+def apply_settings(check: Check, settings: CheckSettings) -> None:
+    """Put one check's configured settings on the instance.
+
+    Thresholds that contradict each other (a clear level above its raise
+    level) are logged and the check keeps its defaults.
+    """
+    check.enabled = settings.enabled
+    if settings.interval_seconds is not None:
+        check.interval = settings.interval_seconds
+    if settings.timeout_seconds is not None:
+        check.timeout = settings.timeout_seconds
+    if check.thresholds is not None:
+        wanted = check.thresholds.override(
+            warning=settings.warning,
+            warning_clear=settings.warning_clear,
+            critical=settings.critical,
+            critical_clear=settings.critical_clear,
+            samples=settings.samples,
+        )
+        problems = wanted.problems()
+        if problems:
+            log.error("checks.%s: %s; keeping the defaults", check.id, "; ".join(problems))
+        else:
+            check.thresholds = wanted

@@ -1,0 +1,332 @@
+"""The monitor: runs each check at its own interval and feeds the alert manager.
+
+Every check runs once at start-up, then every `interval` seconds. `collect()`
+runs on a worker thread; at most `doctor.max_parallel` checks run at once,
+each bounded by its timeout (`doctor.timeout_seconds` unless the check sets
+its own). A timeout or an exception is that check's ERROR, never the
+daemon's: a check that stays ERROR three runs in a row raises one WARNING
+alert about itself. A run of a check already running waits for that run
+instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.alerts.model import Severity, fingerprint
+from cortexd.config.schema import Config
+from cortexd.monitor.check import Check, CheckResult, Finding, Status, worst
+from cortexd.monitor.thresholds import LevelTracker
+from cortexd.protocol import CortexError
+
+log = logging.getLogger(__name__)
+
+ERRORS_BEFORE_ALERT = 3
+MAX_IDLE = 1.0
+SNAPSHOT_KEY = "monitor.results"
+# Threads of checks that ran past their timeout keep running until their own
+# subprocess timeouts end them; this bounds how many such threads can pile up.
+THREADS_PER_SLOT = 4
+
+Builder = Callable[[Config], list[Check]]
+
+
+class Monitor:
+    """Schedules the checks, grades their findings and raises or resolves alerts."""
+
+    name = "monitor"
+
+    def __init__(
+        self,
+        config: Config,
+        build: Builder,
+        alerts: AlertManager,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._build = build
+        self.alerts = alerts
+        self.clock = clock
+        self.checks: dict[str, Check] = {c.id: c for c in build(config)}
+        self.results: dict[str, CheckResult] = {}
+        self._trackers: dict[tuple[str, str], LevelTracker] = {}
+        self._subjects: dict[str, dict[str, dict[str, str]]] = {}
+        self._errors: dict[str, int] = {}
+        self._running: dict[str, anyio.Event] = {}
+        self._sem = anyio.Semaphore(config.doctor.max_parallel)
+        self._threads = anyio.CapacityLimiter(config.doctor.max_parallel * THREADS_PER_SLOT)
+        self._due: dict[str, float] = {}
+        self._tg: TaskGroup | None = None
+        self._state = "starting"
+        self.runs = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        await self._load_snapshot()
+        tg.start_soon(self._loop)
+        self._state = "running"
+
+    def apply_config(self, config: Config) -> None:
+        """Take new intervals, thresholds and lists; graded levels carry over."""
+        self.config = config
+        self.checks = {c.id: c for c in self._build(config)}
+        for (check_id, _), tracker in self._trackers.items():
+            check = self.checks.get(check_id)
+            if check is not None and check.thresholds is not None:
+                tracker.thresholds = check.thresholds
+        self._due = {k: v for k, v in self._due.items() if k in self.checks}
+
+    async def stop(self) -> None:
+        """Persist the last results so `health` has them after a restart."""
+        self._state = "stopped"
+        payload = orjson.dumps([r.to_dict() for r in self.results.values()])
+        try:
+            await self.alerts.put_blob(SNAPSHOT_KEY, payload)
+        except Exception:  # isolation boundary: shutdown goes on without the snapshot
+            log.exception("could not persist the health snapshot")
+
+    async def _load_snapshot(self) -> None:
+        try:
+            raw = await self.alerts.get_blob(SNAPSHOT_KEY)
+            if raw:
+                for item in orjson.loads(raw):
+                    result = CheckResult.from_dict(item, stale=True)
+                    if result.check_id in self.checks:
+                        self.results[result.check_id] = result
+        except Exception:  # isolation boundary: a bad snapshot only costs history
+            log.exception("could not load the last health snapshot")
+
+    def state(self) -> dict[str, Any]:
+        statuses = {s.value: 0 for s in Status}
+        for result in self.results.values():
+            statuses[result.status.value] += 1
+        return {
+            "state": self._state,
+            "checks": len(self.checks),
+            "running": sorted(self._running),
+            "runs": self.runs,
+            "statuses": statuses,
+            "max_parallel": self.config.doctor.max_parallel,
+        }
+
+    # -- scheduling ------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for check in list(self.checks.values()):
+                due = self._due.get(check.id, now)
+                if due <= now and check.id not in self._running:
+                    self._due[check.id] = now + check.interval
+                    assert self._tg is not None
+                    self._tg.start_soon(self._scheduled, check)
+            upcoming = min(self._due.values(), default=now + MAX_IDLE)
+            await anyio.sleep(max(0.01, min(MAX_IDLE, upcoming - time.monotonic())))
+
+    async def _scheduled(self, check: Check) -> None:
+        try:
+            await self.run_check(check)
+        except Exception:  # isolation boundary: grading/alerting bugs never stop the loop
+            log.exception("monitor: handling %s failed", check.id)
+
+    async def run_many(self, checks: Iterable[Check]) -> list[CheckResult]:
+        """Run `checks` now (at most max_parallel at once); results in the given order."""
+        chosen = list(checks)
+        out: dict[str, CheckResult] = {}
+
+        async def one(check: Check) -> None:
+            out[check.id] = await self.run_check(check)
+
+        async with anyio.create_task_group() as tg:
+            for check in chosen:
+                tg.start_soon(one, check)
+        return [out[c.id] for c in chosen]
+
+    async def run_check(self, check: Check) -> CheckResult:
+        """Run one check now, grade it and update alerts; returns its result."""
+        running = self._running.get(check.id)
+        if running is not None:
+            with anyio.fail_after(self._timeout(check) * 2 + 5):
+                await running.wait()
+            return self.results[check.id]
+        done = anyio.Event()
+        self._running[check.id] = done
+        try:
+            findings, duration = await self._collect(check)
+            result = await self._grade(check, findings, duration)
+            self.results[check.id] = result
+            self.runs += 1
+            return result
+        finally:
+            del self._running[check.id]
+            done.set()
+
+    def _timeout(self, check: Check) -> float:
+        return check.timeout or self.config.doctor.timeout_seconds
+
+    async def _collect(self, check: Check) -> tuple[list[Finding], float]:
+        if not check.enabled:
+            return [Finding("disabled in the configuration", status=Status.SKIP)], 0.0
+        timeout = self._timeout(check)
+        async with self._sem:
+            started = time.perf_counter()
+            try:
+                with anyio.fail_after(timeout):
+                    findings = await anyio.to_thread.run_sync(
+                        check.collect, abandon_on_cancel=True, limiter=self._threads
+                    )
+            except TimeoutError:
+                log.warning("check %s timed out after %gs", check.id, timeout)
+                findings = [Finding(f"timed out after {timeout:g}s", status=Status.ERROR)]
+            except Exception as exc:  # isolation boundary: a check's bug is its ERROR
+                log.exception("check %s failed", check.id)
+                findings = [
+                    Finding(f"check failed: {type(exc).__name__}: {exc}", status=Status.ERROR)
+                ]
+            duration = (time.perf_counter() - started) * 1000
+        return findings, duration
+
+    # -- grading and alerts ----------------------------------------------
+
+    async def _grade(self, check: Check, findings: list[Finding], duration: float) -> CheckResult:
+        graded: list[tuple[Finding, Status]] = []
+        for finding in findings:
+            status = finding.status
+            if status is None:
+                status = self._level(check, finding)
+            graded.append((finding, status))
+        overall = worst([s for _, s in graded])
+        result = CheckResult(
+            check_id=check.id,
+            name=check.name,
+            category=check.category,
+            status=overall,
+            message=_message(graded, overall),
+            details=_details(graded),
+            fix_id=check.fix_id if overall in (Status.WARN, Status.FAIL) else None,
+            duration_ms=duration,
+            finished_at=self.clock(),
+        )
+        await self._publish(check, graded, overall)
+        return result
+
+    def _level(self, check: Check, finding: Finding) -> Status:
+        if finding.value is None or check.thresholds is None:
+            return Status.PASS
+        key = (check.id, fingerprint(check.id, finding.labels))
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            tracker = self._trackers[key] = LevelTracker(check.thresholds)
+        return Status(tracker.update(finding.value))
+
+    async def _publish(
+        self, check: Check, graded: list[tuple[Finding, Status]], overall: Status
+    ) -> None:
+        try:
+            await self._publish_findings(check, graded, overall)
+            await self._publish_errors(check, overall, graded)
+        except CortexError as exc:  # e.g. the active-alert cap: logged, the check goes on
+            log.warning("alerts for %s not stored: %s", check.id, exc.message)
+
+    async def _publish_findings(
+        self, check: Check, graded: list[tuple[Finding, Status]], overall: Status
+    ) -> None:
+        previous = self._subjects.get(check.id, {})
+        current: dict[str, dict[str, str]] = {}
+        for finding, status in graded:
+            labels = {"check": check.id, **finding.labels}
+            key = fingerprint(check.id, labels)
+            current[key] = labels
+            if status in (Status.WARN, Status.FAIL):
+                severity = finding.severity or (
+                    Severity.WARNING if status is Status.WARN else check.fail_severity
+                )
+                await self.alerts.notice(
+                    source=check.id,
+                    labels=labels,
+                    severity=severity,
+                    category=check.alert_category,
+                    title=_title(check, finding),
+                    description=finding.message,
+                    annotations={
+                        "status": status.value,
+                        "value": finding.value,
+                        "fix_id": check.fix_id,
+                    },
+                )
+            elif status in (Status.PASS, Status.SKIP):
+                await self.alerts.condition_cleared(source=check.id, labels=labels)
+        if overall is not Status.ERROR:
+            # A subject that vanished (a filesystem unmounted) no longer holds.
+            for key, labels in previous.items():
+                if key not in current:
+                    await self.alerts.condition_cleared(source=check.id, labels=labels)
+                    self._trackers.pop((check.id, fingerprint(check.id, _own(labels))), None)
+            self._subjects[check.id] = current
+        else:
+            self._subjects[check.id] = {**previous, **current}
+
+    async def _publish_errors(
+        self, check: Check, overall: Status, graded: list[tuple[Finding, Status]]
+    ) -> None:
+        labels = {"check": check.id}
+        if overall is not Status.ERROR:
+            if self._errors.pop(check.id, 0) >= ERRORS_BEFORE_ALERT:
+                await self.alerts.condition_cleared(source="monitor", labels=labels)
+            return
+        count = self._errors[check.id] = self._errors.get(check.id, 0) + 1
+        if count >= ERRORS_BEFORE_ALERT:
+            await self.alerts.notice(
+                source="monitor",
+                labels=labels,
+                severity=Severity.WARNING,
+                category="daemon_status",
+                title=f"check {check.id} keeps failing",
+                description=_message(graded, overall),
+                annotations={"consecutive_errors": count},
+            )
+
+
+def _own(labels: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k != "check"}
+
+
+def _title(check: Check, finding: Finding) -> str:
+    subject = " ".join(finding.labels.values())
+    return f"{check.name} {subject}".strip()
+
+
+def _message(graded: list[tuple[Finding, Status]], overall: Status) -> str:
+    if len(graded) == 1:
+        return graded[0][0].message
+    notable = [f.message for f, s in graded if s is overall]
+    if overall in (Status.PASS, Status.SKIP):
+        return f"{len(graded)} items ok" if overall is Status.PASS else notable[0]
+    return "; ".join(notable)
+
+
+def _details(graded: list[tuple[Finding, Status]]) -> dict[str, Any]:
+    if len(graded) == 1 and not graded[0][0].labels:
+        return dict(graded[0][0].details)
+    return {
+        "items": [
+            {
+                "status": status.value,
+                "message": finding.message,
+                "labels": dict(finding.labels),
+                **dict(finding.details),
+            }
+            for finding, status in graded
+        ]
+    }
