@@ -1,0 +1,426 @@
+"""IPC benchmark: the daemon beside a minimal echo server, plus start-up, RSS and CLI time.
+
+Run: `make bench`, or `.venv/bin/python bench/ipc.py [--quick] [--json]`.
+
+What it measures (SPEC §15), all in one run on this machine:
+
+- `ping` and `status` throughput and p50/p99 latency over persistent
+  connections at 1, 16, 64 and 256 closed-loop clients, against the daemon
+  and against `echo_server.py` (the practical ceiling for Python), with the
+  daemon/echo ratios;
+- 1,000 idle connections held open while `ping` is answered on a new one;
+- `cortexctl status` wall time beside `python -c pass`;
+- idle RSS and CPU with no model configured (and that llama_cpp and numpy
+  are not loaded), and process start to `READY=1` beside `python -c pass`.
+
+It reports and does not judge: a missed aim is printed, not an exit status.
+Exit status 1 means the benchmark itself broke (a server did not start, a
+request failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from hotpath import profile_daemon
+from loadgen import CellResult, Job, LoadGenerator, default_processes, merge
+from report import Aim, print_json, print_report
+from servers import (
+    Running,
+    call,
+    line_call,
+    python_pass_seconds,
+    start_daemon,
+    start_echo,
+    workspace,
+)
+
+DEFAULT_CLIENTS = (1, 16, 64, 256)
+METHODS = ("ping", "status")
+IDLE_CONNECTIONS = 1000
+IDLE_PINGS = 500
+IDLE_SETTLE = 1.0
+FD_MARGIN = 256
+# Shared objects whose presence in the daemon's maps means a heavy import happened.
+HEAVY_LIBRARIES = ("libllama", "llama_cpp", "numpy")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    clients: tuple[int, ...]
+    duration: float
+    rounds: int
+    warmup: float
+    processes: int
+    idle_connections: int
+    runs: int
+    as_json: bool
+    profile: str | None
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        description="cortexd IPC benchmark (SPEC §15).",
+        epilog="Example: .venv/bin/python bench/ipc.py --quick --json > figures.json",
+    )
+    parser.add_argument("--quick", action="store_true", help="short cells, fewer runs")
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per round of a cell (default 2)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per cell, alternating the servers; samples are pooled (default 3)",
+    )
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds per cell (default 0.5)")
+    parser.add_argument(
+        "--clients",
+        default=",".join(map(str, DEFAULT_CLIENTS)),
+        help="comma-separated client counts (default 1,16,64,256)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=default_processes(),
+        help="load generator worker processes (default: one per core)",
+    )
+    parser.add_argument(
+        "--idle-connections", type=int, default=IDLE_CONNECTIONS, help="idle connections to hold"
+    )
+    parser.add_argument("--runs", type=int, help="runs for start-up and CLI medians (default 11)")
+    parser.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also run a daemon under cProfile at 64 ping clients; save the stats to FILE",
+    )
+    args = parser.parse_args(argv)
+    try:
+        clients = tuple(int(c) for c in args.clients.split(",") if c.strip())
+    except ValueError:
+        parser.error("--clients takes comma-separated integers")
+    if not clients or min(clients) < 1:
+        parser.error("--clients needs at least one positive count")
+    return Settings(
+        clients=clients,
+        duration=args.duration or (1.0 if args.quick else 2.0),
+        rounds=max(1, args.rounds or (1 if args.quick else 3)),
+        warmup=args.warmup if args.warmup is not None else (0.2 if args.quick else 0.5),
+        processes=max(1, args.processes),
+        idle_connections=args.idle_connections,
+        runs=args.runs or (5 if args.quick else 11),
+        as_json=args.json,
+        profile=args.profile,
+    )
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def daemon_source() -> dict[str, Any]:
+    """Which cortexd the daemon processes import, and its git revision if in a checkout."""
+    with workspace() as workdir:
+        found = subprocess.run(
+            [sys.executable, "-c", "import cortexd; print(cortexd.__file__)"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    tree = str(Path(found).parent.parent)
+    head = subprocess.run(
+        ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0:
+        return {"path": tree, "revision": "not a git checkout"}
+    changed = subprocess.run(
+        ["git", "-C", tree, "status", "--porcelain", "--", "cortexd", "cortexctl"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    revision = head.stdout.strip() + (" with uncommitted changes" if changed else "")
+    return {"path": tree, "revision": revision}
+
+
+def cell_figures(result: CellResult) -> dict[str, Any]:
+    return {
+        "requests": result.requests,
+        "throughput": result.throughput,
+        "p50_ms": result.percentile_ms(0.50),
+        "p99_ms": result.percentile_ms(0.99),
+        "errors": result.errors,
+        "generator_cpu": result.generator_cpu,
+        "server_cpu": result.server_cpu,
+        # CPU per answer moves less than req/s when other work shares the machine.
+        "server_cpu_us_per_request": 1e6 * result.server_cpu / result.throughput
+        if result.requests
+        else float("nan"),
+    }
+
+
+def run_cells(
+    settings: Settings, gen: LoadGenerator, daemon: Running, echo: Running
+) -> list[dict[str, Any]]:
+    """Every (method, clients) cell against both servers, back to back."""
+    cells = []
+    for method in METHODS:
+        for clients in settings.clients:
+            figures: dict[str, Any] = {"method": method, "clients": clients}
+            runs: dict[str, list[CellResult]] = {daemon.name: [], echo.name: []}
+            for round_ in range(settings.rounds):
+                # Alternate which server goes first, so neither always runs in
+                # the other's wake or in the same slice of outside load.
+                order = (daemon, echo) if round_ % 2 == 0 else (echo, daemon)
+                for server in order:
+                    job = Job(
+                        server.socket_path, method, clients, settings.warmup, settings.duration
+                    )
+                    result = gen.run(job, server.pid)
+                    if result.errors:
+                        raise RuntimeError(
+                            f"{server.name} answered {result.errors} errors to {method}"
+                        )
+                    runs[server.name].append(result)
+            for name, results in runs.items():
+                figures[name] = cell_figures(merge(results))
+            d, e = figures["cortexd"], figures["echo"]
+            figures["throughput_ratio"] = d["throughput"] / e["throughput"]
+            figures["p99_ratio"] = d["p99_ms"] / e["p99_ms"]
+            progress(
+                f"  {method:6} {clients:4} clients: cortexd {d['throughput']:8.0f}/s "
+                f"p99 {d['p99_ms']:.3f} ms | echo {e['throughput']:8.0f}/s "
+                f"p99 {e['p99_ms']:.3f} ms"
+            )
+            cells.append(figures)
+    return cells
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + FD_MARGIN
+    if soft < want:
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def idle_connections(daemon: Running, count: int) -> dict[str, Any]:
+    """Hold `count` idle connections; time `ping` on a new one; check the held ones live."""
+    raise_fd_limit(count)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10.0)
+            sock.connect(daemon.socket_path)
+            held.append(sock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fresh:
+            fresh.settimeout(10.0)
+            started = time.perf_counter()
+            fresh.connect(daemon.socket_path)
+            line_call(fresh, "ping")
+            first_ms = (time.perf_counter() - started) * 1000
+            samples = []
+            for _ in range(IDLE_PINGS):
+                t0 = time.perf_counter_ns()
+                line_call(fresh, "ping")
+                samples.append(time.perf_counter_ns() - t0)
+            status = line_call(fresh, "status")["result"]
+        open_seen = status["server"]["connections_open"]
+        # A held connection that the daemon dropped would fail here.
+        step = max(1, count // 50)
+        for sock in held[::step]:
+            line_call(sock, "ping")
+        samples.sort()
+        rss = psutil.Process(daemon.pid).memory_info().rss
+        return {
+            "held": count,
+            "connections_open_seen": open_seen,
+            "first_ping_ms": first_ms,
+            "ping_p50_ms": samples[len(samples) // 2] / 1e6,
+            "ping_p99_ms": samples[int(len(samples) * 0.99) - 1] / 1e6,
+            "held_sampled_ok": len(held[::step]),
+            "rss_mb": rss / 2**20,
+        }
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def cli_status(daemon: Running, runs: int) -> dict[str, Any]:
+    """Median wall time of `cortexctl status` beside `python -c pass`, interleaved."""
+    cortexctl = Path(sys.executable).with_name("cortexctl")
+    if not cortexctl.exists():
+        raise RuntimeError(f"{cortexctl} not found; run `make bench` (it installs the package)")
+    cli, bare = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            [str(cortexctl), "--socket", daemon.socket_path, "status"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        cli.append(time.perf_counter() - started)
+        bare.append(python_pass_seconds())
+    cli_ms, bare_ms = statistics.median(cli) * 1000, statistics.median(bare) * 1000
+    return {"cortexctl_status_ms": cli_ms, "python_pass_ms": bare_ms, "ratio": cli_ms / bare_ms}
+
+
+def heavy_libraries(pid: int) -> list[str]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return sorted({name for name in HEAVY_LIBRARIES if name in maps})
+
+
+def startup(runs: int) -> dict[str, Any]:
+    """Start to READY=1 (median of `runs`) beside `python -c pass`; idle RSS and CPU."""
+    ready, bare = [], []
+    idle: dict[str, Any] = {}
+    for i in range(runs):
+        with workspace() as workdir:
+            daemon = start_daemon(workdir)
+            try:
+                ready.append(daemon.ready_seconds)
+                # READY=1 must mean "answers": check it, which also lets the
+                # daemon finish starting before it is told to stop.
+                call(daemon.socket_path, "ping")
+                if i == 0:
+                    proc = psutil.Process(daemon.pid)
+                    cpu_before = sum(proc.cpu_times()[:2])
+                    time.sleep(IDLE_SETTLE)
+                    cpu = sum(proc.cpu_times()[:2]) - cpu_before
+                    memory = proc.memory_full_info()
+                    idle = {
+                        "rss_mb": memory.rss / 2**20,
+                        "uss_mb": memory.uss / 2**20,
+                        "cpu_percent": 100 * cpu / IDLE_SETTLE,
+                        "threads": proc.num_threads(),
+                        "heavy_libraries": heavy_libraries(daemon.pid),
+                    }
+            finally:
+                daemon.stop()
+        bare.append(python_pass_seconds())
+    ready_ms, bare_ms = statistics.median(ready) * 1000, statistics.median(bare) * 1000
+    return {
+        "ready_ms": ready_ms,
+        "python_pass_ms": bare_ms,
+        "ratio": ready_ms / bare_ms,
+        "idle": idle,
+    }
+
+
+def aims(figures: dict[str, Any]) -> list[Aim]:
+    """Each aim from the issue beside the measured figure."""
+    out: list[Aim] = []
+    by = {(c["method"], c["clients"]): c for c in figures["cells"]}
+    for method in METHODS:
+        if cell := by.get((method, 64)):
+            out.append(
+                Aim(f"{method} throughput at 64 clients vs echo", cell["throughput_ratio"], 0.6)
+            )
+            out.append(
+                Aim(f"{method} p99 at 64 clients vs echo", cell["p99_ratio"], 1.5, below=True)
+            )
+        if cell := by.get((method, 1)):
+            out.append(
+                Aim(
+                    f"{method} p99 at 1 client (ms)",
+                    cell["cortexd"]["p99_ms"],
+                    1.0,
+                    below=True,
+                )
+            )
+    out.append(Aim("idle RSS, no model (MB)", figures["startup"]["idle"]["rss_mb"], 40, below=True))
+    out.append(
+        Aim("start to READY=1 vs python -c pass", figures["startup"]["ratio"], 3, below=True)
+    )
+    out.append(Aim("cortexctl status vs python -c pass", figures["cli"]["ratio"], 2.5, below=True))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    figures: dict[str, Any] = {"machine": machine(), "source": daemon_source()}
+    figures["settings"] = {
+        "clients": settings.clients,
+        "duration": settings.duration,
+        "rounds": settings.rounds,
+        "warmup": settings.warmup,
+        "processes": settings.processes,
+        "runs": settings.runs,
+    }
+    try:
+        progress("start-up and idle daemon…")
+        figures["startup"] = startup(settings.runs)
+        with workspace() as workdir, LoadGenerator(settings.processes) as gen:
+            daemon = start_daemon(workdir)
+            echo = start_echo(workdir)
+            try:
+                progress(
+                    f"IPC cells ({settings.rounds} x {settings.duration:g} s per server,"
+                    f" {gen.processes} load generator processes)…"
+                )
+                figures["cells"] = run_cells(settings, gen, daemon, echo)
+                progress(f"{settings.idle_connections} idle connections…")
+                figures["idle_connections"] = idle_connections(daemon, settings.idle_connections)
+                progress("cortexctl status…")
+                figures["cli"] = cli_status(daemon, settings.runs)
+                figures["daemon_rss_after_mb"] = (
+                    psutil.Process(daemon.pid).memory_info().rss / 2**20
+                )
+            finally:
+                echo.stop()
+                status = daemon.stop()
+                if status != 0:
+                    progress(f"warning: cortexd exited with status {status}\n{daemon.log_tail()}")
+            if settings.profile:
+                progress("profiling the daemon under 64 ping clients…")
+                progress(profile_daemon(gen, settings.profile, "ping", 64, settings.duration))
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        progress(f"benchmark failed: {exc}")
+        return 1
+    figures["machine"]["loadavg_after"] = os.getloadavg()
+    figures["aims"] = [a.as_dict() for a in aims(figures)]
+    if settings.as_json:
+        print_json(figures)
+    else:
+        print_report(figures, aims(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Render the IPC benchmark's figures: a table for people, JSON for programs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Aim:
+    """One aim from the issue: a figure, its bound, and which side of it is good."""
+
+    name: str
+    value: float
+    bound: float
+    below: bool = False  # True: the figure should be at most `bound`
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.bound if self.below else self.value >= self.bound
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "aim": self.name,
+            "value": round(self.value, 4),
+            "bound": ("<= " if self.below else ">= ") + f"{self.bound:g}",
+            "met": self.met,
+        }
+
+
+def print_json(figures: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [_row(header, widths), "  ".join("-" * w for w in widths)]
+    lines.extend(_row(r, widths) for r in rows)
+    return "\n".join(lines)
+
+
+def _ipc_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for c in cells:
+        d, e = c["cortexd"], c["echo"]
+        aim = ""
+        if c["clients"] == 64:
+            aim = "tput ≥ 0.6, p99 ≤ 1.5x"
+        elif c["clients"] == 1:
+            aim = "p99 ≤ 1 ms"
+        rows.append(
+            [
+                c["method"],
+                str(c["clients"]),
+                f"{d['throughput']:,.0f}",
+                f"{e['throughput']:,.0f}",
+                f"{c['throughput_ratio']:.2f}",
+                f"{d['p50_ms']:.3f} / {d['p99_ms']:.3f}",
+                f"{e['p50_ms']:.3f} / {e['p99_ms']:.3f}",
+                f"{c['p99_ratio']:.2f}",
+                f"{d['server_cpu_us_per_request']:.0f} / {e['server_cpu_us_per_request']:.0f}",
+                f"{100 * d['server_cpu']:.0f}% / {100 * d['generator_cpu']:.0f}%",
+                f"{100 * e['server_cpu']:.0f}% / {100 * e['generator_cpu']:.0f}%",
+                aim,
+            ]
+        )
+    return rows
+
+
+def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
+    m = figures["machine"]
+    s = figures["settings"]
+    out = [
+        f"machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
+        f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after",
+        f"cortexd from {figures['source']['path']} at {figures['source']['revision']}",
+        f"cells: {s['rounds']} rounds per server, alternating, each {s['duration']:g} s measured"
+        f" after {s['warmup']:g} s warm-up; "
+        f"{s['processes']} load generator processes",
+        "",
+        _table(
+            [
+                "method",
+                "clients",
+                "cortexd req/s",
+                "echo req/s",
+                "ratio",
+                "cortexd p50/p99 ms",
+                "echo p50/p99 ms",
+                "p99 ratio",
+                "cpu µs/req d/e",
+                "cortexd cpu srv/gen",
+                "echo cpu srv/gen",
+                "aim",
+            ],
+            _ipc_rows(figures["cells"]),
+        ),
+        "",
+    ]
+    idle = figures["idle_connections"]
+    out.append(
+        f"{idle['held']} idle connections held (daemon saw {idle['connections_open_seen']} open, "
+        f"{idle['held_sampled_ok']} of the held ones pinged fine): ping on a new connection "
+        f"p50 {idle['ping_p50_ms']:.3f} ms, p99 {idle['ping_p99_ms']:.3f} ms "
+        f"(first, with connect: {idle['first_ping_ms']:.3f} ms); daemon RSS {idle['rss_mb']:.1f} MB"
+    )
+    cli = figures["cli"]
+    out.append(
+        f"cortexctl status: {cli['cortexctl_status_ms']:.1f} ms vs python -c pass "
+        f"{cli['python_pass_ms']:.1f} ms = {cli['ratio']:.2f}x  (aim ≤ 2.5x)"
+    )
+    st = figures["startup"]
+    out.append(
+        f"start to READY=1: {st['ready_ms']:.1f} ms vs python -c pass {st['python_pass_ms']:.1f} ms"
+        f" = {st['ratio']:.2f}x  (aim ≤ 3x)"
+    )
+    i = st["idle"]
+    heavy = ", ".join(i["heavy_libraries"]) or "none"
+    out.append(
+        f"idle daemon, no model: RSS {i['rss_mb']:.1f} MB (USS {i['uss_mb']:.1f} MB), "
+        f"CPU {i['cpu_percent']:.1f}%, {i['threads']} threads; llama/numpy loaded: {heavy}"
+        "  (aim RSS ≤ 40 MB)"
+    )
+    out.append(f"daemon RSS after the whole run: {figures['daemon_rss_after_mb']:.1f} MB")
+    out.append("")
+    out.append(
+        _table(
+            ["aim", "figure", "bound", "met"],
+            [
+                [a.name, f"{a.value:.3f}", ("≤ " if a.below else "≥ ") + f"{a.bound:g}", _yes(a)]
+                for a in aims
+            ],
+        )
+    )
+    print("\n".join(out))
+
+
+def _yes(aim: Any) -> str:
+    return "yes" if aim.met else "NO"
