@@ -20,6 +20,7 @@ from cortexd.config.view import (
     as_dict,
     is_secret_key,
     keep_running_values,
+    redact,
     redacted,
     restart_required,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "is_secret_key",
     "keep_running_values",
     "load_config",
+    "redact",
     "redacted",
     "restart_required",
     "user_config_path",

@@ -33,6 +33,7 @@ _SECRET_PAIRS = frozenset(
     {"api_key", "routing_key", "integration_key", "signing_key", "access_key", "private_key"}
 )
 _KEY_WORDS = re.compile(r"[^a-z0-9]+")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 # Keys (or enclosing sections) whose URLs carry their secret in the path:
 # Slack's /services/T…/B…/XXXX, Discord's /api/webhooks/ID/TOKEN.
 _TOKEN_PATH_KEY = re.compile(r"(webhook|hook|slack|discord)", re.I)
@@ -51,13 +52,18 @@ def redacted(config: Config) -> dict[str, Any]:
     Values under secret-looking keys are replaced whole; URLs lose their user
     info and query string anywhere, and their path when they are webhooks.
     """
-    result: dict[str, Any] = _redact(as_dict(config), keys=())
+    return redact(as_dict(config))
+
+
+def redact(data: dict[str, Any]) -> dict[str, Any]:
+    """Plain config data with secrets replaced (see `redacted`)."""
+    result: dict[str, Any] = _redact(data, keys=())
     return result
 
 
 def is_secret_key(key: str) -> bool:
-    """True for keys such as `smtp_password`, `hmac_key`, `routing_key`, `auth_token`."""
-    words = [w for w in _KEY_WORDS.split(key.lower()) if w]
+    """True for keys such as `smtp_password`, `hmac_key`, `routingKey`, `auth_token`."""
+    words = [w for w in _KEY_WORDS.split(_CAMEL.sub(r"\1_\2", key).lower()) if w]
     if _SECRET_WORDS.intersection(words):
         return True
     return any(f"{a}_{b}" in _SECRET_PAIRS for a, b in itertools.pairwise(words))
