@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the daemon answered with an error, 2 bad usage,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
 EPILOG = """\
 examples:
@@ -100,7 +102,14 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
                 print(f"  {problem}", file=sys.stderr)
         return EXIT_DAEMON_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `cortexctl status | head -1`: the reader left; that is not an error.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
 
 
 if __name__ == "__main__":

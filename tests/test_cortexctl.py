@@ -328,3 +328,17 @@ async def test_async_client_against_the_daemon(shared_daemon: DaemonProcess) -> 
         assert all(p["pong"] is True for p in pongs)
         with pytest.raises(MethodNotFound):
             await client.call("missing")
+
+
+def test_closed_stdout_is_not_an_error(shared_daemon: DaemonProcess) -> None:
+    # `true` exits at once, long before cortexctl has its answer to print.
+    script = (
+        f"{sys.executable} -m cortexctl --socket {shared_daemon.socket_path} config show | true;"
+        " echo rc=${PIPESTATUS[0]}"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=CLI_TIMEOUT
+    )
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipe" not in result.stderr
+    assert result.stdout.strip() == "rc=0"

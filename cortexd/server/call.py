@@ -79,7 +79,11 @@ class Call:
         return self._request_id
 
     async def stream(self, data: Any) -> None:
-        """Send one stream notification; raises if the connection is gone."""
+        """Send one stream notification before the final answer.
+
+        If the client stopped reading or went away, its connection is closed
+        and this request is cancelled (the caller sees cancellation).
+        """
         if self._sender is None:
             return
         seq = self._seq
