@@ -1,0 +1,202 @@
+"""The scheduler with scripted checks, a real alerts database and a stepped clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.alerts.model import ListFilter, Severity
+from cortexd.config.schema import Config, DoctorConfig
+from cortexd.monitor.check import Check, Finding, Status
+from cortexd.monitor.scheduler import Monitor
+from cortexd.monitor.thresholds import Thresholds
+from tests.alerts.conftest import FakeClock, make_manager
+
+
+class Scripted(Check):
+    """Reports the next value of a script, or raises when the script says so."""
+
+    category = "test"
+    thresholds = Thresholds(80, 75, 90, 85, samples=1)
+
+    def __init__(self, check_id: str, script: list[float | Exception | None]) -> None:
+        self.id = check_id
+        self.name = check_id
+        self.script = list(script)
+
+    def collect(self) -> list[Finding]:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if step is None:
+            return []
+        return [Finding(f"value {step}", value=step, labels={"mountpoint": "/x"})]
+
+
+class Slow(Check):
+    id = "slow"
+    name = "slow"
+    category = "test"
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def collect(self) -> list[Finding]:
+        self.release.wait(30)
+        return [Finding("finally", status=Status.PASS)]
+
+
+class Concurrency(Check):
+    category = "test"
+
+    def __init__(self, check_id: str, tracker: dict[str, int], lock: threading.Lock) -> None:
+        self.id = self.name = check_id
+        self.tracker = tracker
+        self.lock = lock
+
+    def collect(self) -> list[Finding]:
+        with self.lock:
+            self.tracker["now"] += 1
+            self.tracker["max"] = max(self.tracker["max"], self.tracker["now"])
+        threading.Event().wait(0.1)  # stands for blocking work
+        with self.lock:
+            self.tracker["now"] -= 1
+        return [Finding("ok", status=Status.PASS)]
+
+
+@pytest.fixture
+async def alerts(tmp_path: Path, clock: FakeClock) -> AsyncIterator[AlertManager]:
+    mgr = make_manager(tmp_path / "alerts.db", clock)
+    await mgr.open()
+    yield mgr
+    await mgr.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def monitor_of(checks: list[Check], alerts: AlertManager, **doctor: float) -> Monitor:
+    config = dataclasses.replace(Config(), doctor=DoctorConfig(**doctor))  # type: ignore[arg-type]
+    return Monitor(config, lambda c: checks, alerts, clock=alerts.clock)
+
+
+async def everything(alerts: AlertManager) -> list[dict[str, object]]:
+    return [a.to_dict() for a in await alerts.query(ListFilter(include_cleared=True))]
+
+
+async def test_a_filling_disk_is_one_alert_that_escalates_and_resolves(
+    alerts: AlertManager, clock: FakeClock
+) -> None:
+    check = Scripted("disk", [50, 82, 84, 93, 95, 70])
+    monitor = monitor_of([check], alerts)
+    seen = []
+    for _ in range(6):
+        result = await monitor.run_check(check)
+        clock.step(30)
+        found = await everything(alerts)
+        seen.append((result.status.value, [(a["severity"], a["state"]) for a in found]))
+    assert seen == [
+        ("PASS", []),
+        ("WARN", [("WARNING", "firing")]),
+        ("WARN", [("WARNING", "firing")]),
+        ("FAIL", [("CRITICAL", "firing")]),
+        ("FAIL", [("CRITICAL", "firing")]),
+        ("PASS", [("CRITICAL", "resolved")]),
+    ]
+    (alert,) = await everything(alerts)
+    assert alert["labels"] == {"check": "disk", "mountpoint": "/x"}
+    assert alert["count"] == 4
+
+
+async def test_flapping_beyond_hysteresis_still_gives_one_alert(
+    alerts: AlertManager, clock: FakeClock
+) -> None:
+    check = Scripted("disk", [70.0, 85.0] * 30)
+    monitor = monitor_of([check], alerts)
+    statuses = []
+    for _ in range(60):
+        statuses.append((await monitor.run_check(check)).status)
+        clock.step(10)
+    assert statuses.count(Status.WARN) == 30  # it really flapped
+    assert len(await everything(alerts)) == 1
+
+
+async def test_three_errors_in_a_row_raise_one_warning_about_the_check(
+    alerts: AlertManager, clock: FakeClock
+) -> None:
+    boom = RuntimeError("probe broke")
+    check = Scripted("probe", [boom, boom, boom, boom, boom, 10.0])
+    monitor = monitor_of([check], alerts)
+    for i in range(5):
+        result = await monitor.run_check(check)
+        assert result.status is Status.ERROR
+        assert "probe broke" in result.message
+        about = [a for a in await everything(alerts) if a["source"] == "monitor"]
+        assert len(about) == (0 if i < 2 else 1)
+    assert about[0]["severity"] == "WARNING"
+    assert about[0]["labels"] == {"check": "probe"}
+    await monitor.run_check(check)
+    about = [a for a in await everything(alerts) if a["source"] == "monitor"]
+    assert about[0]["state"] == "resolved"
+
+
+async def test_a_check_past_its_timeout_is_error_and_stalls_nobody(
+    alerts: AlertManager,
+) -> None:
+    release = threading.Event()
+    slow = Slow(release)
+    fast = Scripted("fast", [10.0])
+    monitor = monitor_of([slow, fast], alerts, timeout_seconds=0.5, max_parallel=2)
+    try:
+        results = await monitor.run_many([slow, fast])
+    finally:
+        release.set()
+    assert [r.status for r in results] == [Status.ERROR, Status.PASS]
+    assert "timed out" in results[0].message
+
+
+async def test_no_more_than_max_parallel_checks_run_at_once(alerts: AlertManager) -> None:
+    tracker = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    checks: list[Check] = [Concurrency(f"c{i}", tracker, lock) for i in range(8)]
+    monitor = monitor_of(checks, alerts, max_parallel=3)
+    results = await monitor.run_many(checks)
+    assert all(r.status is Status.PASS for r in results)
+    assert tracker["max"] == 3
+
+
+async def test_a_vanished_subject_resolves_its_alert(alerts: AlertManager) -> None:
+    check = Scripted("disk", [95.0, None])
+    monitor = monitor_of([check], alerts)
+    await monitor.run_check(check)
+    assert [a["state"] for a in await everything(alerts)] == ["firing"]
+    await monitor.run_check(check)
+    assert [a["state"] for a in await everything(alerts)] == ["resolved"]
+
+
+async def test_snapshot_survives_a_restart_marked_stale(tmp_path: Path, clock: FakeClock) -> None:
+    first = make_manager(tmp_path / "a.db", clock)
+    await first.open()
+    check = Scripted("disk", [82.0])
+    monitor = monitor_of([check], first)
+    await monitor.run_check(check)
+    await monitor.stop()
+    await first.stop()
+    second = make_manager(tmp_path / "a.db", clock)
+    await second.open()
+    again = monitor_of([Scripted("disk", [])], second)
+    await again._load_snapshot()
+    await second.stop()
+    assert again.results["disk"].status is Status.WARN
+    assert again.results["disk"].stale
+
+
+def test_severity_of_fail_is_the_checks_choice() -> None:
+    assert Scripted("x", []).fail_severity is Severity.CRITICAL
