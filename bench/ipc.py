@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 from hotpath import profile_daemon
 from loadgen import CellResult, Job, LoadGenerator, default_processes, merge
@@ -68,6 +69,7 @@ class Settings:
     runs: int
     as_json: bool
     profile: str | None
+    from_json: str | None
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -102,6 +104,11 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--runs", type=int, help="runs for start-up and CLI medians (default 11)")
     parser.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
     parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="print the table for figures saved earlier with --json; measure nothing",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="also run a daemon under cProfile at 64 ping clients; save the stats to FILE",
@@ -123,6 +130,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         runs=args.runs or (5 if args.quick else 11),
         as_json=args.json,
         profile=args.profile,
+        from_json=args.from_json,
     )
 
 
@@ -186,6 +194,7 @@ def cell_figures(result: CellResult) -> dict[str, Any]:
         "errors": result.errors,
         "generator_cpu": result.generator_cpu,
         "server_cpu": result.server_cpu,
+        "other_cpu": result.other_cpu,
         # CPU per answer moves less than req/s when other work shares the machine.
         "server_cpu_us_per_request": 1e6 * result.server_cpu / result.throughput
         if result.requests
@@ -374,6 +383,10 @@ def aims(figures: dict[str, Any]) -> list[Aim]:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    if settings.from_json:
+        saved = orjson.loads(Path(settings.from_json).read_bytes())
+        print_report(saved, aims(saved))
+        return 0
     figures: dict[str, Any] = {"machine": machine(), "source": daemon_source()}
     figures["settings"] = {
         "clients": settings.clients,

@@ -6,11 +6,11 @@ processes so the generator does not share a core (or a GIL) with the server
 it measures; inside a worker they are bare asyncio protocols, not streams, so
 one request costs the generator one send, one receive and a little parsing.
 
-Workers start once and take jobs over a pipe. Every job goes connect →
-barrier (all workers and the parent) → warm-up → measured window → close.
-Only answers that arrive inside the window count; the first answer on each
-connection is checked to be a JSON-RPC result, and every later one is
-checked for an `error` member.
+Workers start once and take jobs over a pipe. Every job goes connect → one
+priming round trip per connection → barrier (all workers and the parent) →
+warm-up → measured window → close. Only answers that arrive inside the
+window count; the priming answer is checked to be a JSON-RPC result, and
+every later one is checked for an `error` member.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class _Client(asyncio.Protocol):
         self.buffer = b""
         self.sent_ns = 0
         self.checked = False
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.primed: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -90,7 +92,11 @@ class _Client(asyncio.Protocol):
                 window.errors += 1
                 window.first_error = window.first_error or line[:300].decode(errors="replace")
             self.checked = True
-        elif b'"error":' in line:
+            # The priming answer: the server has accepted this connection and
+            # served it once; the measured loop starts after the barrier.
+            self.primed.set_result(None)
+            return
+        if b'"error":' in line:
             window.errors += 1
         if window.start_ns <= now < window.end_ns:
             window.latencies.append(now - self.sent_ns)
@@ -101,8 +107,9 @@ class _Client(asyncio.Protocol):
         self.send()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"server closed the connection: {exc}"))
+        for future in (self.primed, self.done):
+            if not future.done():
+                future.set_exception(ConnectionError(f"server closed the connection: {exc}"))
 
 
 @dataclass(slots=True)
@@ -131,6 +138,12 @@ async def _run_job(job: Job, barrier: Barrier) -> WorkerResult:
                     lambda: _Client(request, window), job.socket_path
                 )
                 clients.append(proto)
+            # A connect returns once the kernel queued it, not once the server
+            # accepted it; one round trip each keeps the accept backlog out of
+            # the measured window.
+            for client in clients:
+                client.send()
+            await asyncio.gather(*(c.primed for c in clients))
         # Blocking here is fine: no request is in flight yet.
         barrier.wait(BARRIER_TIMEOUT)
         now = time.perf_counter_ns()
@@ -176,6 +189,12 @@ class CellResult:
     errors: int
     generator_cpu: float  # all workers' CPU in the window, in cores
     server_cpu: float  # the server's share of one core in the window
+    machine_cpu: float  # every process's CPU in the window, in cores
+
+    @property
+    def other_cpu(self) -> float:
+        """CPU used by neither the server nor the generator: other work on the machine."""
+        return max(0.0, self.machine_cpu - self.server_cpu - self.generator_cpu)
 
     @property
     def throughput(self) -> float:
@@ -199,6 +218,7 @@ def merge(results: Sequence[CellResult]) -> CellResult:
         errors=sum(r.errors for r in results),
         generator_cpu=sum(r.generator_cpu * r.duration for r in results) / duration,
         server_cpu=sum(r.server_cpu * r.duration for r in results) / duration,
+        machine_cpu=sum(r.machine_cpu * r.duration for r in results) / duration,
     )
 
 
@@ -236,13 +256,15 @@ class LoadGenerator:
         helpers = [threading.Thread(target=self._stand_in) for _ in range(idle)]
         for helper in helpers:
             helper.start()
-        server_cpu = 0.0
+        server_cpu = machine_cpu = 0.0
         try:
             self._barrier.wait(BARRIER_TIMEOUT)
             time.sleep(job.warmup)
             before = _cpu_seconds(server_pid)
+            machine_before = _machine_busy_seconds()
             time.sleep(job.duration)
             server_cpu = (_cpu_seconds(server_pid) - before) / job.duration
+            machine_cpu = (_machine_busy_seconds() - machine_before) / job.duration
         except threading.BrokenBarrierError:
             pass  # a worker failed; its result says why
         finally:
@@ -266,6 +288,7 @@ class LoadGenerator:
             errors=sum(r.errors for r in results),
             generator_cpu=sum(r.cpu_seconds for r in results) / job.duration,
             server_cpu=server_cpu,
+            machine_cpu=machine_cpu,
         )
 
     def _stand_in(self) -> None:
@@ -294,6 +317,15 @@ def _cpu_seconds(pid: int | None) -> float:
         return 0.0
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
+
+
+def _machine_busy_seconds() -> float:
+    times = psutil.cpu_times()
+    # guest time is already inside user/nice; steal is time the hypervisor
+    # gave to someone else, which is load on this machine as far as we care.
+    spare = times.idle + getattr(times, "iowait", 0.0)
+    double_counted = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(sum(times) - spare - double_counted)
 
 
 def _split(total: int, parts: int) -> Sequence[int]:

@@ -70,6 +70,7 @@ def _ipc_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 f"{d['server_cpu_us_per_request']:.0f} / {e['server_cpu_us_per_request']:.0f}",
                 f"{100 * d['server_cpu']:.0f}% / {100 * d['generator_cpu']:.0f}%",
                 f"{100 * e['server_cpu']:.0f}% / {100 * e['generator_cpu']:.0f}%",
+                f"{100 * d['other_cpu']:.0f}% / {100 * e['other_cpu']:.0f}%",
                 aim,
             ]
         )
@@ -100,6 +101,7 @@ def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
                 "cpu µs/req d/e",
                 "cortexd cpu srv/gen",
                 "echo cpu srv/gen",
+                "others' cpu d/e",
                 "aim",
             ],
             _ipc_rows(figures["cells"]),
