@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
-from cortexctl.commands import core
+from cortexctl.commands import alerts, core, monitor
 from cortexctl.output import Output
 from cortexd.protocol import CortexError, default_socket_path
 
@@ -36,7 +36,7 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
 # Each capability adds its commands in one module with a `register(sub)`.
-COMMAND_MODULES = (core,)
+COMMAND_MODULES = (core, monitor, alerts)
 
 
 def _seconds(text: str) -> float:
@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return int(exc.code or 0)
+        code = int(exc.code or 0)
+        # `doctor` is a monitoring plugin: its usage errors are UNKNOWN (3).
+        words = sys.argv[1:] if argv is None else argv
+        return 3 if code == EXIT_USAGE and "doctor" in words else code
     out = Output(args.json, stdout or sys.stdout)
     run: Command = args.run
     try:

@@ -1,0 +1,270 @@
+"""`cortexctl alerts`: list, show, ack, resolve, clear, send, silence add|list|rm."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from typing import Any
+
+from cortexctl.client import Client
+from cortexctl.output import Output
+
+EXIT_OK = 0
+SEVERITY_COLOURS = {"INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `2h`, `1d` → seconds (argparse type)."""
+    found = _DURATION.match(text)
+    if not found or float(found.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30m, 2h, 1d)")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, int(time.time() - ts))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key in ("severity", "category", "state", "limit"):
+        value = getattr(args, key, None)
+        if value is not None:
+            params[key] = value
+    if getattr(args, "since", None) is not None:
+        params["since"] = time.time() - args.since
+    if getattr(args, "include_cleared", False):
+        params["include_cleared"] = True
+    return params
+
+
+def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("alerts.list", _filters(args) or None)
+    if out.as_json:
+        out.json(result)
+        return EXIT_OK
+    alerts = result["alerts"]
+    if not alerts:
+        out.line("no alerts")
+        return EXIT_OK
+    for a in alerts:
+        severity = out.paint(f"{a['severity']:<8}", SEVERITY_COLOURS.get(a["severity"], "0"))
+        muted = " (silenced)" if a["silenced"] else ""
+        out.line(
+            f"{a['id'][:8]}  {severity} {a['state']:<12} {a['title']}{muted}"
+            f"  seen {a['count']}x, last {_ago(a['last_seen'])}"
+        )
+    return EXIT_OK
+
+
+def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
+    alert = client.call("alerts.get", {"id": _full_id(client, args.id)})["alert"]
+    if out.as_json:
+        out.json(alert)
+        return EXIT_OK
+    rows: list[tuple[str, Any]] = [
+        (key, alert[key])
+        for key in ("id", "title", "severity", "state", "category", "source", "host", "count")
+    ]
+    rows += [
+        ("first seen", _ago(alert["first_seen"])),
+        ("last seen", _ago(alert["last_seen"])),
+        ("acknowledged", f"{_ago(alert['acknowledged_at'])} by {alert['acknowledged_by']}")
+        if alert["acknowledged_at"]
+        else ("acknowledged", "no"),
+        ("resolved", _ago(alert["resolved_at"])),
+        ("labels", ", ".join(f"{k}={v}" for k, v in alert["labels"].items()) or "-"),
+        ("annotations", ", ".join(f"{k}={v}" for k, v in alert["annotations"].items()) or "-"),
+        ("silenced", "yes" if alert["silenced"] else "no"),
+    ]
+    out.table(rows)
+    if alert["description"]:
+        out.line()
+        out.line(alert["description"])
+    return EXIT_OK
+
+
+def _full_id(client: Client, given: str) -> str:
+    """Accept the 8-character prefix `alerts list` shows."""
+    if len(given) >= 36:
+        return given
+    found = client.call("alerts.list", {"state": "all", "include_cleared": True, "limit": 10000})
+    matches = [a["id"] for a in found["alerts"] if a["id"].startswith(given)]
+    return matches[0] if len(matches) == 1 else given
+
+
+def _ack(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.all:
+        params: dict[str, Any] = {"all": True}
+        params.update({k: v for k, v in _filters(args).items() if k != "state"})
+    elif args.id:
+        params = {"id": _full_id(client, args.id)}
+    else:
+        params = {}  # the daemon answers INVALID_PARAMS: never everything by accident
+    result = client.call("alerts.ack", params)
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(f"acknowledged {len(result['acknowledged'])} alert(s)")
+    return EXIT_OK
+
+
+def _resolve(client: Client, args: argparse.Namespace, out: Output) -> int:
+    alert = client.call("alerts.resolve", {"id": _full_id(client, args.id)})["alert"]
+    if out.as_json:
+        out.json(alert)
+    else:
+        out.line(f"alert {alert['id']} is {alert['state']}")
+    return EXIT_OK
+
+
+def _clear(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("alerts.clear")
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(f"cleared {result['cleared']} acknowledged or resolved alert(s)")
+    return EXIT_OK
+
+
+def _send(client: Client, args: argparse.Namespace, out: Output) -> int:
+    params: dict[str, Any] = {"title": args.message, "severity": args.level}
+    if args.description:
+        params["description"] = args.description
+    if args.category:
+        params["category"] = args.category
+    if args.source:
+        params["source"] = args.source
+    if args.label:
+        params["labels"] = dict(args.label)
+    alert = client.call("alerts.raise", params)["alert"]
+    if out.as_json:
+        out.json(alert)
+    else:
+        out.line(
+            f"alert {alert['id']} {alert['state']} ({alert['severity']}, seen {alert['count']}x)"
+        )
+    return EXIT_OK
+
+
+def _silence_add(client: Client, args: argparse.Namespace, out: Output) -> int:
+    params = {"matchers": args.matcher, "duration_seconds": args.duration, "comment": args.comment}
+    silence = client.call("alerts.silence", params)["silence"]
+    if out.as_json:
+        out.json(silence)
+    else:
+        out.line(f"silence {silence['id']} until {time.ctime(silence['ends_at'])}")
+    return EXIT_OK
+
+
+def _silence_list(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("silences.list", {"all": True} if args.all else None)
+    if out.as_json:
+        out.json(result)
+        return EXIT_OK
+    if not result["silences"]:
+        out.line("no silences")
+    for s in result["silences"]:
+        state = "active" if s["active"] else "expired"
+        out.line(
+            f"{s['id']}  {state:<7} until {time.ctime(s['ends_at'])}  {' '.join(s['matchers'])}"
+            + (f"  # {s['comment']}" if s["comment"] else "")
+        )
+    return EXIT_OK
+
+
+def _silence_rm(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("silences.delete", {"id": args.id})
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(f"silence {result['deleted']} removed")
+    return EXIT_OK
+
+
+def _add_filters(parser: argparse.ArgumentParser, *, state: bool) -> None:
+    parser.add_argument("--severity", help="INFO, WARNING, ERROR or CRITICAL")
+    parser.add_argument("--category", help="e.g. disk_usage, service, security_update")
+    parser.add_argument("--since", type=duration, metavar="AGE", help="seen within AGE (2h, 1d)")
+    if state:
+        parser.add_argument(
+            "--state", choices=("firing", "acknowledged", "resolved", "active", "all")
+        )
+        parser.add_argument("--limit", type=int, help="at most this many (default 100)")
+        parser.add_argument(
+            "--include-cleared", action="store_true", help="also alerts moved out by `clear`"
+        )
+
+
+def register(sub: Any) -> None:
+    """Add `alerts` and its actions to the top-level subparsers."""
+    alerts = sub.add_parser(
+        "alerts",
+        help="list and manage alerts",
+        epilog=(
+            "examples:\n  cortexctl alerts\n  cortexctl alerts list --severity CRITICAL\n"
+            "  sudo cortexctl alerts ack 1f2e3d4c\n"
+            "  sudo cortexctl alerts send --level critical --message 'backup failed'\n"
+            "  sudo cortexctl alerts silence add 'mountpoint=\"/srv\"' --for 2h --comment 'resize'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_filters(alerts, state=True)
+    alerts.set_defaults(run=_list)
+    actions = alerts.add_subparsers(dest="alerts_command", metavar="ACTION")
+    listing = actions.add_parser("list", help="list alerts (active ones by default)")
+    _add_filters(listing, state=True)
+    listing.set_defaults(run=_list)
+    show = actions.add_parser("show", help="show one alert")
+    show.add_argument("id")
+    show.set_defaults(run=_show)
+    ack = actions.add_parser("ack", help="acknowledge an alert, or --all matching filters")
+    ack.add_argument("id", nargs="?")
+    ack.add_argument("--all", action="store_true", help="every firing alert matching filters")
+    _add_filters(ack, state=False)
+    ack.set_defaults(run=_ack)
+    resolve = actions.add_parser("resolve", help="resolve an alert by hand")
+    resolve.add_argument("id")
+    resolve.set_defaults(run=_resolve)
+    actions.add_parser(
+        "clear", help="move acknowledged and resolved alerts out of the list"
+    ).set_defaults(run=_clear)
+    send = actions.add_parser("send", help="raise an alert from a script")
+    send.add_argument("--message", "-m", required=True, help="the alert's title")
+    send.add_argument("--level", default="warning", help="info, warning, error or critical")
+    send.add_argument("--description", help="longer text")
+    send.add_argument("--category", help="alert category (default system)")
+    send.add_argument("--source", help="who raises it (default external)")
+    send.add_argument("--label", type=label, action="append", metavar="KEY=VALUE")
+    send.set_defaults(run=_send)
+    silence = actions.add_parser("silence", help="manage silences")
+    silence_actions = silence.add_subparsers(
+        dest="silence_command", metavar="ACTION", required=True
+    )
+    add = silence_actions.add_parser("add", help="silence alerts matching label matchers")
+    add.add_argument("matcher", nargs="+", help='e.g. unit="nginx.service" or severity!~"info"')
+    add.add_argument("--for", dest="duration", type=duration, required=True, metavar="DURATION")
+    add.add_argument("--comment", default="")
+    add.set_defaults(run=_silence_add)
+    slist = silence_actions.add_parser("list", help="list silences")
+    slist.add_argument("--all", action="store_true", help="include expired ones")
+    slist.set_defaults(run=_silence_list)
+    rm = silence_actions.add_parser("rm", help="remove a silence")
+    rm.add_argument("id")
+    rm.set_defaults(run=_silence_rm)

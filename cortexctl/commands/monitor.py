@@ -1,0 +1,174 @@
+"""Monitor commands: `health` and `doctor`.
+
+`doctor` follows the monitoring-plugin convention so it can serve as a
+Nagios/Icinga/Sensu check — the one exception to cortexctl's general exit
+codes: 0 OK, 1 any WARN, 2 any FAIL, 3 UNKNOWN (any ERROR, the daemon cannot
+be reached, or a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from cortexctl.client import DEFAULT_TIMEOUT, Client
+from cortexctl.output import Output
+from cortexd.protocol import CortexError
+
+EXIT_OK = 0
+CHECKS_WAIT = 630.0  # the daemon bounds checks.run at 600 s
+DOCTOR_OK, DOCTOR_WARN, DOCTOR_FAIL, DOCTOR_UNKNOWN = 0, 1, 2, 3
+DOCTOR_LABELS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+COLOURS = {"PASS": "32", "WARN": "33", "FAIL": "31", "ERROR": "35", "SKIP": "2"}
+HEALTH_COLOURS = {"healthy": "32", "degraded": "33", "critical": "31", "unknown": "2"}
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _bytes(value: Any) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _level(out: Output, text: str, value: Any, warn: float, crit: float) -> str:
+    if value is None:
+        return text
+    colour = "31" if value >= crit else "33" if value >= warn else "32"
+    return out.paint(text, colour)
+
+
+def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
+    h = client.call("health")
+    if out.as_json:
+        out.json(h)
+        return EXIT_OK
+    status = h["status"]
+    out.line(f"{h['host']}: {out.paint(status, HEALTH_COLOURS.get(status, '0'))}")
+    cpu, mem, swap = h["cpu"], h["memory"] or {}, h["swap"] or {}
+    rows: list[tuple[str, Any]] = [
+        ("cpu", _level(out, _pct(cpu["usage_percent"]), cpu["usage_percent"], 90, 97)),
+        (
+            "load",
+            " ".join(f"{cpu[k]:.2f}" for k in ("load_1", "load_5", "load_15") if cpu[k] is not None)
+            + f" ({cpu['count']} CPUs)",
+        ),
+        (
+            "memory",
+            _level(out, _pct(mem.get("used_percent")), mem.get("used_percent"), 85, 95)
+            + f" of {_bytes(mem.get('total_bytes'))}",
+        ),
+        (
+            "swap",
+            "none" if not swap.get("total_bytes") else _pct(swap.get("used_percent")),
+        ),
+    ]
+    for d in h["disks"]:
+        used = d.get("used_percent")
+        rows.append(
+            (
+                f"disk {d['mountpoint']}",
+                _level(out, _pct(used), used, 80, 90) + f" of {_bytes(d.get('total_bytes'))}",
+            )
+        )
+    procs = h["processes"]
+    rows.append(("processes", f"{procs['total']} ({procs['zombies']} zombie)"))
+    fds = h["file_descriptors"] or {}
+    rows.append(("file handles", f"{fds.get('allocated', '-')} of {fds.get('max', '-')}"))
+    rows.append(("uptime", f"{h['uptime_seconds'] / 3600:.1f} h"))
+    failed = h["failed_units"]
+    rows.append(("failed units", "unknown" if failed is None else ", ".join(failed) or "none"))
+    updates = h["updates"]
+    rows.append(("updates", f"{updates['pending']} pending, {updates['security']} security"))
+    rows.append(("alerts", f"{h['alerts']['active']} active"))
+    out.table(rows)
+    if h["stale_checks"]:
+        out.line(out.paint(f"from before the restart: {', '.join(h['stale_checks'])}", "2"))
+    return EXIT_OK
+
+
+def _doctor(client: Client, args: argparse.Namespace, out: Output) -> int:
+    params: dict[str, Any] = {}
+    if args.check:
+        params["ids"] = args.check
+    if args.category:
+        params["category"] = args.category
+    try:
+        # Checks may take up to their own timeout; wait for the daemon's
+        # deadline rather than the general default unless one was given.
+        wait = CHECKS_WAIT if args.timeout == DEFAULT_TIMEOUT else args.timeout
+        result = client.call("checks.run", params or None, timeout=wait)
+    except (CortexError, TimeoutError) as exc:
+        message = exc.message if isinstance(exc, CortexError) else "no answer in time"
+        if out.as_json:
+            out.json({"status": "UNKNOWN", "error": message})
+        else:
+            out.line(f"DOCTOR UNKNOWN - {message}")
+        return DOCTOR_UNKNOWN
+    results = result["results"]
+    statuses = {r["status"] for r in results}
+    code = (
+        DOCTOR_UNKNOWN
+        if "ERROR" in statuses
+        else DOCTOR_FAIL
+        if "FAIL" in statuses
+        else DOCTOR_WARN
+        if "WARN" in statuses
+        else DOCTOR_OK
+    )
+    if out.as_json:
+        out.json({**result, "exit_code": code})
+        return code
+    counts = ", ".join(f"{n} {s}" for s, n in result["counts"].items() if n)
+    notable = [r["check_id"] for r in results if r["status"] in ("WARN", "FAIL", "ERROR")]
+    summary = f"{counts}" + (f": {', '.join(notable)}" if notable else "")
+    out.line(f"DOCTOR {DOCTOR_LABELS[code]} - {summary}")
+    width = max((len(r["check_id"]) for r in results), default=8)
+    for r in results:
+        status = out.paint(f"{r['status']:<5}", COLOURS.get(r["status"], "0"))
+        out.line(f"{status} {r['check_id']:<{width}}  {r['message']}")
+        if args.verbose:
+            out.line(f"      {r['category']}, {r['duration_ms']:.0f} ms, fix: {r['fix_id'] or '-'}")
+            for key, value in r["details"].items():
+                out.line(f"      {key}: {value}")
+    return code
+
+
+def _usage_unknown(parser: argparse.ArgumentParser) -> None:
+    def error(message: str) -> NoReturn:
+        parser.print_usage()
+        parser.exit(DOCTOR_UNKNOWN, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+def register(sub: Any) -> None:
+    """Add `health` and `doctor` to the top-level subparsers."""
+    health = sub.add_parser("health", help="show the host's health snapshot")
+    health.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    health.set_defaults(run=_health)
+    doctor = sub.add_parser(
+        "doctor",
+        help="run health checks now (Nagios-style exit codes)",
+        description="Run the daemon's health checks now and report.",
+        epilog=(
+            "examples:\n  cortexctl doctor\n  cortexctl doctor --check disk_space --verbose\n"
+            "  cortexctl doctor --category packages --json\n\n"
+            "exit codes (monitoring-plugin convention): 0 OK, 1 any WARN, 2 any FAIL,\n"
+            "3 UNKNOWN (any ERROR, daemon unreachable, usage error)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    doctor.add_argument("--check", action="append", metavar="ID", help="only this check")
+    doctor.add_argument("--category", metavar="C", help="only checks of this category")
+    doctor.add_argument("--verbose", "-v", action="store_true", help="show details")
+    doctor.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    doctor.set_defaults(run=_doctor)
+    _usage_unknown(doctor)
