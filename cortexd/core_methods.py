@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cortexd import __version__
 from cortexd.config import redacted
-from cortexd.protocol import JSONRPC, NotFound
+from cortexd.protocol import JSONRPC, ConfigError, NotFound
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
@@ -66,7 +66,12 @@ def core_methods(daemon: Daemon) -> list[Method]:
         }
 
     async def config_reload(call: Call) -> dict[str, Any]:
-        return await daemon.reload(request_id=call.request_id)
+        try:
+            return await daemon.reload(request_id=call.request_id)
+        except ConfigError as exc:
+            # The same id is on the failure's log line (REQUEST_ID in the journal).
+            exc.data["request_id"] = call.request_id
+            raise
 
     async def shutdown(call: Call) -> dict[str, Any]:
         daemon.request_shutdown(f"requested by uid {call.peer.uid} pid {call.peer.pid}")

@@ -93,7 +93,7 @@ class JournalHandler(logging.Handler):
                 "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
                 "LOGGER": record.name,
                 "CODE_FILE": record.pathname,
-                "CODE_LINE": str(record.lineno),
+                "CODE_LINE": record.lineno,  # systemd-python formats it with {:d}
                 "CODE_FUNC": record.funcName,
             }
             fields.update({k: str(v) for k, v in _fields(record).items()})
