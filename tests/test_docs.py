@@ -10,6 +10,7 @@ key, a method or an error without documenting it fails here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin
 import pytest
 import yaml
 
+from cortexctl.cli import build_parser
 from cortexd.app import Daemon
 from cortexd.config import Config, load_config
 from cortexd.config.loader import FLAT_ALIASES
@@ -360,6 +362,14 @@ def test_readme_starts_with_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
     assert commands[:2] == ["make run", "make test"]
     assert text.index(first_block.group(0)) < text.index("\n## ")
+
+
+def test_readme_lists_every_cortexctl_command() -> None:
+    parser = build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = README.read_text()
+    for name in commands:
+        assert f"`cortexctl {name}" in text, f"README.md does not list cortexctl {name}"
 
 
 def test_documented_make_targets_exist() -> None:
