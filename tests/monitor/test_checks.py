@@ -16,13 +16,13 @@ from pathlib import Path
 from cortexd.config.schema import ChecksConfig, CheckSettings, Config
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandResult, run_command
+from cortexd.monitor.checks.commands import CommandResult, Runner, run_command
 from cortexd.monitor.registry import build_checks
 
 DATA = Path(__file__).parent / "data"
 
 
-def recorded(stdout: str, returncode: int = 0, stderr: str = "") -> packages.Runner:
+def recorded(stdout: str, returncode: int = 0, stderr: str = "") -> Runner:
     def runner(argv: Sequence[str], timeout: float) -> CommandResult:
         return CommandResult(returncode, stdout, stderr)
 
