@@ -143,15 +143,24 @@ class Server:
             self._connections.cancel_scope.cancel()
 
     async def _accept_loop(self, listener: SocketListener, connections: TaskGroup) -> None:
+        failing = False
         while True:
             try:
                 stream = await listener.accept()
-            except OSError as exc:
-                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the
-                # pending client stays in the backlog until we can take it.
-                log.error("accept failed: %s", exc)
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # EMFILE/ENFILE/ENOBUFS (anyio wraps them in BrokenResourceError):
+                # back off instead of spinning or dying; the pending client
+                # stays in the backlog until a descriptor is free. Logged once
+                # per episode, not every retry.
+                if not failing:
+                    cause = exc.__cause__ if exc.__cause__ is not None else exc
+                    log.error("accept failed, retrying until descriptors free up: %s", cause)
+                    failing = True
                 await anyio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
+            if failing:
+                log.info("accepting connections again")
+                failing = False
             stats = self.stats
             if stats.connections_open >= self.config.max_connections:
                 stats.connections_refused += 1

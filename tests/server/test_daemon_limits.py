@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,9 +16,10 @@ from pathlib import Path
 import orjson
 
 from cortexctl import Client
-from tests.daemon import DaemonProcess, running_daemon
+from tests.daemon import DaemonProcess, base_config, merge, running_daemon, short_tmpdir, spawn
 
 DEADLINE = 60.0
+FD_CAP = 48
 POLL = 0.05
 
 
@@ -97,3 +100,34 @@ def test_daemon_raises_its_descriptor_limit_to_fit_max_connections() -> None:
     daemon_soft = int(line.split()[3])
     wanted = 1024 + 256 if hard == resource.RLIM_INFINITY else min(1024 + 256, hard)
     assert daemon_soft >= wanted
+
+
+def test_running_out_of_descriptors_does_not_stop_the_daemon() -> None:
+    workdir = short_tmpdir()
+    cfg = merge(base_config(workdir), {"server": {"max_connections": 1024}})
+    # A hard limit the daemon cannot raise: accept() will hit EMFILE.
+    command = ["prlimit", f"--nofile={FD_CAP}:{FD_CAP}", sys.executable, "-m", "cortexd"]
+    proc, notify, _, log_path = spawn(workdir, cfg, command=command)
+    clients: list[socket.socket] = []
+    try:
+        notify.wait_for(lambda m: m.get("READY") == "1", DEADLINE)
+        path = cfg["server"]["socket_path"]
+        for _ in range(FD_CAP * 2):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(DEADLINE)
+            sock.connect(path)  # lands in the backlog even when accept() fails
+            clients.append(sock)
+        wait_for(lambda: "accept failed" in Path(log_path).read_text(), "accept to fail")
+        for sock in clients:
+            sock.close()
+        clients.clear()
+        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+        with Client(path, timeout=DEADLINE) as client:
+            assert client.call("ping")["pong"] is True
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.terminate()
+        proc.wait(DEADLINE)
+        notify.close()
+        shutil.rmtree(workdir, ignore_errors=True)
