@@ -76,7 +76,7 @@ class InferenceConfig:
 
 @dataclass(frozen=True, slots=True)
 class DoctorConfig:
-    max_parallel: int = field(default=4, metadata=_bound(1, 64))
+    max_parallel: int = field(default=4, metadata=_bound(1, 64, restart=True))
     timeout_seconds: float = field(default=30.0, metadata=_bound(0.1, 3600))
 
 

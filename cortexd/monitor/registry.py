@@ -13,6 +13,14 @@ log = logging.getLogger(__name__)
 
 Factory = Callable[[CheckSettings], Check]
 
+# Checks that run at the original daemon's monitoring interval
+# (`monitor.interval_seconds`, seed key `monitoring_interval_seconds`) unless
+# their own `interval_seconds` is set; fast metrics and package scans keep
+# their own cadence.
+FOLLOW_MONITOR_INTERVAL = frozenset(
+    {"apt_status", "time_sync", "dns_resolution", "network_connectivity", "reboot_required"}
+)
+
 
 def _factories() -> dict[str, Factory]:
     """Check id → how to build it from its settings, in the order `doctor` lists them."""
@@ -48,6 +56,8 @@ def build_checks(config: Config) -> list[Check]:
     for check_id, factory in _factories().items():
         settings: CheckSettings = getattr(config.checks, check_id)
         check = factory(settings)
+        if check_id in FOLLOW_MONITOR_INTERVAL:
+            check.interval = config.monitor.interval_seconds
         apply_settings(check, settings)
         if check_id == "cve_scan" and not config.monitor.enable_cve_scanning:
             check.enabled = False
