@@ -14,7 +14,7 @@ import os
 import pstats
 
 from loadgen import Job, LoadGenerator
-from servers import start_daemon, workspace
+from servers import start_daemon, wait_idle, workspace
 
 TOP_FUNCTIONS = 30
 
@@ -31,6 +31,7 @@ def profile_daemon(
     with workspace() as workdir:
         daemon = start_daemon(workdir, prefix=("-m", "cProfile", "-o", out_path))
         try:
+            wait_idle(daemon.pid)
             result = gen.run(Job(daemon.socket_path, method, clients, 0.5, duration))
         finally:
             status = daemon.stop()

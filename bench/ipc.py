@@ -45,6 +45,7 @@ from servers import (
     python_pass_seconds,
     start_daemon,
     start_echo,
+    wait_idle,
     workspace,
 )
 
@@ -328,6 +329,7 @@ def startup(runs: int) -> dict[str, Any]:
                 # daemon finish starting before it is told to stop.
                 call(daemon.socket_path, "ping")
                 if i == 0:
+                    settle, settled = wait_idle(daemon.pid)
                     proc = psutil.Process(daemon.pid)
                     cpu_before = sum(proc.cpu_times()[:2])
                     time.sleep(IDLE_SETTLE)
@@ -339,6 +341,11 @@ def startup(runs: int) -> dict[str, Any]:
                         "cpu_percent": 100 * cpu / IDLE_SETTLE,
                         "threads": proc.num_threads(),
                         "heavy_libraries": heavy_libraries(daemon.pid),
+                        "settle_seconds": settle,
+                        "settled": settled,
+                        "components": sorted(
+                            call(daemon.socket_path, "status")["result"]["components"]
+                        ),
                     }
             finally:
                 daemon.stop()
@@ -403,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             daemon = start_daemon(workdir)
             echo = start_echo(workdir)
             try:
+                progress("waiting for the daemon's start-up work to finish…")
+                waited, settled = wait_idle(daemon.pid)
+                if not settled:
+                    progress(f"warning: cortexd still busy after {waited:.0f} s; measuring anyway")
                 progress(
                     f"IPC cells ({settings.rounds} x {settings.duration:g} s per server,"
                     f" {gen.processes} load generator processes)…"

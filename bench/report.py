@@ -129,7 +129,10 @@ def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
     heavy = ", ".join(i["heavy_libraries"]) or "none"
     out.append(
         f"idle daemon, no model: RSS {i['rss_mb']:.1f} MB (USS {i['uss_mb']:.1f} MB), "
-        f"CPU {i['cpu_percent']:.1f}%, {i['threads']} threads; llama/numpy loaded: {heavy}"
+        f"CPU {i['cpu_percent']:.1f}%, {i['threads']} threads; llama/numpy loaded: {heavy};"
+        f" components {', '.join(i['components'])}; start-up work "
+        + ("done after" if i["settled"] else "STILL RUNNING after")
+        + f" {i['settle_seconds']:.1f} s"
         "  (aim RSS ≤ 40 MB)"
     )
     out.append(f"daemon RSS after the whole run: {figures['daemon_rss_after_mb']:.1f} MB")

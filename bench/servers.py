@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import yaml
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+IDLE_CPU = 0.02  # share of one core under which a process counts as idle
+SETTLE_WINDOW = 0.5
+SETTLE_TIMEOUT = 120.0
 ECHO_SCRIPT = Path(__file__).with_name("echo_server.py")
 # Variables that would point the daemon at a real systemd, a real config or a model.
 _SCRUBBED_PREFIXES = ("CORTEXD_", "LISTEN_", "NOTIFY_", "WATCHDOG_", "JOURNAL_STREAM")
@@ -177,6 +181,42 @@ def workspace() -> Iterator[str]:
         yield workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _busy_seconds(proc: psutil.Process) -> float:
+    """CPU seconds of `proc`, its reaped children and its live children."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        times = proc.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    with contextlib.suppress(psutil.Error):
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+    return total
+
+
+def wait_idle(
+    pid: int, *, threshold: float = IDLE_CPU, timeout: float = SETTLE_TIMEOUT
+) -> tuple[float, bool]:
+    """Wait until `pid` and its children use under `threshold` of a core.
+
+    The daemon's components do their first round of work just after READY
+    (the monitor runs every check once); measuring IPC or idle memory in the
+    middle of that would measure the checks instead. Returns the seconds
+    waited and whether it did go idle within `timeout`.
+    """
+    proc = psutil.Process(pid)
+    started = time.monotonic()
+    while True:
+        before = _busy_seconds(proc)
+        time.sleep(SETTLE_WINDOW)
+        waited = time.monotonic() - started
+        if (_busy_seconds(proc) - before) / SETTLE_WINDOW < threshold:
+            return waited, True
+        if waited > timeout:
+            return waited, False
 
 
 def line_call(sock: socket.socket, method: str) -> dict[str, Any]:
