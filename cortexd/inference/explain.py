@@ -19,9 +19,24 @@ from cortexd.server import Call, Method
 if TYPE_CHECKING:
     from cortexd.app import Daemon
 
-# SmolLM2's context is 2,048 tokens by default: keep the evidence well under it.
-MAX_ALERT_CHARS = 2500
-MAX_HEALTH_CHARS = 2000
+# SmolLM2's context is 2,048 tokens by default, and prompt processing is the
+# slow part on a small CPU: keep the evidence short.
+MAX_ALERT_CHARS = 1500
+MAX_HEALTH_CHARS = 1200
+# The alert fields that help a diagnosis, in the order the model reads them;
+# ids, fingerprints and bookkeeping only cost prompt tokens.
+ALERT_FIELDS = (
+    "title",
+    "severity",
+    "category",
+    "state",
+    "description",
+    "labels",
+    "annotations",
+    "source",
+    "host",
+    "count",
+)
 
 SYSTEM_PROMPT = (
     "You are an experienced Linux site reliability engineer. Explain alerts from a host "
@@ -69,6 +84,22 @@ def _compact(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + " …(truncated)"
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _compact(value, MAX_ALERT_CHARS)
+
+
+def _describe_alert(raw: Any) -> str:
+    alert = raw.get("alert", raw) if isinstance(raw, dict) else raw
+    if not isinstance(alert, dict):
+        return _compact(alert, MAX_ALERT_CHARS)
+    lines = [
+        f"{key}: {_text(alert[key])}"
+        for key in ALERT_FIELDS
+        if alert.get(key) not in (None, "", {}, [])
+    ]
+    return "\n".join(lines)[:MAX_ALERT_CHARS] if lines else _compact(alert, MAX_ALERT_CHARS)
+
+
 async def explain_messages(daemon: Daemon, caller: Call, alert_id: str) -> list[dict[str, str]]:
     """Chat messages asking the model to explain alert `alert_id`.
 
@@ -83,7 +114,7 @@ async def explain_messages(daemon: Daemon, caller: Call, alert_id: str) -> list[
             missing="alerts.get",
         )
     alert = await _get_alert(daemon, caller, alert_id)
-    parts = [f"Alert:\n{_compact(alert, MAX_ALERT_CHARS)}"]
+    parts = [f"Alert:\n{_describe_alert(alert)}"]
     if daemon.registry.known("health"):
         try:
             health = await _call_method(daemon, caller, "health", {})

@@ -1,0 +1,254 @@
+"""Inference commands: ask, explain, model status|load|unload, inference cancel.
+
+`ask` and `explain` stream the answer to the terminal as the daemon generates
+it. Ctrl-C cancels the request on the daemon (over a second connection, since
+the first is busy with the stream) before exiting with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from cortexctl.client import Client
+from cortexctl.output import Output
+from cortexd.protocol import CortexError
+
+EXIT_OK = 0
+EXIT_DAEMON_ERROR = 1
+EXIT_INTERRUPTED = 130
+# Silence allowed while a request waits in the queue: the daemon's own
+# inference deadline (120 s by default) ends it before this.
+ANSWER_TIMEOUT = 600.0
+LOAD_TIMEOUT = 3600.0
+CANCEL_TIMEOUT = 5.0
+MIB = 1024 * 1024
+
+ASK_EPILOG = """\
+examples:
+  cortexctl ask "Why would a Linux disk fill up?"
+  cortexctl ask --system "Answer in one sentence." "What is swap?"
+  cortexctl --json ask --max-tokens 64 "What is an inode?"
+
+Ctrl-C cancels the request on the daemon.
+"""
+
+
+class _Streamer:
+    """Prints streamed text as it arrives and remembers the request id."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.request_id: str | None = None
+        self.printed = False
+
+    def __call__(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        if "request_id" in data:
+            self.request_id = str(data["request_id"])
+        text = data.get("text")
+        if text and not self.out.as_json:
+            self.out.stream.write(text)
+            self.out.stream.flush()
+            self.printed = True
+
+
+def _cancel(client: Client, request_id: str | None) -> None:
+    if request_id is None:
+        return
+    try:
+        with Client(client.path, timeout=CANCEL_TIMEOUT) as other:
+            other.call("inference.cancel", {"request_id": request_id})
+    except (CortexError, OSError, TimeoutError):
+        pass  # it may have finished meanwhile; we are exiting either way
+
+
+def _stream_answer(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
+    streamer = _Streamer(out)
+    try:
+        result = client.call(
+            method,
+            {**params, "stream": True},
+            on_stream=streamer,
+            timeout=max(client.timeout, ANSWER_TIMEOUT),
+        )
+    except KeyboardInterrupt:
+        _cancel(client, streamer.request_id)
+        if streamer.printed:
+            out.line()
+        print("cortexctl: cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if out.as_json:
+        out.json(result)
+    else:
+        if not streamer.printed and result.get("text"):
+            out.stream.write(result["text"])
+        out.line()
+        _print_stats(result)
+    reason = result.get("stop_reason")
+    if reason in ("cancelled", "timeout"):
+        if not out.as_json:
+            print(f"cortexctl: the answer was cut short ({reason})", file=sys.stderr)
+        return EXIT_DAEMON_ERROR
+    return EXIT_OK
+
+
+def _print_stats(result: dict[str, Any]) -> None:
+    if not sys.stderr.isatty():
+        return
+    ttft = result.get("ttft_ms")
+    first = f", first token after {ttft:.0f} ms" if ttft is not None else ""
+    print(
+        f"[{result.get('eval_count', 0)} tokens, "
+        f"{result.get('tokens_per_second', 0):.1f} tokens/s{first}]",
+        file=sys.stderr,
+    )
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.seed is not None:
+        params["seed"] = args.seed
+    return params
+
+
+def _ask(client: Client, args: argparse.Namespace, out: Output) -> int:
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": " ".join(args.question)})
+    return _stream_answer(client, "inference.chat", {"messages": messages, **_sampling(args)}, out)
+
+
+def _explain(client: Client, args: argparse.Namespace, out: Output) -> int:
+    params = {"alert_id": args.alert_id, **_sampling(args)}
+    return _stream_answer(client, "inference.explain", params, out)
+
+
+def _model_status(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("model.status")
+    if out.as_json:
+        out.json(result)
+        return EXIT_OK
+    state = result["state"]
+    colour = "32" if state == "ready" else "31" if state == "failed" else "33"
+    rows: list[tuple[str, Any]] = [("state", out.paint(state, colour))]
+    if result.get("reason"):
+        rows.append(("reason", result["reason"]))
+    model = result.get("model")
+    if model:
+        rows += [
+            ("model", model["name"]),
+            ("path", model["path"]),
+            ("size", f"{model['size_bytes'] / MIB:.1f} MiB"),
+            ("context", f"{model['n_ctx']} tokens"),
+            ("threads", model["n_threads"]),
+        ]
+    elif result.get("path"):
+        rows.append(("path", result["path"]))
+    totals = result["totals"]
+    in_flight = result.get("in_flight")
+    rows += [
+        ("queue", f"{result['queue_depth']} waiting (limit {result['queue_limit']})"),
+        ("running", f"{in_flight['request_id']} ({in_flight['phase']})" if in_flight else "-"),
+        (
+            "requests",
+            f"{totals['requests']} ({totals['completed']} completed, "
+            f"{totals['cancelled']} cancelled, {totals['timed_out']} timed out, "
+            f"{totals['failed']} failed)",
+        ),
+        ("generated", f"{totals['generated_tokens']} tokens, {totals['tokens_per_second']} /s"),
+    ]
+    if result.get("rss_bytes"):
+        rows.append(("memory", f"{result['rss_bytes'] / MIB:.0f} MiB resident"))
+    if result.get("last_error"):
+        error = result["last_error"]
+        rows.append(("last error", f"{error['path']}: {error['reason']}"))
+    out.table(rows)
+    for item in result.get("queue", []):
+        out.line(f"  #{item['position']} {item['request_id']} {item['priority']} uid {item['uid']}")
+    return EXIT_OK
+
+
+def _model_load(client: Client, args: argparse.Namespace, out: Output) -> int:
+    # The daemon has its own working directory and home: resolve the path here.
+    path = os.path.abspath(os.path.expanduser(args.path))
+    result = client.call("model.load", {"path": path}, timeout=max(client.timeout, LOAD_TIMEOUT))
+    if out.as_json:
+        out.json(result)
+    else:
+        model = result.get("model") or {}
+        out.line(f"loaded {model.get('name', path)} ({model.get('n_ctx', '?')} tokens of context)")
+    return EXIT_OK
+
+
+def _model_unload(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("model.unload", timeout=max(client.timeout, LOAD_TIMEOUT))
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line("model unloaded")
+    return EXIT_OK
+
+
+def _cancel_command(client: Client, args: argparse.Namespace, out: Output) -> int:
+    result = client.call("inference.cancel", {"request_id": args.request_id})
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(f"cancelled {result['request_id']} (was {result['phase']})")
+    return EXIT_OK
+
+
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tokens", type=int, metavar="N", help="longest answer in tokens")
+    parser.add_argument("--temperature", type=float, metavar="T", help="0 = deterministic")
+    parser.add_argument("--seed", type=int, metavar="N", help="sampling seed")
+    # SUPPRESS keeps `cortexctl --json ask` working: a subcommand default would override it.
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON"
+    )
+
+
+def register(sub: Any) -> None:
+    """Add this module's commands to the top-level subparsers."""
+    ask = sub.add_parser(
+        "ask",
+        help="ask the local model a question (streams the answer)",
+        epilog=ASK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ask.add_argument("question", nargs="+", help="the question")
+    ask.add_argument("--system", metavar="TEXT", help="a system prompt")
+    _add_sampling(ask)
+    ask.set_defaults(run=_ask)
+
+    explain = sub.add_parser("explain", help="explain an alert with the host's health as context")
+    explain.add_argument("alert_id", help="the alert's id (see `cortexctl alerts list`)")
+    _add_sampling(explain)
+    explain.set_defaults(run=_explain)
+
+    model = sub.add_parser("model", help="show, load or unload the inference model")
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    model_sub.add_parser("status", help="model state, queue and totals").set_defaults(
+        run=_model_status
+    )
+    load = model_sub.add_parser("load", help="load a GGUF model (admin)")
+    load.add_argument("path", help="path to a .gguf file")
+    load.set_defaults(run=_model_load)
+    model_sub.add_parser("unload", help="free the model (admin)").set_defaults(run=_model_unload)
+
+    inference = sub.add_parser("inference", help="manage inference requests")
+    inference_sub = inference.add_subparsers(
+        dest="inference_command", metavar="ACTION", required=True
+    )
+    cancel = inference_sub.add_parser("cancel", help="cancel a queued or running request")
+    cancel.add_argument("request_id", help="the request_id from the stream or model status")
+    cancel.set_defaults(run=_cancel_command)

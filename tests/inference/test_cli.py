@@ -1,0 +1,154 @@
+"""cortexctl ask / explain / model / inference cancel against the real daemon and model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from cortexd.protocol import MethodNotFound
+from tests.daemon import DaemonProcess
+from tests.inference.conftest import wait_for
+from tests.inference.helpers import LONG_PROMPT
+
+CLI_TIMEOUT = 120
+CLI = (sys.executable, "-m", "cortexctl")
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CORTEX_SOCKET"}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def cortexctl(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cortexctl", "--socket", d.socket_path, *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=cli_env(),
+        check=False,
+    )
+
+
+def test_ask_prints_the_answer(model_daemon: DaemonProcess) -> None:
+    done = cortexctl(
+        model_daemon, "ask", "--temperature", "0", "--max-tokens", "24", "What", "is", "Linux?"
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip()) > 10
+
+
+def test_ask_json_gives_the_result_and_statistics(model_daemon: DaemonProcess) -> None:
+    for args in (
+        ("--json", "ask", "--max-tokens", "8", "Say hi"),
+        ("ask", "--json", "--max-tokens", "8", "--system", "Be brief.", "Say hi"),
+    ):
+        done = cortexctl(model_daemon, *args)
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = orjson.loads(done.stdout)
+        assert result["stop_reason"] in ("stop", "length")
+        assert result["eval_count"] <= 8
+        assert {"prompt_eval_count", "eval_duration", "ttft_ms", "tokens_per_second"} <= set(result)
+
+
+def test_ctrl_c_cancels_the_request_on_the_daemon(model_daemon: DaemonProcess) -> None:
+    before = model_daemon.call("model.status")["totals"]["cancelled"]
+    proc = subprocess.Popen(
+        [*CLI, "--socket", model_daemon.socket_path, "ask", LONG_PROMPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+
+        def prompt_running() -> bool:
+            flight = model_daemon.call("model.status")["in_flight"]
+            return bool(flight and flight["phase"] == "prompt")
+
+        wait_for(prompt_running)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "cancelled" in stderr
+    wait_for(lambda: model_daemon.call("model.status")["in_flight"] is None)
+    assert model_daemon.call("model.status")["totals"]["cancelled"] == before + 1
+
+
+def test_model_status_and_cancel_commands(model_daemon: DaemonProcess) -> None:
+    done = cortexctl(model_daemon, "model", "status")
+    assert done.returncode == 0, done.stderr
+    assert "ready" in done.stdout
+    assert "2048 tokens" in done.stdout
+    missing = cortexctl(model_daemon, "inference", "cancel", "nosuchrequest")
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr
+
+
+def test_model_load_resolves_a_relative_path(model_daemon: DaemonProcess, model_path: str) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cortexctl",
+            "--socket",
+            model_daemon.socket_path,
+            "model",
+            "load",
+            os.path.basename(model_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=cli_env(),
+        cwd=os.path.dirname(model_path),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("loaded ")
+
+
+def test_explain_needs_the_alert_manager_or_an_existing_alert(
+    model_daemon: DaemonProcess,
+) -> None:
+    done = cortexctl(model_daemon, "explain", "no-such-alert")
+    assert done.returncode == 1
+    try:
+        model_daemon.call("alerts.get", {"id": "no-such-alert"})
+    except MethodNotFound:
+        assert "UNAVAILABLE" in done.stderr
+        assert "alert manager" in done.stderr
+    except Exception:
+        # With the alert manager the unknown id is its error, not the model's.
+        assert "UNAVAILABLE" not in done.stderr
+
+
+def test_explain_streams_an_explanation_of_a_real_alert(model_daemon: DaemonProcess) -> None:
+    try:
+        raised = model_daemon.call(
+            "alerts.raise",
+            {
+                "title": "Disk /var is 97% full",
+                "severity": "CRITICAL",
+                "description": "/var has 300 MB free of 10 GB",
+            },
+        )
+    except MethodNotFound:
+        pytest.skip("this daemon has no alert manager")
+    alert_id = str(raised["alert"]["id"])
+    done = cortexctl(model_daemon, "--json", "explain", "--max-tokens", "8", alert_id)
+    assert done.returncode == 0, done.stderr
+    result = orjson.loads(done.stdout)
+    assert result["eval_count"] > 0
+    # The alert's own words went into the prompt, beyond the fixed instructions.
+    assert result["prompt_tokens"] > 100
