@@ -71,6 +71,7 @@ class Settings:
     as_json: bool
     profile: str | None
     from_json: str | None
+    markdown: bool
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     )
     parser.add_argument("--runs", type=int, help="runs for start-up and CLI medians (default 11)")
     parser.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument(
         "--from-json",
         metavar="FILE",
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         as_json=args.json,
         profile=args.profile,
         from_json=args.from_json,
+        markdown=args.markdown,
     )
 
 
@@ -392,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     if settings.from_json:
         saved = orjson.loads(Path(settings.from_json).read_bytes())
-        print_report(saved, aims(saved))
+        print_report(saved, aims(saved), markdown=settings.markdown)
         return 0
     figures: dict[str, Any] = {"machine": machine(), "source": daemon_source()}
     figures["settings"] = {
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.as_json:
         print_json(figures)
     else:
-        print_report(figures, aims(figures))
+        print_report(figures, aims(figures), markdown=settings.markdown)
     return 0
 
 

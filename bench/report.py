@@ -41,7 +41,11 @@ def _row(cells: list[str], widths: list[int]) -> str:
     )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines.extend("| " + " | ".join(r) + " |" for r in rows)
+        return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [_row(header, widths), "  ".join("-" * w for w in widths)]
     lines.extend(_row(r, widths) for r in rows)
@@ -77,14 +81,16 @@ def _ipc_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
+def print_report(figures: dict[str, Any], aims: list[Any], *, markdown: bool = False) -> None:
+    """Print the figures as aligned text tables, or as Markdown for docs/performance.md."""
     m = figures["machine"]
     s = figures["settings"]
+    bullet = "- " if markdown else ""
     out = [
-        f"machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
+        f"{bullet}machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
         f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after",
-        f"cortexd from {figures['source']['path']} at {figures['source']['revision']}",
-        f"cells: {s['rounds']} rounds per server, alternating, each {s['duration']:g} s measured"
+        f"{bullet}cortexd from {figures['source']['path']} at {figures['source']['revision']}",
+        f"{bullet}cells: {s['rounds']} rounds per server, alternating, each {s['duration']:g} s measured"
         f" after {s['warmup']:g} s warm-up; "
         f"{s['processes']} load generator processes",
         "",
@@ -105,37 +111,39 @@ def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
                 "aim",
             ],
             _ipc_rows(figures["cells"]),
+            markdown,
         ),
         "",
     ]
     idle = figures["idle_connections"]
     out.append(
-        f"{idle['held']} idle connections held (daemon saw {idle['connections_open_seen']} open, "
+        bullet
+        + f"{idle['held']} idle connections held (daemon saw {idle['connections_open_seen']} open, "
         f"{idle['held_sampled_ok']} of the held ones pinged fine): ping on a new connection "
         f"p50 {idle['ping_p50_ms']:.3f} ms, p99 {idle['ping_p99_ms']:.3f} ms "
         f"(first, with connect: {idle['first_ping_ms']:.3f} ms); daemon RSS {idle['rss_mb']:.1f} MB"
     )
     cli = figures["cli"]
     out.append(
-        f"cortexctl status: {cli['cortexctl_status_ms']:.1f} ms vs python -c pass "
+        bullet + f"cortexctl status: {cli['cortexctl_status_ms']:.1f} ms vs python -c pass "
         f"{cli['python_pass_ms']:.1f} ms = {cli['ratio']:.2f}x  (aim ≤ 2.5x)"
     )
     st = figures["startup"]
     out.append(
-        f"start to READY=1: {st['ready_ms']:.1f} ms vs python -c pass {st['python_pass_ms']:.1f} ms"
-        f" = {st['ratio']:.2f}x  (aim ≤ 3x)"
+        bullet + f"start to READY=1: {st['ready_ms']:.1f} ms vs python -c pass "
+        f"{st['python_pass_ms']:.1f} ms = {st['ratio']:.2f}x  (aim ≤ 3x)"
     )
     i = st["idle"]
     heavy = ", ".join(i["heavy_libraries"]) or "none"
     out.append(
-        f"idle daemon, no model: RSS {i['rss_mb']:.1f} MB (USS {i['uss_mb']:.1f} MB), "
+        bullet + f"idle daemon, no model: RSS {i['rss_mb']:.1f} MB (USS {i['uss_mb']:.1f} MB), "
         f"CPU {i['cpu_percent']:.1f}%, {i['threads']} threads; llama/numpy loaded: {heavy};"
         f" components {', '.join(i['components'])}; start-up work "
         + ("done after" if i["settled"] else "STILL RUNNING after")
         + f" {i['settle_seconds']:.1f} s"
         "  (aim RSS ≤ 40 MB)"
     )
-    out.append(f"daemon RSS after the whole run: {figures['daemon_rss_after_mb']:.1f} MB")
+    out.append(f"{bullet}daemon RSS after the whole run: {figures['daemon_rss_after_mb']:.1f} MB")
     out.append("")
     out.append(
         _table(
@@ -144,6 +152,7 @@ def print_report(figures: dict[str, Any], aims: list[Any]) -> None:
                 [a.name, f"{a.value:.3f}", ("≤ " if a.below else "≥ ") + f"{a.bound:g}", _yes(a)]
                 for a in aims
             ],
+            markdown,
         )
     )
     print("\n".join(out))
