@@ -87,11 +87,12 @@ def print_report(figures: dict[str, Any], aims: list[Any], *, markdown: bool = F
     s = figures["settings"]
     bullet = "- " if markdown else ""
     out = [
-        f"{bullet}machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}; "
-        f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after",
+        f"{bullet}machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, "
+        f"Linux {m['kernel']}; load average {m['loadavg'][0]:.2f} before, "
+        f"{m['loadavg_after'][0]:.2f} after",
         f"{bullet}cortexd from {figures['source']['path']} at {figures['source']['revision']}",
-        f"{bullet}cells: {s['rounds']} rounds per server, alternating, each {s['duration']:g} s measured"
-        f" after {s['warmup']:g} s warm-up; "
+        f"{bullet}cells: {s['rounds']} rounds per server, alternating, each "
+        f"{s['duration']:g} s measured after {s['warmup']:g} s warm-up; "
         f"{s['processes']} load generator processes",
         "",
         _table(
