@@ -9,7 +9,9 @@ imported, so command-line use stays fast.
 from __future__ import annotations
 
 import errno
+import grp
 import itertools
+import os
 import socket
 from collections.abc import Callable
 from types import TracebackType
@@ -21,6 +23,7 @@ from cortexd.protocol import JSONRPC, InvalidRequest, default_socket_path, error
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
+DEFAULT_SOCKET_GROUP = "cortex"
 # How long to look for the daemon's parting error line after a failed send.
 PARTING_READ_TIMEOUT = 0.5
 LOG_HINT = "journalctl -u cortexd (or the terminal running `make run`)"
@@ -37,13 +40,22 @@ class DaemonUnreachable(Exception):
         self.hint = hint
 
 
+def _socket_group(path: str) -> str:
+    """The group owning the socket file (what the user must join), else `cortex`."""
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return DEFAULT_SOCKET_GROUP
+
+
 def unreachable(path: str, exc: OSError) -> DaemonUnreachable:
     """Translate a connect error into a message with what to do about it."""
     if isinstance(exc, PermissionError) or exc.errno == errno.EACCES:
+        group = _socket_group(path)
         return DaemonUnreachable(
             path,
             "permission denied",
-            "join the socket's group: sudo usermod -aG cortex $USER, then log in again",
+            f"join the socket's group: sudo usermod -aG {group} $USER, then log in again",
         )
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         return DaemonUnreachable(

@@ -172,7 +172,7 @@ def test_peer_outside_the_group_cannot_connect(
     assert "permission denied" in result.stderr
     hint = result.stderr.strip().splitlines()[-1]
     assert hint.startswith("hint:")
-    assert "group" in hint
+    assert f"usermod -aG {groups.socket_name} " in hint
 
 
 def test_admin_group_member_may_reload(
