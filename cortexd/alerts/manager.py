@@ -89,6 +89,7 @@ class AlertManager:
         self.clock = clock
         self.host = host or socket.gethostname()
         self._open: dict[str, Alert] = {}
+        self._by_id: dict[str, Alert] = {}  # the open alerts again, by id
         self._recent: dict[str, Alert] = {}
         self._silences: dict[str, Silence] = {}
         self._lock = anyio.Lock()
@@ -109,6 +110,7 @@ class AlertManager:
             )
         )
         self._open = {a.fingerprint: a for a in opened}
+        self._by_id = {a.id: a for a in opened}
         self._recent = {a.fingerprint: a for a in recent}
         self._silences = {s.id: s for s in silences}
         self._state = "running"
@@ -252,6 +254,7 @@ class AlertManager:
             )
             await self._save([alert])
             self._open[fp] = alert
+            self._by_id[alert.id] = alert
             log.info("alert %s fired: %s (%s)", alert.id, title, severity.name)
             return alert
 
@@ -306,6 +309,7 @@ class AlertManager:
         await self._save([alert])
         del self._recent[alert.fingerprint]
         self._open[alert.fingerprint] = alert
+        self._by_id[alert.id] = alert
         log.info("alert %s re-opened: %s", alert.id, title)
         return alert
 
@@ -329,6 +333,7 @@ class AlertManager:
             alert.state, alert.resolved_at = previous
             raise
         self._open.pop(alert.fingerprint, None)
+        self._by_id.pop(alert.id, None)
         if alert.cleared_at is None:
             self._recent[alert.fingerprint] = alert
         log.info("alert %s resolved: %s", alert.id, alert.title)
@@ -340,9 +345,9 @@ class AlertManager:
 
     async def get(self, alert_id: str) -> Alert:
         """Raises NotFound."""
-        for alert in self._open.values():
-            if alert.id == alert_id:
-                return alert
+        alert = self._by_id.get(alert_id)
+        if alert is not None:
+            return alert
         found = await self.db.read(lambda c: store.get(c, alert_id))
         if found is None:
             raise NotFound(f"no alert {alert_id!r}", id=alert_id)
@@ -351,15 +356,14 @@ class AlertManager:
     async def query(self, flt: ListFilter) -> list[Alert]:
         """Alerts matching `flt`, most recently seen first; open ones from memory."""
         rows = await self.db.read(lambda c: store.select(c, flt))
-        live = {a.id: a for a in self._open.values()}
-        merged = [live.get(a.id, a) for a in rows]
+        merged = [self._by_id.get(a.id, a) for a in rows]
         merged.sort(key=lambda a: a.last_seen, reverse=True)
         return merged
 
     async def acknowledge(self, alert_id: str, by: str) -> Alert:
         """Acknowledge one alert. Raises NotFound; resolved alerts stay resolved."""
         async with self._lock:
-            alert = next((a for a in self._open.values() if a.id == alert_id), None)
+            alert = self._by_id.get(alert_id)
             if alert is None:
                 await self._must_exist(alert_id)
                 found = await self.get(alert_id)
@@ -402,7 +406,7 @@ class AlertManager:
     async def resolve(self, alert_id: str) -> Alert:
         """Resolve one alert by hand. Raises NotFound."""
         async with self._lock:
-            alert = next((a for a in self._open.values() if a.id == alert_id), None)
+            alert = self._by_id.get(alert_id)
             if alert is None:
                 await self._must_exist(alert_id)
                 return await self.get(alert_id)

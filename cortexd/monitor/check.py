@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from cortexd.alerts.model import Severity
+from cortexd.monitor.checks.commands import CommandRunner
 from cortexd.monitor.thresholds import Thresholds
 
 
@@ -115,6 +116,7 @@ class Check(ABC):
     thresholds: Thresholds | None = None
     description: str = ""
     enabled: bool = True
+    first_run_delay: float = 0.0
 
     @abstractmethod
     def collect(self) -> list[Finding]:
@@ -122,6 +124,12 @@ class Check(ABC):
 
         Raises whatever goes wrong: the scheduler turns it into ERROR.
         """
+
+    def close(self) -> None:
+        """The monitor is stopping: end running work (child processes) now."""
+        runner = getattr(self, "runner", None)
+        if isinstance(runner, CommandRunner):
+            runner.kill_all()
 
     def summary(self) -> dict[str, Any]:
         """What `checks.list` shows about this check."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from cortexd.config.schema import CheckSettings, Config
 from cortexd.monitor.check import Check
 from cortexd.monitor.checks import disk, metrics, packages, system
+from cortexd.monitor.checks.commands import CommandRunner
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,13 @@ FOLLOW_MONITOR_INTERVAL = frozenset(
 )
 
 
-def _factories() -> dict[str, Factory]:
-    """Check id → how to build it from its settings, in the order `doctor` lists them."""
+def _factories(runner: CommandRunner) -> dict[str, Factory]:
+    """Check id → how to build it from its settings, in the order `doctor` lists them.
+
+    The command checks share one runner (so stopping the monitor ends all of
+    their child processes) and the two update checks share one simulation.
+    """
+    simulation = packages.UpgradeSimulation(runner)
     return {
         "cpu_usage": lambda s: metrics.CpuUsage(),
         "cpu_load": lambda s: metrics.CpuLoad(),
@@ -33,12 +39,12 @@ def _factories() -> dict[str, Factory]:
         "file_descriptors": lambda s: metrics.FileDescriptors(),
         "zombie_processes": lambda s: metrics.ZombieProcesses(),
         "process_count": lambda s: metrics.ProcessCount(),
-        "systemd_failed": lambda s: system.SystemdFailed(),
-        "apt_status": lambda s: packages.AptStatus(),
-        "apt_updates": lambda s: packages.AptUpdates(),
-        "security_updates": lambda s: packages.SecurityUpdates(),
-        "cve_scan": lambda s: packages.CveScan(data_path=s.data_path),
-        "dependency_conflicts": lambda s: packages.DependencyConflicts(),
+        "systemd_failed": lambda s: system.SystemdFailed(runner),
+        "apt_status": lambda s: packages.AptStatus(runner),
+        "apt_updates": lambda s: packages.AptUpdates(simulation),
+        "security_updates": lambda s: packages.SecurityUpdates(simulation),
+        "cve_scan": lambda s: packages.CveScan(data_path=s.data_path, runner=runner),
+        "dependency_conflicts": lambda s: packages.DependencyConflicts(runner),
         "time_sync": lambda s: system.TimeSync(),
         "dns_resolution": lambda s: system.DnsResolution(
             s.targets if s.targets is not None else system.DEFAULT_DNS_NAMES
@@ -53,7 +59,7 @@ def _factories() -> dict[str, Factory]:
 def build_checks(config: Config) -> list[Check]:
     """Every built-in check with its configured interval, timeout and thresholds."""
     checks: list[Check] = []
-    for check_id, factory in _factories().items():
+    for check_id, factory in _factories(CommandRunner()).items():
         settings: CheckSettings = getattr(config.checks, check_id)
         check = factory(settings)
         if check_id in FOLLOW_MONITOR_INTERVAL:

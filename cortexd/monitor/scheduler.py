@@ -90,6 +90,8 @@ class Monitor:
     async def stop(self) -> None:
         """Persist the last results so `health` has them after a restart."""
         self._state = "stopped"
+        for check in self.checks.values():
+            check.close()
         payload = orjson.dumps([r.to_dict() for r in self.results.values()])
         try:
             await self.alerts.put_blob(SNAPSHOT_KEY, payload)
@@ -126,7 +128,7 @@ class Monitor:
         while True:
             now = time.monotonic()
             for check in list(self.checks.values()):
-                due = self._due.get(check.id, now)
+                due = self._due.setdefault(check.id, now + check.first_run_delay)
                 if due <= now and check.id not in self._running:
                     self._due[check.id] = now + check.interval
                     assert self._tg is not None

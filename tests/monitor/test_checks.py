@@ -10,13 +10,15 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from cortexd.config.schema import ChecksConfig, CheckSettings, Config
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandResult, Runner, run_command
+from cortexd.monitor.checks.commands import CommandResult, CommandRunner, Runner, run_command
 from cortexd.monitor.registry import build_checks
 
 DATA = Path(__file__).parent / "data"
@@ -109,14 +111,16 @@ def test_dependency_conflicts_reports_broken_packages() -> None:
 
 
 def test_pending_updates_split_security_ones_from_the_real_simulation() -> None:
-    done = run_command(["apt-get", "-o", "Debug::NoLocking=1", "-s", "dist-upgrade"], 120)
+    done = run_command(["apt-get", "-o", "Debug::NoLocking=1", "-s", "dist-upgrade"], 300)
     assert done.returncode == 0, done.stderr
     parsed = packages.parse_simulation(done.stdout)
     assert len(parsed) == done.stdout.count("\nInst ") + done.stdout.startswith("Inst ")
     # The real simulation's output, run once, feeds both checks.
-    (updates,) = packages.AptUpdates(recorded(done.stdout)).collect()
+    (updates,) = packages.AptUpdates(packages.UpgradeSimulation(recorded(done.stdout))).collect()
     assert updates.details["pending"] == len(parsed)
-    (security,) = packages.SecurityUpdates(recorded(done.stdout)).collect()
+    (security,) = packages.SecurityUpdates(
+        packages.UpgradeSimulation(recorded(done.stdout))
+    ).collect()
     assert security.details["security"] == sum(u.security for u in parsed)
     if parsed:
         assert updates.status is Status.WARN
@@ -220,3 +224,49 @@ def test_registry_builds_every_check_with_configured_settings() -> None:
     assert checks["zombie_processes"].enabled is False
     assert checks["memory"].thresholds is not None
     assert checks["memory"].thresholds.warning_clear == 80
+
+
+def test_one_simulation_serves_both_update_checks() -> None:
+    calls: list[Sequence[str]] = []
+    text = (
+        "Inst liblzma5 [5.4.1-1] (5.4.1-1+deb12u2 Debian-Security:12/oldstable-security [amd64])\n"
+    )
+
+    def runner(argv: Sequence[str], timeout: float) -> CommandResult:
+        calls.append(argv)
+        return CommandResult(0, text, "")
+
+    shared = packages.UpgradeSimulation(runner)
+    (pending,) = packages.AptUpdates(shared).collect()
+    (security,) = packages.SecurityUpdates(shared).collect()
+    assert pending.details["pending"] == security.details["security"] == 1
+    assert len(calls) == 1
+
+
+def test_stopping_kills_a_running_command() -> None:
+    runner = CommandRunner()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(runner(["sleep", "60"], 120))
+        except Exception as exc:  # what the thread saw
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    started = time.monotonic()
+    thread.start()
+    while not runner._children and time.monotonic() - started < 10:
+        threading.Event().wait(0.01)
+    runner.kill_all()
+    thread.join(20)
+    assert not thread.is_alive()
+    (result,) = outcome
+    assert isinstance(result, CommandResult) and result.returncode != 0
+    assert time.monotonic() - started < 30  # nowhere near the 60 s sleep
+    try:
+        runner(["true"], 5)
+    except RuntimeError as exc:
+        assert "stopping" in str(exc)
+    else:
+        raise AssertionError("a stopped runner still ran a command")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
 from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.commands import Runner, have, run_command
+from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
 
 DPKG_DIR = "/var/lib/dpkg"
 APT_LISTS = "/var/lib/apt/lists"
@@ -28,6 +29,12 @@ LOCK_FILES = (
     "/var/cache/apt/archives/lock",
 )
 NO_LOCK = ("-o", "Debug::NoLocking=1")
+_LIST_SUFFIXES = ("Packages", "Packages.lz4", "Packages.gz", "Packages.xz", "InRelease", "Release")
+SIMULATION_TIMEOUT = 300.0
+# The package scans cost seconds of CPU; they first run a little after
+# start-up so a daemon that starts (or a test daemon that lives briefly)
+# serves quickly, then at their own interval.
+HEAVY_FIRST_RUN_DELAY = 30.0
 _INST = re.compile(
     r"^Inst (?P<name>\S+) (?:\[(?P<old>[^\]]*)\] )?\((?P<new>\S+) (?P<origin>[^\[]*)"
 )
@@ -82,7 +89,7 @@ class AptStatus(Check):
         self.dpkg_dir = dpkg_dir
 
     def collect(self) -> list[Finding]:
-        if self.runner is run_command and (skip := _no_apt()):
+        if is_real(self.runner) and (skip := _no_apt()):
             return [skip]
         problems: list[str] = []
         status = Status.PASS
@@ -124,6 +131,8 @@ class DependencyConflicts(Check):
     alert_category = "dependency"
     description = "broken dependencies reported by `apt-get check`"
     interval = 3600.0
+    timeout = SIMULATION_TIMEOUT + 10
+    first_run_delay = HEAVY_FIRST_RUN_DELAY
     fix_id = "apt_fix_broken"
     fail_severity = Severity.ERROR
 
@@ -131,9 +140,9 @@ class DependencyConflicts(Check):
         self.runner = runner
 
     def collect(self) -> list[Finding]:
-        if self.runner is run_command and (skip := _no_apt()):
+        if is_real(self.runner) and (skip := _no_apt()):
             return [skip]
-        done = self.runner(["apt-get", *NO_LOCK, "-q", "check"], 120.0)
+        done = self.runner(["apt-get", *NO_LOCK, "-q", "check"], SIMULATION_TIMEOUT)
         text = (done.stdout + "\n" + done.stderr).strip()
         broken = [
             line.strip()
@@ -183,33 +192,59 @@ def parse_simulation(text: str) -> list[Upgrade]:
     return out
 
 
-class _Updates(Check):
-    category = "packages"
-    interval = 3600.0
+class UpgradeSimulation:
+    """One `apt-get -s dist-upgrade` shared by apt_updates and security_updates.
 
-    def __init__(self, runner: Runner = run_command, lists_dir: str = APT_LISTS) -> None:
+    The simulation is the expensive part (a second of CPU or more); both
+    checks read the same run when it is younger than `max_age` seconds.
+    """
+
+    def __init__(
+        self, runner: Runner = run_command, lists_dir: str = APT_LISTS, max_age: float = 60.0
+    ) -> None:
         self.runner = runner
         self.lists_dir = lists_dir
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._cached: tuple[float, tuple[list[Upgrade], float] | Finding] | None = None
 
-    def pending(self) -> tuple[list[Upgrade], float | None] | Finding:
-        if self.runner is run_command and (skip := _no_apt()):
+    def get(self) -> tuple[list[Upgrade], float] | Finding:
+        """(upgrades, age of the package lists in seconds), or a SKIP finding."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.max_age:
+                return self._cached[1]
+            found = self._simulate()
+            self._cached = (time.monotonic(), found)
+            return found
+
+    def _simulate(self) -> tuple[list[Upgrade], float] | Finding:
+        if is_real(self.runner) and (skip := _no_apt()):
             return skip
-        lists = [
-            n
-            for n in _listdir(self.lists_dir)
-            if n.endswith(
-                ("Packages", "Packages.lz4", "Packages.gz", "Packages.xz", "InRelease", "Release")
-            )
-        ]
+        lists = [n for n in _listdir(self.lists_dir) if n.endswith(_LIST_SUFFIXES)]
         if not lists:
             return Finding(
                 "package lists were never downloaded (run apt-get update)", status=Status.SKIP
             )
         newest = max(os.stat(os.path.join(self.lists_dir, n)).st_mtime for n in lists)
-        done = self.runner(["apt-get", *NO_LOCK, "-s", "-q", "dist-upgrade"], 120.0)
+        done = self.runner(["apt-get", *NO_LOCK, "-s", "-q", "dist-upgrade"], SIMULATION_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}")
         return parse_simulation(done.stdout), time.time() - newest
+
+
+class _Updates(Check):
+    category = "packages"
+    interval = 3600.0
+    timeout = SIMULATION_TIMEOUT + 10
+    first_run_delay = HEAVY_FIRST_RUN_DELAY
+
+    def __init__(self, simulation: UpgradeSimulation | None = None) -> None:
+        self.simulation = simulation or UpgradeSimulation()
+        self.runner = self.simulation.runner
+
+    def pending(self) -> tuple[list[Upgrade], float] | Finding:
+        return self.simulation.get()
 
 
 class AptUpdates(_Updates):
@@ -311,6 +346,8 @@ class CveScan(Check):
     alert_category = "cve_found"
     description = "CVEs affecting installed packages, from debsecan or an offline report"
     interval = 86400.0
+    timeout = 660.0
+    first_run_delay = HEAVY_FIRST_RUN_DELAY
 
     def __init__(self, data_path: str = "", runner: Runner = run_command) -> None:
         self.data_path = data_path
@@ -324,7 +361,7 @@ class CveScan(Check):
             except FileNotFoundError:
                 return [Finding(f"no CVE data at {self.data_path}", status=Status.SKIP)]
             source = self.data_path
-        elif self.runner is not run_command or have("debsecan"):
+        elif not is_real(self.runner) or have("debsecan"):
             done = self.runner(["debsecan", "--format", "summary"], 600.0)
             if done.returncode != 0:
                 return [
