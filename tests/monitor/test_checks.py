@@ -270,3 +270,12 @@ def test_stopping_kills_a_running_command() -> None:
         assert "stopping" in str(exc)
     else:
         raise AssertionError("a stopped runner still ran a command")
+
+
+def test_cpu_usage_is_graded_only_once_its_window_has_samples() -> None:
+    (early,) = metrics.CpuUsage().collect()
+    assert early.status is Status.SKIP
+    assert 0 <= early.details["usage_percent"] <= 100
+    (graded,) = metrics.CpuUsage(min_window=0).collect()
+    assert graded.status is None and graded.value is not None
+    assert 0 <= graded.value <= 100

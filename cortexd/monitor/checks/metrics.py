@@ -17,6 +17,9 @@ from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.thresholds import Thresholds
 
 CPU_WINDOW = 300.0  # SPEC §4: cpu_usage grades the 5-minute average
+# Until a fifth of the window has passed the average is mostly the start-up
+# burst (the daemon's own included): reported, but not graded.
+MIN_WINDOW = CPU_WINDOW / 5
 FIRST_SAMPLE_GAP = 0.25
 
 
@@ -33,7 +36,8 @@ class CpuUsage(Check):
     interval = 10.0
     thresholds = Thresholds(90, 80, 97, 90, samples=2)
 
-    def __init__(self) -> None:
+    def __init__(self, min_window: float = MIN_WINDOW) -> None:
+        self.min_window = min_window
         self._samples: deque[tuple[float, float, float]] = deque()
 
     def _sample(self) -> tuple[float, float, float]:
@@ -54,15 +58,23 @@ class CpuUsage(Check):
         span = now[2] - start[2]
         usage = 100.0 * (now[1] - start[1]) / span if span > 0 else 0.0
         window = now[0] - start[0]
+        details = {
+            "usage_percent": round(usage, 2),
+            "window_seconds": round(window, 1),
+            "cpus": psutil.cpu_count() or 1,
+        }
+        if window < self.min_window:
+            return [
+                Finding(
+                    f"CPU {usage:.1f}% busy over {window:.0f}s; graded once "
+                    f"{self.min_window:.0f}s of samples are in",
+                    status=Status.SKIP,
+                    details=details,
+                )
+            ]
         return [
             Finding(
-                f"CPU {usage:.1f}% busy over the last {window:.0f}s",
-                value=usage,
-                details={
-                    "usage_percent": round(usage, 2),
-                    "window_seconds": round(window, 1),
-                    "cpus": psutil.cpu_count() or 1,
-                },
+                f"CPU {usage:.1f}% busy over the last {window:.0f}s", value=usage, details=details
             )
         ]
 
