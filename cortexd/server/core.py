@@ -297,7 +297,8 @@ class Connection:
             peer=self.peer,
             id=req_id,
             is_admin=self._is_admin(),
-            _sender=self._send_stream,
+            # A notification gets nothing back, not even its stream messages.
+            _sender=None if notify else self._send_stream,
         )
         if method.inline:
             await self._answer(method, call, notify, started, inline=True)

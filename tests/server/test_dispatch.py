@@ -48,6 +48,7 @@ async def test_notifications_get_no_answer() -> None:
         await conn.send({"jsonrpc": "2.0", "method": "no.such.method"})
         await conn.send({"jsonrpc": "2.0", "method": "echo", "params": {"text": 5}})
         await conn.send({"jsonrpc": "2.0", "method": "slow", "params": {"seconds": 0.05}})
+        await conn.send({"jsonrpc": "2.0", "method": "chatty", "params": {"count": 2}})
         await conn.send(
             {"jsonrpc": "2.0", "id": "last", "method": "slow", "params": {"seconds": 0.3}}
         )
@@ -56,6 +57,7 @@ async def test_notifications_get_no_answer() -> None:
         assert await conn.closed_by_server(within=0.5) is False
         assert served.stats.requests["fast"] == 1
         assert served.stats.requests["slow"] == 2
+        assert served.stats.requests["chatty"] == 1
 
 
 async def test_null_id_is_a_request_not_a_notification() -> None:
