@@ -114,11 +114,12 @@ class AsyncClient:
         if on_stream is not None:
             self._streams[req_id] = on_stream
         try:
-            self._writer.write(orjson.dumps(message) + b"\n")
-            await self._writer.drain()
-            reply = await asyncio.wait_for(
-                future, self.timeout if reply_timeout is None else reply_timeout
-            )
+            # One deadline covers sending too: a daemon that stops reading
+            # must not hang the caller in drain().
+            async with asyncio.timeout(self.timeout if reply_timeout is None else reply_timeout):
+                self._writer.write(orjson.dumps(message) + b"\n")
+                await self._writer.drain()
+                reply = await future
         except TimeoutError:  # an OSError too, but it means "no answer yet", not "gone"
             raise
         except OSError as exc:
