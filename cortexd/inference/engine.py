@@ -116,13 +116,17 @@ class Engine:
         config: InferenceConfig,
         *,
         loader: Callable[[str, InferenceConfig, int], Any] | None = None,
+        validate: Callable[[str, InferenceConfig], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`loader` and `validate` replace the llama.cpp loader and the file checks
+        (tests use a stand-in model); both run on the worker thread."""
         self.config = config
         self.queue: RequestQueue[Job] = RequestQueue(config.queue_depth, clock)
         self.totals = Totals()
         self._clock = clock
         self._loader = loader
+        self._validate = validate or _check_file
         self._lock = threading.Lock()
         self._state: ModelState = "not_configured"
         self._reason: str | None = None
@@ -422,8 +426,7 @@ class Engine:
         try:
             # Check the new file before giving up the old model, so a bad
             # path leaves the running model in place.
-            info = inspect(path)
-            check_fits(info, self.config.n_ctx, self.config.use_mmap)
+            self._validate(path, self.config)
             self._unload_model()
             model = self._load_model(path)
         except ModelFileError as exc:
@@ -441,7 +444,13 @@ class Engine:
         with self._lock:
             self._describe = model.describe()
             self._state, self._reason = "ready", None
-        log.info("model %s ready in %.2fs (n_ctx %d)", model.info.name, seconds, model.n_ctx)
+        described = self._describe or {}
+        log.info(
+            "model %s ready in %.2fs (n_ctx %s)",
+            described.get("name"),
+            seconds,
+            described.get("n_ctx"),
+        )
         return None
 
     def _load_model(self, path: str) -> Any:
@@ -521,6 +530,10 @@ class Engine:
             self.totals.timed_out += 1
         else:
             self.totals.cancelled += 1
+
+
+def _check_file(path: str, config: InferenceConfig) -> None:
+    check_fits(inspect(path), config.n_ctx, config.use_mmap)
 
 
 def _rss_bytes() -> int | None:

@@ -21,6 +21,7 @@ from cortexd.config.schema import Config
 from cortexd.inference.engine import Engine
 from cortexd.inference.explain import explain_messages
 from cortexd.inference.job import GenerationParams, Job
+from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
@@ -147,7 +148,9 @@ async def run_job(engine: Engine, call: Call, job: Job, stream: bool) -> dict[st
                 return job.outcome()
             if engine.now() >= deadline:
                 if timed_out:
-                    raise TimeoutError
+                    # The worker did not stop within the grace period (it is stuck in
+                    # llama.cpp): answer now; the job is cancelled on the way out.
+                    raise Timeout(engine.config.request_timeout)
                 timed_out = True
                 engine.cancel_job(job, "timeout")
                 deadline += STOP_GRACE
