@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import anyio
 
-from cortexd.protocol import Timeout
+from cortexd.protocol import Timeout, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Database:
         Raises:
             Timeout: `fn` ran past `deadline` seconds; the statement running
                 then is interrupted and the transaction rolled back.
-            RuntimeError: the database is not open.
+            Unavailable: the database is not open (start-up or shutdown).
 
         On cancellation the waiting stops at once; a statement already
         running is interrupted the same way.
@@ -135,7 +135,7 @@ class Database:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise RuntimeError(f"database {self.path} is not open")
+            raise Unavailable(f"database {self.path} is not open")
         return self._conn
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -152,7 +152,7 @@ class Database:
 
     async def _submit(self, fn: Callable[[], T], deadline: float) -> T:
         if self._executor is None:
-            raise RuntimeError(f"database {self.path} is not open")
+            raise Unavailable(f"database {self.path} is not open")
         token = object()
 
         def job() -> T:

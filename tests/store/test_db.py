@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cortexd.protocol import Timeout
+from cortexd.protocol import Timeout, Unavailable
 from cortexd.store import Database, Migration
 
 MIGRATIONS = (
@@ -66,5 +66,5 @@ async def test_a_statement_past_its_deadline_is_interrupted(tmp_path: Path) -> N
 
 async def test_calls_before_open_fail_clearly(tmp_path: Path) -> None:
     db = Database(str(tmp_path / "x.db"), MIGRATIONS)
-    with pytest.raises(RuntimeError, match="not open"):
+    with pytest.raises(Unavailable, match="not open"):
         await db.read(lambda c: None)
