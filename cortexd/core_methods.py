@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -14,6 +15,8 @@ from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
+
+log = logging.getLogger(__name__)
 
 
 def core_methods(daemon: Daemon) -> list[Method]:
@@ -39,7 +42,11 @@ def core_methods(daemon: Daemon) -> list[Method]:
             }
         }
         for component in daemon.components:
-            components[component.name] = component.state()
+            try:
+                components[component.name] = component.state()
+            except Exception as exc:  # isolation boundary: one broken component, not status
+                log.exception("%s.state() failed", component.name)
+                components[component.name] = {"state": "error", "error": str(exc)}
         return {
             "version": __version__,
             "pid": os.getpid(),

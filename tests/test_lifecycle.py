@@ -24,10 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import yaml
 
+from cortexctl.aio import AsyncClient
 from cortexd import __version__
+from cortexd.app import Daemon
+from cortexd.config import load_config
 from cortexd.sd import Notifier
 from tests.daemon import (
     READY_TIMEOUT,
@@ -491,3 +495,83 @@ def test_status_reports_what_an_operator_needs() -> None:
     assert stats["methods"]["ping"]["requests"] >= 1
     assert stats["methods"]["config.get"]["errors"] == {"INVALID_PARAMS": 1}
     assert stats["errors_total"] >= 1
+
+
+# -- components, in process ----------------------------------------------------
+
+
+class Recorder:
+    """A component that records what the root asks of it (no built-in one does yet)."""
+
+    def __init__(self, name: str, events: list[tuple[Any, ...]], *, broken: bool = False) -> None:
+        self.name = name
+        self.events = events
+        self.broken = broken
+
+    def state(self) -> dict[str, Any]:
+        if self.broken:
+            raise RuntimeError("state probe broke")
+        return {"state": "running"}
+
+    async def start(self, tg: Any) -> None:
+        self.events.append(("start", self.name))
+
+    def apply_config(self, config: Any) -> None:
+        self.events.append(("apply", self.name, config.server.request_timeout))
+        if self.broken:
+            raise RuntimeError("cannot apply")
+
+    async def stop(self) -> None:
+        self.events.append(("stop", self.name))
+        if self.broken:
+            raise RuntimeError("cannot stop")
+
+
+async def test_components_start_in_order_stop_in_reverse_and_fail_alone() -> None:
+    """The composition root in process (a real socket, no subprocess): components
+    are started before READY, reloaded, and stopped in reverse order; one that
+    fails in state(), apply_config() or stop() does not take the others down."""
+    workdir = short_tmpdir()
+    try:
+        path = os.path.join(workdir, "daemon.conf")
+        await anyio.Path(path).write_text(yaml.safe_dump(base_config(workdir)))
+        daemon = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+        events: list[tuple[Any, ...]] = []
+        daemon.components += [Recorder("first", events), Recorder("second", events, broken=True)]
+        socket_path = daemon.config.server.socket_path
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(WAIT):
+                while True:
+                    try:
+                        client = AsyncClient(socket_path, timeout=WAIT)
+                        await client.connect()
+                        break
+                    except Exception:
+                        await anyio.sleep(0.02)
+            async with client:
+                status = await client.call("status")
+                assert status["components"]["first"] == {"state": "running"}
+                assert status["components"]["second"] == {
+                    "state": "error",
+                    "error": "state probe broke",
+                }
+                config = base_config(workdir)
+                config["server"]["request_timeout"] = 3.0
+                await anyio.Path(path).write_text(yaml.safe_dump(config))
+                assert (await client.call("config.reload"))["reloaded"] is True
+                assert (await client.call("config.get"))["config"]["server"][
+                    "request_timeout"
+                ] == 3.0
+            daemon.request_shutdown("test over")
+        assert events == [
+            ("start", "first"),
+            ("start", "second"),
+            ("apply", "first", 3.0),
+            ("apply", "second", 3.0),
+            ("stop", "second"),
+            ("stop", "first"),
+        ]
+        assert not await anyio.Path(socket_path).exists()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
