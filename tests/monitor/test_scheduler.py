@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from cortexd.alerts.manager import AlertManager
@@ -200,3 +201,38 @@ async def test_snapshot_survives_a_restart_marked_stale(tmp_path: Path, clock: F
 
 def test_severity_of_fail_is_the_checks_choice() -> None:
     assert Scripted("x", []).fail_severity is Severity.CRITICAL
+
+
+class Counting(Check):
+    category = "test"
+
+    def __init__(self, check_id: str, interval: float, first_run_delay: float = 0.0) -> None:
+        self.id = self.name = check_id
+        self.interval = interval
+        self.first_run_delay = first_run_delay
+        self.runs = 0
+        self.fifth_run = anyio.Event()
+
+    def collect(self) -> list[Finding]:
+        self.runs += 1
+        if self.runs == 5:
+            anyio.from_thread.run_sync(self.fifth_run.set)  # runs on an anyio worker thread
+        return [Finding(f"run {self.runs}", status=Status.PASS)]
+
+
+async def test_each_check_runs_at_start_up_then_at_its_own_interval(
+    alerts: AlertManager,
+) -> None:
+    fast = Counting("fast", 0.05)
+    slow = Counting("slow", 3600)
+    later = Counting("later", 0.05, first_run_delay=3600)
+    monitor = monitor_of([fast, slow, later], alerts)
+    async with anyio.create_task_group() as tg:
+        await monitor.start(tg)
+        with anyio.fail_after(20):
+            await fast.fifth_run.wait()
+        tg.cancel_scope.cancel()
+    assert slow.runs == 1  # at start-up only
+    assert later.runs == 0  # its first run is deferred
+    assert monitor.results["fast"].message.startswith("run ")
+    assert "later" not in monitor.results
