@@ -97,7 +97,11 @@ def test_a_request_past_its_deadline_returns_partial_text(model_path: str) -> No
 
 
 def test_the_daemon_stops_cleanly_during_a_generation(model_path: str) -> None:
-    config = {"inference": {"model_path": model_path, "n_threads": 1}}
+    config = {
+        "inference": {"model_path": model_path, "n_threads": 1},
+        # The generation outlives the grace period, so the daemon has to cancel it.
+        "server": {"shutdown_timeout": 1.0},
+    }
     with running_daemon(config) as d:
         wait_state(d, {"ready"})
         running = Background(
