@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pytest
 import yaml
 
 from cortexctl.aio import AsyncClient
@@ -153,6 +154,21 @@ class Conn:
         self.sock.close()
 
 
+@pytest.fixture
+def connect() -> Iterator[Callable[[str], Conn]]:
+    """Open raw connections that are closed after the test, even when it fails."""
+    opened: list[Conn] = []
+
+    def open_conn(path: str) -> Conn:
+        conn = Conn(path)
+        opened.append(conn)
+        return conn
+
+    yield open_conn
+    for conn in opened:
+        conn.close()
+
+
 @contextlib.contextmanager
 def gated_daemon(config: dict[str, Any]) -> Iterator[DaemonProcess]:
     """The real daemon plus the `test.gate` method (see the module docstring)."""
@@ -276,13 +292,15 @@ def test_sighup_with_a_bad_file_keeps_the_running_config_and_logs_why() -> None:
         assert "ERROR" in log
 
 
-def test_config_reload_with_a_bad_file_answers_config_error_naming_file_key_problem() -> None:
+def test_config_reload_with_a_bad_file_answers_config_error_naming_file_key_problem(
+    connect: Callable[[str], Conn],
+) -> None:
     with running_daemon() as daemon:
         config = current_config(daemon)
         config["server"]["request_timeout"] = "soon"
         config["logging"]["level"] = "LOUD"
         daemon.write_config(config)
-        conn = Conn(daemon.socket_path)
+        conn = connect(daemon.socket_path)
         conn.send(1, "config.reload")
         error = error_of(conn.answer(1))
         conn.close()
@@ -347,11 +365,13 @@ def test_sigterm_stops_cleanly_and_removes_the_socket_it_created() -> None:
         assert "stopped" in daemon.log()
 
 
-def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused() -> None:
+def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused(
+    connect: Callable[[str], Conn],
+) -> None:
     with gated_daemon({"server": {"shutdown_timeout": 60}}) as daemon:
         gate = os.path.join(daemon.workdir, "gate")
-        busy = Conn(daemon.socket_path)
-        other = Conn(daemon.socket_path)
+        busy = connect(daemon.socket_path)
+        other = connect(daemon.socket_path)
         busy.send(1, "test.gate", {"path": gate})
         wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
 
@@ -359,7 +379,7 @@ def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused() -> 
         daemon.notify.wait_for(lambda m: m.get("STOPPING") == "1", WAIT)
         busy.send(2, "config.get")
         other.send(3, "config.get")
-        late = Conn(daemon.socket_path)  # connects during the drain
+        late = connect(daemon.socket_path)  # connects during the drain
         late.send(4, "config.get")
         for conn, req_id in ((busy, 2), (other, 3), (late, 4)):
             error = error_of(conn.answer(req_id))
@@ -378,10 +398,12 @@ def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused() -> 
         assert not os.path.exists(daemon.socket_path)
 
 
-def test_requests_still_running_at_the_shutdown_timeout_are_cancelled() -> None:
+def test_requests_still_running_at_the_shutdown_timeout_are_cancelled(
+    connect: Callable[[str], Conn],
+) -> None:
     with gated_daemon({"server": {"shutdown_timeout": 1}}) as daemon:
         gate = os.path.join(daemon.workdir, "never")
-        busy = Conn(daemon.socket_path)
+        busy = connect(daemon.socket_path)
         busy.send(1, "test.gate", {"path": gate})
         wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
         daemon.signal(signal.SIGTERM)
@@ -393,9 +415,9 @@ def test_requests_still_running_at_the_shutdown_timeout_are_cancelled() -> None:
         assert "still running after 1s; cancelling" in daemon.log()
 
 
-def test_a_second_sigint_stops_at_once() -> None:
+def test_a_second_sigint_stops_at_once(connect: Callable[[str], Conn]) -> None:
     with gated_daemon({"server": {"shutdown_timeout": 300}}) as daemon:
-        busy = Conn(daemon.socket_path)
+        busy = connect(daemon.socket_path)
         busy.send(1, "test.gate", {"path": os.path.join(daemon.workdir, "never")})
         wait_until(lambda: daemon.call("status")["components"]["server"]["inflight"] == 1)
         daemon.signal(signal.SIGINT)
@@ -474,10 +496,10 @@ def test_a_path_that_is_not_a_socket_is_refused_and_left_alone() -> None:
 # -- status ------------------------------------------------------------------
 
 
-def test_status_reports_what_an_operator_needs() -> None:
+def test_status_reports_what_an_operator_needs(connect: Callable[[str], Conn]) -> None:
     with running_daemon() as daemon, daemon.client() as client:
         client.call("ping")
-        conn = Conn(daemon.socket_path)
+        conn = connect(daemon.socket_path)
         conn.send(1, "config.get", {"section": 7})  # wrong type → INVALID_PARAMS
         assert error_of(conn.answer(1))["data"]["name"] == "INVALID_PARAMS"
         status = client.call("status")
