@@ -42,6 +42,7 @@ class BoundSocket:
     sock: socket.socket
     path: str
     created: bool  # we made the file, so we remove it on exit
+    inode: int = 0  # which file we made: another daemon may have replaced it since
 
 
 def bind_socket(config: ServerConfig) -> BoundSocket:
@@ -72,7 +73,7 @@ def bind_socket(config: ServerConfig) -> BoundSocket:
         sock.close()
         os.unlink(path)
         raise
-    return BoundSocket(sock=sock, path=path, created=True)
+    return BoundSocket(sock=sock, path=path, created=True, inode=os.lstat(path).st_ino)
 
 
 def _ensure_parent(path: str) -> None:
@@ -147,6 +148,9 @@ def remove_socket(bound: BoundSocket) -> None:
     if not bound.created:
         return
     try:
+        if bound.inode and os.lstat(bound.path).st_ino != bound.inode:
+            log.info("%s now belongs to another process; leaving it", bound.path)
+            return
         os.unlink(bound.path)
     except FileNotFoundError:
         pass
