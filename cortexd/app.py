@@ -1,6 +1,6 @@
 """The composition root: builds every component from the config and runs them.
 
-Lifecycle (uvicorn's order): signals → bind → serve → components → READY=1 →
+Lifecycle (uvicorn's order): signals → bind → components → accept → READY=1 →
 … → STOPPING=1 → new requests answered SHUTTING_DOWN → in-flight requests
 finish within `server.shutdown_timeout` → cancel the rest → stop components
 (they persist their state) → remove the socket file we created (never one
@@ -140,9 +140,12 @@ class Daemon:
                 # Signals first, so a SIGTERM during start-up still stops cleanly.
                 await tg.start(self._signals)
                 sock = await self._listening_socket()
-                await tg.start(self.server.serve, sock)
+                # Components start before the first accept: a client that
+                # connects early waits in the listen backlog rather than
+                # reaching a component that is not serving yet.
                 for component in self.components:
                     await component.start(tg)
+                await tg.start(self.server.serve, sock)
                 tg.start_soon(self._watchdog)
                 self.notifier.ready(self._status_line())
                 log.info(
