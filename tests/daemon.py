@@ -49,14 +49,14 @@ class NotifyListener:
                 data = self.sock.recv(65536)
             except OSError:
                 return
-            fields = dict(
-                line.split("=", 1) for line in data.decode().splitlines() if "=" in line
-            )
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             with self._cond:
                 self.messages.append(fields)
                 self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout: float) -> dict[str, str]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float
+    ) -> dict[str, str]:
         """The first message (seen so far or arriving within `timeout`) matching `predicate`."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -72,9 +72,11 @@ class NotifyListener:
     def keys(self) -> list[str]:
         """Which state keys arrived, in order (READY, WATCHDOG, RELOADING, STOPPING)."""
         with self._cond:
-            out = []
+            out: list[str] = []
             for message in self.messages:
-                out.extend(k for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING") if k in message)
+                out.extend(
+                    k for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING") if k in message
+                )
             return out
 
     def close(self) -> None:
