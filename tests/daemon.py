@@ -121,9 +121,7 @@ class DaemonProcess:
                 if not chunk:
                     break
                 buf += chunk
-            for line in buf.splitlines():
-                if line.strip():
-                    frames.append(orjson.loads(line))
+            frames.extend(orjson.loads(line) for line in buf.splitlines() if line.strip())
         return frames
 
     def log(self) -> str:
