@@ -158,6 +158,10 @@ def test_doctor_lists_every_check_with_an_honest_status() -> None:
         if not os.path.exists("/usr/bin/debsecan"):
             assert by_id["cve_scan"]["status"] == "SKIP"
         assert by_id["dns_resolution"]["status"] == "PASS"
+        out = io.StringIO()
+        assert cortexctl(["--socket", d.socket_path, "health"], stdout=out) == 0
+        shown = out.getvalue()
+        assert "memory" in shown and "disk /" in shown
         listed = d.call("checks.list")["checks"]
         assert [c["id"] for c in listed] == ALL_CHECKS
         packages = d.call("checks.run", {"category": "network"})["results"]

@@ -236,3 +236,20 @@ async def test_each_check_runs_at_start_up_then_at_its_own_interval(
     assert later.runs == 0  # its first run is deferred
     assert monitor.results["fast"].message.startswith("run ")
     assert "later" not in monitor.results
+
+
+async def test_a_reload_takes_new_thresholds_and_keeps_raised_levels(
+    alerts: AlertManager,
+) -> None:
+    check = Scripted("disk", [82.0, 82.0])
+    current: list[Check] = [check]
+    config = dataclasses.replace(Config(), doctor=DoctorConfig())
+    monitor = Monitor(config, lambda c: current, alerts, clock=alerts.clock)
+    assert (await monitor.run_check(check)).status is Status.WARN
+    stricter = Scripted("disk", [82.0])
+    stricter.thresholds = Thresholds(60, 55, 81, 70, samples=1)
+    current[:] = [stricter]
+    monitor.apply_config(config)
+    assert (await monitor.run_check(monitor.checks["disk"])).status is Status.FAIL
+    (alert,) = await everything(alerts)
+    assert alert["severity"] == "CRITICAL"
