@@ -13,6 +13,7 @@ key and what is wrong.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -127,7 +128,7 @@ def load_config(
 
 
 def _load_file(merged: _Merged, path: str, *, required: bool) -> None:
-    text = _read_text(path, required=required, errors=merged.errors)
+    text = _read_text(path, required=required, errors=merged.errors, warnings=merged.warnings)
     if text is None:
         return
     merged.sources.append(path)
@@ -150,9 +151,10 @@ def _load_file(merged: _Merged, path: str, *, required: bool) -> None:
     _add_layer(merged, data, path, lines)
 
 
-def _read_text(path: str, *, required: bool, errors: list[str]) -> str | None:
+def _read_text(path: str, *, required: bool, errors: list[str], warnings: list[str]) -> str | None:
     try:
         with open(path, "rb") as fh:
+            _warn_if_writable_by_others(path, os.fstat(fh.fileno()), warnings)
             raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if required:
@@ -169,6 +171,17 @@ def _read_text(path: str, *, required: bool, errors: list[str]) -> str | None:
     except UnicodeDecodeError as exc:
         errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return None
+
+
+def _warn_if_writable_by_others(path: str, st: os.stat_result, warnings: list[str]) -> None:
+    """Whoever can write the config of a root daemon controls it: say so."""
+    if os.getuid() != 0:
+        return
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        warnings.append(
+            f"{path}: writable by someone other than root (owner uid {st.st_uid}, "
+            f"mode {stat.S_IMODE(st.st_mode):04o}); anyone who can write it controls the daemon"
+        )
 
 
 def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:

@@ -293,3 +293,23 @@ def test_unknown_keys_are_warnings_not_errors(layout: Layout) -> None:
 def test_state_dir_expands_home(layout: Layout) -> None:
     layout.write_user({"state_dir": "~/cortex-state"})
     assert layout.load().config.state_dir == os.path.expanduser("~/cortex-state")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the warning is about a root daemon's files")
+@pytest.mark.parametrize(("owner", "mode"), [(0, 0o666), (0, 0o620), (65534, 0o644)])
+def test_a_config_others_can_write_is_warned_about(layout: Layout, owner: int, mode: int) -> None:
+    path = layout.write_user("log_level: 1\n")
+    os.chown(path, owner, owner)
+    os.chmod(path, mode)
+    loaded = layout.load()
+    assert loaded.config.logging.level == "INFO"  # still loaded: a warning, not an error
+    assert loaded.warnings == (
+        f"{path}: writable by someone other than root (owner uid {owner}, mode {mode:04o}); "
+        "anyone who can write it controls the daemon",
+    )
+
+
+def test_a_root_owned_private_config_draws_no_warning(layout: Layout) -> None:
+    path = layout.write_user("log_level: 1\n")
+    os.chmod(path, 0o640)
+    assert layout.load().warnings == ()
