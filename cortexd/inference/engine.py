@@ -33,6 +33,7 @@ from cortexd.config.schema import InferenceConfig
 from cortexd.inference.gguf import ModelFileError, check_fits, inspect
 from cortexd.inference.job import NS_PER_S, Job, StopReason, empty_result
 from cortexd.inference.queue import RequestQueue
+from cortexd.inference.stats import Totals, rss_bytes
 from cortexd.protocol import (
     Busy,
     CortexError,
@@ -77,35 +78,6 @@ class _Control:
     def complete(self, error: str | None) -> None:
         self.error = error
         self.done.set()
-
-
-@dataclass
-class Totals:
-    """Counters for `status`; written by the worker only."""
-
-    requests: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    timed_out: int = 0
-    failed: int = 0
-    rejected_full: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    eval_seconds: float = 0.0
-
-    def snapshot(self) -> dict[str, Any]:
-        rate = self.generated_tokens / self.eval_seconds if self.eval_seconds > 0 else 0.0
-        return {
-            "requests": self.requests,
-            "completed": self.completed,
-            "cancelled": self.cancelled,
-            "timed_out": self.timed_out,
-            "failed": self.failed,
-            "rejected_queue_full": self.rejected_full,
-            "prompt_tokens": self.prompt_tokens,
-            "generated_tokens": self.generated_tokens,
-            "tokens_per_second": round(rate, 2),
-        }
 
 
 class Engine:
@@ -269,7 +241,7 @@ class Engine:
         try:
             position = self.queue.put_nowait(job)
         except CortexError:
-            self.totals.rejected_full += 1
+            self.totals.add(rejected_full=1)
             raise
         self._jobs[job.request_id] = job
         if wake:
@@ -332,7 +304,7 @@ class Engine:
             "request_timeout": self.config.request_timeout,
             "keep_alive": self.config.keep_alive,
             "totals": self.totals.snapshot(),
-            "rss_bytes": _rss_bytes(),
+            "rss_bytes": rss_bytes(),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -484,26 +456,28 @@ class Engine:
 
     def _run_job(self, job: Job) -> None:
         totals = self.totals
-        totals.requests += 1
+        totals.add(requests=1)
         if job.stop_requested is not None:
             self._count_stop(job.stop_requested)
             self._to_loop(job.finish, empty_result(job, job.stop_requested, self._clock()))
             return
         model = self._model
         if model is None:
-            totals.failed += 1
+            totals.add(failed=1)
             self._to_loop(job.fail, ModelNotLoaded(self._state, self._reason))
             return
         self._current = job
         try:
             result = model.generate(job, lambda text: self._to_loop(job.deliver_text, text))
         except CortexError as exc:
-            totals.failed += 1
+            totals.add(failed=1)
             self._to_loop(job.fail, exc)
             return
         except Exception:  # isolation boundary: one request's bug must not kill the worker
-            log.exception("inference request %s failed", job.request_id)
-            totals.failed += 1
+            log.exception(
+                "inference request %s failed", job.request_id, extra={"REQUEST_ID": job.request_id}
+            )
+            totals.add(failed=1)
             self._to_loop(
                 job.fail,
                 InternalError(
@@ -517,28 +491,32 @@ class Engine:
             self._last_active = self._clock()
         reason = result["stop_reason"]
         if reason in ("stop", "length"):
-            totals.completed += 1
+            totals.add(completed=1)
         else:
             self._count_stop(reason)
-        totals.prompt_tokens += result["prompt_eval_count"]
-        totals.generated_tokens += result["eval_count"]
-        totals.eval_seconds += result["eval_duration"] / NS_PER_S
+        totals.add(
+            prompt_tokens=result["prompt_eval_count"],
+            generated_tokens=result["eval_count"],
+            eval_seconds=result["eval_duration"] / NS_PER_S,
+        )
+        log.debug(
+            "request %s %s: %d prompt tokens, %d generated, %.1f tokens/s, %.0f ms",
+            job.request_id,
+            reason,
+            result["prompt_eval_count"],
+            result["eval_count"],
+            result.get("tokens_per_second", 0.0),
+            result.get("total_ms", 0.0),
+            extra={"REQUEST_ID": job.request_id},
+        )
         self._to_loop(job.finish, result)
 
     def _count_stop(self, reason: StopReason) -> None:
         if reason == "timeout":
-            self.totals.timed_out += 1
+            self.totals.add(timed_out=1)
         else:
-            self.totals.cancelled += 1
+            self.totals.add(cancelled=1)
 
 
 def _check_file(path: str, config: InferenceConfig) -> None:
     check_fits(inspect(path), config.n_ctx, config.use_mmap)
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
