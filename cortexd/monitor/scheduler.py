@@ -251,9 +251,9 @@ class Monitor:
             key = fingerprint(check.id, labels)
             current[key] = labels
             if status in (Status.WARN, Status.FAIL):
-                severity = finding.severity or (
-                    Severity.WARNING if status is Status.WARN else check.fail_severity
-                )
+                severity = finding.severity
+                if severity is None:  # not `or`: INFO is 0 and would be lost
+                    severity = Severity.WARNING if status is Status.WARN else check.fail_severity
                 await self.alerts.notice(
                     source=check.id,
                     labels=labels,

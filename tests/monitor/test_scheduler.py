@@ -253,3 +253,18 @@ async def test_a_reload_takes_new_thresholds_and_keeps_raised_levels(
     assert (await monitor.run_check(monitor.checks["disk"])).status is Status.FAIL
     (alert,) = await everything(alerts)
     assert alert["severity"] == "CRITICAL"
+
+
+class Pending(Check):
+    id = name = "apt_updates_like"
+    category = "test"
+
+    def collect(self) -> list[Finding]:
+        return [Finding("3 updates pending", status=Status.WARN, severity=Severity.INFO)]
+
+
+async def test_a_findings_own_severity_wins_even_info(alerts: AlertManager) -> None:
+    check = Pending()
+    await monitor_of([check], alerts).run_check(check)
+    (alert,) = await everything(alerts)
+    assert alert["severity"] == "INFO"
