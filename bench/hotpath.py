@@ -20,7 +20,12 @@ TOP_FUNCTIONS = 30
 
 
 def profile_daemon(
-    gen: LoadGenerator, out_path: str, method: str, clients: int, duration: float
+    gen: LoadGenerator,
+    out_path: str,
+    method: str,
+    clients: int,
+    duration: float,
+    settle: float,
 ) -> str:
     """Drive a cProfile'd daemon with `clients` clients calling `method`; return the summary.
 
@@ -31,7 +36,7 @@ def profile_daemon(
     with workspace() as workdir:
         daemon = start_daemon(workdir, prefix=("-m", "cProfile", "-o", out_path))
         try:
-            wait_idle(daemon.pid)
+            wait_idle(daemon.pid, min_uptime=settle)
             result = gen.run(Job(daemon.socket_path, method, clients, 0.5, duration))
         finally:
             status = daemon.stop()

@@ -54,6 +54,7 @@ METHODS = ("ping", "status")
 IDLE_CONNECTIONS = 1000
 IDLE_PINGS = 500
 IDLE_SETTLE = 1.0
+SETTLE_SECONDS = 45.0
 FD_MARGIN = 256
 # Shared objects whose presence in the daemon's maps means a heavy import happened.
 HEAVY_LIBRARIES = ("libllama", "llama_cpp", "numpy")
@@ -68,6 +69,7 @@ class Settings:
     processes: int
     idle_connections: int
     runs: int
+    settle: float
     as_json: bool
     profile: str | None
     from_json: str | None
@@ -103,6 +105,12 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument(
         "--idle-connections", type=int, default=IDLE_CONNECTIONS, help="idle connections to hold"
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds the daemon runs before anything is measured on it (default 45, "
+        "5 with --quick: by 45 s the monitor's first round, package checks included, is over)",
+    )
     parser.add_argument("--runs", type=int, help="runs for start-up and CLI medians (default 11)")
     parser.add_argument("--json", action="store_true", help="print figures as JSON on stdout")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
@@ -131,6 +139,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         processes=max(1, args.processes),
         idle_connections=args.idle_connections,
         runs=args.runs or (5 if args.quick else 11),
+        settle=args.settle if args.settle is not None else (5.0 if args.quick else SETTLE_SECONDS),
         as_json=args.json,
         profile=args.profile,
         from_json=args.from_json,
@@ -320,10 +329,9 @@ def heavy_libraries(pid: int) -> list[str]:
 
 
 def startup(runs: int) -> dict[str, Any]:
-    """Start to READY=1 (median of `runs`) beside `python -c pass`; idle RSS and CPU."""
+    """Start to READY=1 (median of `runs`) beside `python -c pass`, interleaved."""
     ready, bare = [], []
-    idle: dict[str, Any] = {}
-    for i in range(runs):
+    for _ in range(runs):
         with workspace() as workdir:
             daemon = start_daemon(workdir)
             try:
@@ -331,34 +339,32 @@ def startup(runs: int) -> dict[str, Any]:
                 # READY=1 must mean "answers": check it, which also lets the
                 # daemon finish starting before it is told to stop.
                 call(daemon.socket_path, "ping")
-                if i == 0:
-                    settle, settled = wait_idle(daemon.pid)
-                    proc = psutil.Process(daemon.pid)
-                    cpu_before = sum(proc.cpu_times()[:2])
-                    time.sleep(IDLE_SETTLE)
-                    cpu = sum(proc.cpu_times()[:2]) - cpu_before
-                    memory = proc.memory_full_info()
-                    idle = {
-                        "rss_mb": memory.rss / 2**20,
-                        "uss_mb": memory.uss / 2**20,
-                        "cpu_percent": 100 * cpu / IDLE_SETTLE,
-                        "threads": proc.num_threads(),
-                        "heavy_libraries": heavy_libraries(daemon.pid),
-                        "settle_seconds": settle,
-                        "settled": settled,
-                        "components": sorted(
-                            call(daemon.socket_path, "status")["result"]["components"]
-                        ),
-                    }
             finally:
                 daemon.stop()
         bare.append(python_pass_seconds())
     ready_ms, bare_ms = statistics.median(ready) * 1000, statistics.median(bare) * 1000
+    return {"ready_ms": ready_ms, "python_pass_ms": bare_ms, "ratio": ready_ms / bare_ms}
+
+
+def settle(daemon: Running, min_uptime: float) -> dict[str, Any]:
+    """Let the daemon finish its start-up work, then measure it idle: RSS, CPU, libraries."""
+    waited, settled = wait_idle(daemon.pid, min_uptime=min_uptime)
+    if not settled:
+        progress(f"warning: cortexd still busy after {waited:.0f} s; measuring anyway")
+    proc = psutil.Process(daemon.pid)
+    cpu_before = sum(proc.cpu_times()[:2])
+    time.sleep(IDLE_SETTLE)
+    cpu = sum(proc.cpu_times()[:2]) - cpu_before
+    memory = proc.memory_full_info()
     return {
-        "ready_ms": ready_ms,
-        "python_pass_ms": bare_ms,
-        "ratio": ready_ms / bare_ms,
-        "idle": idle,
+        "rss_mb": memory.rss / 2**20,
+        "uss_mb": memory.uss / 2**20,
+        "cpu_percent": 100 * cpu / IDLE_SETTLE,
+        "threads": proc.num_threads(),
+        "heavy_libraries": heavy_libraries(daemon.pid),
+        "settle_seconds": waited,
+        "settled": settled,
+        "components": sorted(call(daemon.socket_path, "status")["result"]["components"]),
     }
 
 
@@ -405,18 +411,19 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": settings.warmup,
         "processes": settings.processes,
         "runs": settings.runs,
+        "settle": settings.settle,
     }
     try:
-        progress("start-up and idle daemon…")
+        progress(f"start to READY=1, {settings.runs} runs…")
         figures["startup"] = startup(settings.runs)
         with workspace() as workdir, LoadGenerator(settings.processes) as gen:
             daemon = start_daemon(workdir)
             echo = start_echo(workdir)
             try:
-                progress("waiting for the daemon's start-up work to finish…")
-                waited, settled = wait_idle(daemon.pid)
-                if not settled:
-                    progress(f"warning: cortexd still busy after {waited:.0f} s; measuring anyway")
+                progress(
+                    f"letting the daemon run {settings.settle:g} s and finish its start-up work…"
+                )
+                figures["startup"]["idle"] = settle(daemon, settings.settle)
                 progress(
                     f"IPC cells ({settings.rounds} x {settings.duration:g} s per server,"
                     f" {gen.processes} load generator processes)…"
@@ -436,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
                     progress(f"warning: cortexd exited with status {status}\n{daemon.log_tail()}")
             if settings.profile:
                 progress("profiling the daemon under 64 ping clients…")
-                progress(profile_daemon(gen, settings.profile, "ping", 64, settings.duration))
+                progress(
+                    profile_daemon(
+                        gen, settings.profile, "ping", 64, settings.duration, settings.settle
+                    )
+                )
     except (RuntimeError, OSError, TimeoutError) as exc:
         progress(f"benchmark failed: {exc}")
         return 1

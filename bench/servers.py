@@ -198,17 +198,25 @@ def _busy_seconds(proc: psutil.Process) -> float:
 
 
 def wait_idle(
-    pid: int, *, threshold: float = IDLE_CPU, timeout: float = SETTLE_TIMEOUT
+    pid: int,
+    *,
+    min_uptime: float = 0.0,
+    threshold: float = IDLE_CPU,
+    timeout: float = SETTLE_TIMEOUT,
 ) -> tuple[float, bool]:
-    """Wait until `pid` and its children use under `threshold` of a core.
+    """Wait until `pid` has run `min_uptime` seconds and it and its children are idle.
 
-    The daemon's components do their first round of work just after READY
-    (the monitor runs every check once); measuring IPC or idle memory in the
-    middle of that would measure the checks instead. Returns the seconds
-    waited and whether it did go idle within `timeout`.
+    The daemon's components do their first round of work after READY (the
+    monitor runs every check once, the package checks a little later);
+    measuring IPC or idle memory in the middle of that would measure the
+    checks instead. Idle means under `threshold` of a core over
+    SETTLE_WINDOW. Returns the seconds waited and whether it went idle
+    within `timeout`.
     """
     proc = psutil.Process(pid)
     started = time.monotonic()
+    # create_time is wall-clock; only the difference to now matters here.
+    time.sleep(max(0.0, proc.create_time() + min_uptime - time.time()))
     while True:
         before = _busy_seconds(proc)
         time.sleep(SETTLE_WINDOW)
