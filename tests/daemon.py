@@ -152,6 +152,11 @@ def base_config(workdir: str) -> dict[str, Any]:
         "state_dir": os.path.join(workdir, "state"),
         "server": {"socket_path": os.path.join(workdir, "c.sock")},
         "logging": {"level": "DEBUG", "target": "stderr"},
+        # Tests send no traffic off this machine: probe only loopback names.
+        "checks": {
+            "dns_resolution": {"targets": ["localhost"]},
+            "network_connectivity": {"targets": []},
+        },
     }
 
 
@@ -159,7 +164,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -48,6 +48,38 @@ PSEUDO_FILESYSTEMS = frozenset(
 )
 
 
+def readonly_superblocks(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
+    """Mountpoints whose filesystem itself is read-only.
+
+    The per-mount `ro` flag is not enough: systemd's ProtectSystem=strict
+    remounts every view read-only inside the daemon's namespace while the
+    filesystems stay writable for everyone else. The superblock options
+    (after the " - " separator) say what the filesystem really is.
+    """
+    found: set[str] = set()
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5:
+            continue
+        super_options = tail.split()[2].split(",") if len(tail.split()) > 2 else []
+        if "ro" in super_options:
+            found.add(_unescape(fields[4]))
+    return found
+
+
+def _unescape(path: str) -> str:
+    """Undo mountinfo's octal escapes (\\040 for a space)."""
+    if "\\" not in path:
+        return path
+    return path.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+
+
 class DiskSpace(Check):
     id = "disk_space"
     name = "Disk space"
@@ -66,14 +98,14 @@ class DiskSpace(Check):
         """(device, mountpoint, fstype) of each filesystem to check, one per device."""
         seen: set[int] = set()
         chosen: list[tuple[str, str, str]] = []
+        read_only = readonly_superblocks()
         parts = sorted(psutil.disk_partitions(all=True), key=lambda p: len(p.mountpoint))
         for part in parts:
             mountpoint = part.mountpoint
             if mountpoint in self.exclude:
                 continue
             if mountpoint not in self.include:
-                options = set(part.opts.split(","))
-                if part.fstype in PSEUDO_FILESYSTEMS or "ro" in options:
+                if part.fstype in PSEUDO_FILESYSTEMS or mountpoint in read_only:
                     continue
                 if not os.path.isdir(mountpoint):  # a bind-mounted file (containers)
                     continue
