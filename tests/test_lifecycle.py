@@ -95,20 +95,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str =
 def wait_sequence(
     notify: NotifyListener, keys: list[str], start: int, timeout: float = WAIT
 ) -> None:
-    """Wait until `keys` arrive in this order among the messages after index `start`."""
+    """Wait until `keys` arrive in this order among the state keys after index `start`
+    (an index into `notify.keys()`)."""
 
     def present(_message: dict[str, str]) -> bool:
-        with notify._cond:
-            seen = [k for m in notify.messages[start:] for k in m if k in keys]
-        it = iter(seen)
-        return all(k in it for k in keys)
+        seen = iter(notify.keys()[start:])
+        return all(k in seen for k in keys)
 
     notify.wait_for(present, timeout)
 
 
 def count(notify: NotifyListener, key: str) -> int:
-    with notify._cond:
-        return sum(1 for m in notify.messages if key in m)
+    return notify.keys().count(key)
 
 
 class Conn:
@@ -270,7 +268,7 @@ def test_sighup_with_a_good_file_applies_it_between_reloading_and_ready() -> Non
         config["server"]["request_timeout"] = 7.5
         config["logging"]["level"] = "INFO"
         daemon.write_config(config)
-        start = len(daemon.notify.messages)
+        start = len(daemon.notify.keys())
         daemon.signal(signal.SIGHUP)
         wait_sequence(daemon.notify, ["RELOADING", "READY"], start)
         running = daemon.call("config.get")["config"]
@@ -281,7 +279,7 @@ def test_sighup_with_a_good_file_applies_it_between_reloading_and_ready() -> Non
 def test_sighup_with_a_bad_file_keeps_the_running_config_and_logs_why() -> None:
     with running_daemon({"server": {"request_timeout": 4.0}}) as daemon:
         Path(daemon.config_path).write_text("server:\n  request_timeout: [1, 2\n")
-        start = len(daemon.notify.messages)
+        start = len(daemon.notify.keys())
         daemon.signal(signal.SIGHUP)
         wait_sequence(daemon.notify, ["RELOADING", "READY"], start)
         assert daemon.call("config.get")["config"]["server"]["request_timeout"] == 4.0
