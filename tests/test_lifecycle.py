@@ -385,7 +385,12 @@ def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused(
             assert error["data"]["name"] == "SHUTTING_DOWN"
         # status still answers while draining, and shows the request in flight.
         other.send(5, "status")
-        assert other.answer(5)["result"]["components"]["server"]["state"] == "stopping"
+        server = other.answer(5)["result"]["components"]["server"]
+        assert server["state"] == "stopping"
+        assert server["inflight"] == 1
+        # A reload now would tell systemd READY=1 after STOPPING=1: it is ignored.
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP ignored" in daemon.log(), what="the ignored SIGHUP")
         assert daemon.proc.poll() is None
 
         Path(gate).touch()
@@ -394,6 +399,10 @@ def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused(
         for conn in (busy, other, late):
             conn.close()
         assert not os.path.exists(daemon.socket_path)
+        keys = daemon.notify.keys()
+        after_stopping = keys[keys.index("STOPPING") :]
+        assert "READY" not in after_stopping
+        assert "RELOADING" not in after_stopping
 
 
 def test_requests_still_running_at_the_shutdown_timeout_are_cancelled(
