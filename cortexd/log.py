@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from cortexd.config import LoggingConfig
@@ -39,6 +39,7 @@ _LEVEL_NAMES = {logging.WARNING: "WARN", logging.CRITICAL: "CRIT"}
 
 
 def component_of(record: logging.LogRecord) -> str:
+    """The record's `COMPONENT`, else the second part of its logger name."""
     explicit = record.__dict__.get("COMPONENT")
     if explicit:
         return str(explicit)
@@ -115,7 +116,9 @@ class JournalHandler(logging.Handler):
             pass  # stderr is gone too; nothing left to tell
 
 
-def stderr_is_journal(stream: TextIO | None = None, environ: dict[str, str] | None = None) -> bool:
+def stderr_is_journal(
+    stream: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
     """True when systemd connected our stderr to the journal (JOURNAL_STREAM matches)."""
     env = os.environ if environ is None else environ
     value = env.get("JOURNAL_STREAM", "")
