@@ -329,8 +329,8 @@ def heavy_libraries(pid: int) -> list[str]:
 
 
 def startup(runs: int) -> dict[str, Any]:
-    """Start to READY=1 (median of `runs`) beside `python -c pass`, interleaved."""
-    ready, bare = [], []
+    """Start to READY=1 (median of `runs`) beside `python -c pass` and the echo server's start."""
+    ready, bare, echo = [], [], []
     for _ in range(runs):
         with workspace() as workdir:
             daemon = start_daemon(workdir)
@@ -341,9 +341,18 @@ def startup(runs: int) -> dict[str, Any]:
                 call(daemon.socket_path, "ping")
             finally:
                 daemon.stop()
+            # The floor for any anyio server on this machine: start to listening.
+            server = start_echo(workdir)
+            server.stop()
+            echo.append(server.ready_seconds)
         bare.append(python_pass_seconds())
     ready_ms, bare_ms = statistics.median(ready) * 1000, statistics.median(bare) * 1000
-    return {"ready_ms": ready_ms, "python_pass_ms": bare_ms, "ratio": ready_ms / bare_ms}
+    return {
+        "ready_ms": ready_ms,
+        "python_pass_ms": bare_ms,
+        "ratio": ready_ms / bare_ms,
+        "echo_listening_ms": statistics.median(echo) * 1000,
+    }
 
 
 def settle(daemon: Running, min_uptime: float) -> dict[str, Any]:
