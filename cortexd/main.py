@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cortexd.app import Daemon  # after logging, so import-time problems are logged
 
-    daemon = Daemon(loaded, config_path=args.config, overrides=overrides)
     try:
+        daemon = Daemon(loaded, config_path=args.config, overrides=overrides)
         anyio.run(daemon.run)
     except KeyboardInterrupt:  # an interrupt before the signal handlers were in place
         return EXIT_INTERRUPTED

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_structured_entries_reach_the_journal(journal: Journal) -> None:
         error = _reload_with_bad_file(daemon)
         assert error["data"]["name"] == "CONFIG_ERROR"
         request_id = error["data"]["request_id"]
-        daemon.signal(15)
+        daemon.signal(signal.SIGTERM)
         assert daemon.wait(WAIT) == 0
         stderr_text = daemon.log()
 
