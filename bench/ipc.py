@@ -304,23 +304,41 @@ def idle_connections(daemon: Running, count: int) -> dict[str, Any]:
             sock.close()
 
 
+# The least a Python program can do to get `status`: one socket, one line each way.
+_BARE_CLIENT = (
+    "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);"
+    's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"status"}\\n\');'
+    "b=b''\nwhile not b.endswith(b'\\n'):b+=s.recv(65536)\nprint(b.decode())"
+)
+
+
+def _wall(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def cli_status(daemon: Running, runs: int) -> dict[str, Any]:
-    """Median wall time of `cortexctl status` beside `python -c pass`, interleaved."""
+    """Median wall time of `cortexctl status` beside `python -c pass`, interleaved.
+
+    A bare socket client doing the same call is timed too: the floor for
+    any Python CLI.
+    """
     cortexctl = Path(sys.executable).with_name("cortexctl")
     if not cortexctl.exists():
         raise RuntimeError(f"{cortexctl} not found; run `make bench` (it installs the package)")
-    cli, bare = [], []
+    cli, bare, floor = [], [], []
     for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(
-            [str(cortexctl), "--socket", daemon.socket_path, "status"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        cli.append(time.perf_counter() - started)
+        cli.append(_wall([str(cortexctl), "--socket", daemon.socket_path, "status"]))
         bare.append(python_pass_seconds())
+        floor.append(_wall([sys.executable, "-c", _BARE_CLIENT, daemon.socket_path]))
     cli_ms, bare_ms = statistics.median(cli) * 1000, statistics.median(bare) * 1000
-    return {"cortexctl_status_ms": cli_ms, "python_pass_ms": bare_ms, "ratio": cli_ms / bare_ms}
+    return {
+        "cortexctl_status_ms": cli_ms,
+        "python_pass_ms": bare_ms,
+        "ratio": cli_ms / bare_ms,
+        "bare_client_ms": statistics.median(floor) * 1000,
+    }
 
 
 def heavy_libraries(pid: int) -> list[str]:
