@@ -295,6 +295,7 @@ def test_state_dir_expands_home(layout: Layout) -> None:
     assert layout.load().config.state_dir == os.path.expanduser("~/cortex-state")
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.getuid() != 0, reason="the warning is about a root daemon's files")
 @pytest.mark.parametrize(("owner", "mode"), [(0, 0o666), (0, 0o620), (65534, 0o644)])
 def test_a_config_others_can_write_is_warned_about(layout: Layout, owner: int, mode: int) -> None:

@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -31,9 +31,16 @@ NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
 WAIT = 30.0
 
-needs_setpriv = pytest.mark.skipif(
+_can_switch_user = pytest.mark.skipif(
     SETPRIV is None or os.getuid() != 0, reason="needs root and setpriv to act as another user"
 )
+
+
+def needs_setpriv(test: Callable[..., None]) -> Callable[..., None]:
+    """Mark a test that runs processes as another uid (root and setpriv)."""
+    marked: Callable[..., None] = pytest.mark.root(_can_switch_user(test))
+    return marked
+
 
 PROBE = (
     "import json\n"
