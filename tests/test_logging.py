@@ -110,7 +110,7 @@ def test_journal_handler_falls_back_to_stderr_when_journald_refuses() -> None:
 
 
 def test_journal_target_without_journald_falls_back_to_stderr() -> None:
-    if _live_journald():
+    if live_journald():
         pytest.skip("a journald answers here; the fallback needs one that does not")
     with running_daemon({"logging": {"target": "journal"}}) as daemon:
         assert daemon.call("ping")["pong"] is True
@@ -122,8 +122,12 @@ def test_journal_target_without_journald_falls_back_to_stderr() -> None:
 # -- journald end to end -----------------------------------------------------
 
 
-def _live_journald() -> bool:
+def live_journald() -> bool:
+    """A journald answers here: our stderr is its stream, or its socket accepts."""
     return bool(os.environ.get("JOURNAL_STREAM")) or journald_listening()
+
+
+_live_journald = live_journald  # the name tests/logs/conftest.py imports
 
 
 @dataclass
@@ -193,7 +197,7 @@ def standalone_journald() -> Iterator[Journal]:
 def journal() -> Iterator[Journal]:
     if os.getuid() != 0:
         pytest.skip("reading and starting journald needs root")
-    if _live_journald():
+    if live_journald():
         yield Journal()
         return
     with standalone_journald() as started:
