@@ -26,3 +26,6 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.monitor.methods import install as install_monitor
 
     install_monitor(daemon, install_alerts(daemon))
+    from cortexd.logs.methods import install as install_logs
+
+    install_logs(daemon)

@@ -15,6 +15,7 @@ from cortexd.protocol import default_socket_path
 
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 LogTarget = Literal["auto", "journal", "stderr"]
+BackupSchedule = Literal["off", "daily"]
 
 
 def _bound(
@@ -130,6 +131,34 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogsConfig:
+    watch: bool = True
+    poll_seconds: float = field(default=5.0, metadata=_bound(0.1, 3600))
+    alert_interval_seconds: float = field(default=300.0, metadata=_bound(0, 86400))
+    builtin_patterns: bool = True
+    patterns: tuple[str, ...] = ()
+    max_entries: int = field(default=100_000, metadata=_bound(1, 10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatesConfig:
+    check_interval_hours: float = field(default=6.0, metadata=_bound(0.0, 720))
+    rollback_retention_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
+    backup_before_update: bool = True
+    apply_timeout_seconds: float = field(default=3600.0, metadata=_bound(10, 86400))
+    apt_command: tuple[str, ...] = ("apt-get",)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupConfig:
+    schedule: BackupSchedule = "off"
+    retention_days: float = field(default=30.0, metadata=_bound(0.01, 3650))
+    max_archive_bytes: int = field(default=1 << 30, metadata=_bound(4096, 1 << 40))
+    upkeep_interval_hours: float = field(default=24.0, metadata=_bound(0.0, 8760))
+    vacuum_interval_days: float = field(default=7.0, metadata=_bound(0.0, 3650))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the daemon is configured with; built once per load, never mutated."""
 
@@ -141,6 +170,9 @@ class Config:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -151,8 +183,11 @@ SECTIONS: dict[str, type[Any]] = {
     "doctor": DoctorConfig,
     "alerts": AlertsConfig,
     "checks": ChecksConfig,
+    "logs": LogsConfig,
+    "updates": UpdatesConfig,
+    "backup": BackupConfig,
 }
 
 # Sections that later capabilities own; accepted without a warning so a config
 # file written for a newer daemon still loads.
-RESERVED_SECTIONS = frozenset({"notify", "healing", "plugins", "updates", "logs", "http"})
+RESERVED_SECTIONS = frozenset({"notify", "healing", "plugins", "http"})
