@@ -114,3 +114,26 @@ def test_the_daemon_stops_cleanly_during_a_generation(model_path: str) -> None:
         running._thread.join(30)
         assert not running._thread.is_alive()
         assert "inference worker did not stop" not in d.log()
+
+
+def test_hanging_up_during_prompt_processing_cancels_a_plain_request(
+    model_daemon: DaemonProcess,
+) -> None:
+    before = model_daemon.call("model.status")["totals"]
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "inference.generate",
+        "params": {"prompt": LONG_PROMPT, "max_tokens": 8, "temperature": 0},
+    }
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(model_daemon.socket_path)
+        sock.sendall(orjson.dumps(request) + b"\n")
+        wait_for(lambda: (in_flight(model_daemon) or {}).get("phase") == "prompt")
+    # No stream to write to: the daemon sees the hang-up itself and aborts the decode.
+    wait_for(lambda: in_flight(model_daemon) is None)
+    after = model_daemon.call("model.status")["totals"]
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["generated_tokens"] == before["generated_tokens"]
+    # Only the prompt batches finished before the abort count; the whole prompt is ~1,800.
+    assert after["prompt_tokens"] - before["prompt_tokens"] < 1800
