@@ -25,7 +25,11 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.alerts.methods import install as install_alerts
     from cortexd.monitor.methods import install as install_monitor
 
-    install_monitor(daemon, install_alerts(daemon))
+    alerts = install_alerts(daemon)
+    monitor = install_monitor(daemon, alerts)
+    from cortexd.repair.methods import install as install_repair
+
+    install_repair(daemon, monitor, alerts)
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)

@@ -91,6 +91,38 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairConfig:
+    auto_fix_safe: bool = False
+    command_timeout: float = field(default=900.0, metadata=_bound(1, 7200))
+    journal_max_size: str = "500M"
+    root: str = "/"
+    config_dir: str = "/etc/cortex"
+    runtime_dir: str = "/run/cortex"
+
+
+@dataclass(frozen=True, slots=True)
+class HealingConfig:
+    enabled: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    max_attempts: int = field(default=3, metadata=_bound(1, 100))
+    window_seconds: float = field(default=3600.0, metadata=_bound(1, 7 * 86400))
+    backoff_seconds: float = field(default=10.0, metadata=_bound(0, 3600))
+    backoff_max_seconds: float = field(default=300.0, metadata=_bound(0, 86400))
+    settle_seconds: float = field(default=15.0, metadata=_bound(0, 3600))
+    verify_timeout_seconds: float = field(default=60.0, metadata=_bound(0.1, 3600))
+    max_concurrent: int = field(default=2, metadata=_bound(1, 64))
+    poll_seconds: float = field(default=30.0, metadata=_bound(0.1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsConfig:
+    enabled: bool = True
+    directory: str = "/etc/cortex/plugins"
+    timeout_seconds: float = field(default=10.0, metadata=_bound(0.1, 600))
+
+
+@dataclass(frozen=True, slots=True)
 class CheckSettings:
     """One check's settings; unset (null) values take the check's built-in default."""
 
@@ -128,6 +160,9 @@ class ChecksConfig:
     dns_resolution: CheckSettings = field(default_factory=CheckSettings)
     network_connectivity: CheckSettings = field(default_factory=CheckSettings)
     reboot_required: CheckSettings = field(default_factory=CheckSettings)
+    apt_locks: CheckSettings = field(default_factory=CheckSettings)
+    cortex_world_writable: CheckSettings = field(default_factory=CheckSettings)
+    cortex_permissions: CheckSettings = field(default_factory=CheckSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +205,9 @@ class Config:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    repair: RepairConfig = field(default_factory=RepairConfig)
+    healing: HealingConfig = field(default_factory=HealingConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
@@ -183,6 +221,9 @@ SECTIONS: dict[str, type[Any]] = {
     "doctor": DoctorConfig,
     "alerts": AlertsConfig,
     "checks": ChecksConfig,
+    "repair": RepairConfig,
+    "healing": HealingConfig,
+    "plugins": PluginsConfig,
     "logs": LogsConfig,
     "updates": UpdatesConfig,
     "backup": BackupConfig,
@@ -190,4 +231,4 @@ SECTIONS: dict[str, type[Any]] = {
 
 # Sections that later capabilities own; accepted without a warning so a config
 # file written for a newer daemon still loads.
-RESERVED_SECTIONS = frozenset({"notify", "healing", "plugins", "http"})
+RESERVED_SECTIONS = frozenset({"notify", "http"})

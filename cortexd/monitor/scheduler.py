@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -56,6 +56,10 @@ class Monitor:
         self._build = build
         self.alerts = alerts
         self.clock = clock
+        # Other features add checks (repair, plugins) and watch runs (hooks).
+        self._sources: list[Builder] = []
+        self.before_check: list[Callable[[Check], Awaitable[None]]] = []
+        self.after_check: list[Callable[[CheckResult], Awaitable[None]]] = []
         self.checks: dict[str, Check] = {c.id: c for c in build(config)}
         self.results: dict[str, CheckResult] = {}
         self._trackers: dict[tuple[str, str], LevelTracker] = {}
@@ -80,12 +84,41 @@ class Monitor:
     def apply_config(self, config: Config) -> None:
         """Take new intervals, thresholds and lists; graded levels carry over."""
         self.config = config
-        self.checks = {c.id: c for c in self._build(config)}
+        self.checks = self._built(config)
         for (check_id, _), tracker in self._trackers.items():
             check = self.checks.get(check_id)
             if check is not None and check.thresholds is not None:
                 tracker.thresholds = check.thresholds
         self._due = {k: v for k, v in self._due.items() if k in self.checks}
+
+    def add_checks(self, source: Builder) -> None:
+        """Let another feature contribute checks, built now and again on each reload."""
+        self._sources.append(source)
+        self.refresh_checks()
+
+    def refresh_checks(self) -> None:
+        """Rebuild the checks of every source (e.g. after plugins were reloaded)."""
+        self.checks = self._built(self.config)
+        self._due = {k: v for k, v in self._due.items() if k in self.checks}
+
+    def _built(self, config: Config) -> dict[str, Check]:
+        checks = {c.id: c for c in self._build(config)}
+        for source in self._sources:
+            try:
+                extra = source(config)
+            except Exception:  # isolation boundary: a feature's checks failing to build
+                log.exception("building extra checks failed")
+                continue
+            for check in extra:
+                checks.setdefault(check.id, check)
+        return checks
+
+    async def _observe(self, observers: list[Callable[[Any], Awaitable[None]]], item: Any) -> None:
+        for observer in list(observers):
+            try:
+                await observer(item)
+            except Exception:  # isolation boundary: an observer's bug never fails the check
+                log.exception("check observer failed")
 
     async def stop(self) -> None:
         """Persist the last results so `health` has them after a restart."""
@@ -165,14 +198,16 @@ class Monitor:
         done = anyio.Event()
         self._running[check.id] = done
         try:
+            await self._observe(self.before_check, check)
             findings, duration = await self._collect(check)
             result = await self._grade(check, findings, duration)
             self.results[check.id] = result
             self.runs += 1
-            return result
         finally:
             del self._running[check.id]
             done.set()
+        await self._observe(self.after_check, result)
+        return result
 
     def _timeout(self, check: Check) -> float:
         return check.timeout or self.config.doctor.timeout_seconds

@@ -1,0 +1,252 @@
+"""`cortexctl repair apt|permissions|services` and `cortexctl doctor --fix`.
+
+Every fix is a plan (a dry run) unless `--yes` is given; `--dry-run` is
+accepted and is the default. `doctor --fix` runs the checks, plans the fix
+of each failing one, asks on a terminal, and applies with `--yes`, then
+re-runs the checks and exits with their doctor code.
+
+Exit codes: 0 planned, or applied and verified; 1 a fix failed or the
+daemon refused; 3 the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from cortexctl.client import Client
+from cortexctl.output import Output
+from cortexd.protocol import CortexError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+APPLY_WAIT = 7600.0
+PLAN_WAIT = 140.0
+CHECKS_WAIT = 630.0
+PROBLEMS = ("WARN", "FAIL")
+
+
+def _step_text(step: dict[str, Any]) -> str:
+    if step["kind"] == "unit":
+        return f"{step['action']} unit {step['unit']}"
+    if step["kind"] == "file":
+        return f"{step['action']} {step['path']}"
+    return f"run: {' '.join(step.get('command', []))}"
+
+
+def _show_plan(out: Output, plan: dict[str, Any], safety: str) -> None:
+    target = f" [{plan['target']}]" if plan.get("target") else ""
+    out.line(f"{plan['fix_id']}{target} ({safety}): {plan['summary']}")
+    for step in plan["steps"]:
+        out.line(f"  - {_step_text(step)}")
+    for note in plan["notes"]:
+        out.line(f"  note: {note}")
+
+
+def _show_outcome(out: Output, outcome: dict[str, Any]) -> None:
+    mark = out.paint("ok", "32") if outcome["ok"] else out.paint("FAILED", "31")
+    out.line(f"{outcome['fix_id']}: {mark} - {outcome['message']}")
+    for step in outcome["steps"]:
+        if not step["ok"]:
+            detail = step["error"] or step["stderr"] or f"exit {step['returncode']}"
+            out.line(f"  - {_step_text(step)}: {detail}")
+
+
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def run_fixes(
+    client: Client, out: Output, wanted: list[tuple[str, str | None]], yes: bool
+) -> tuple[int, list[dict[str, Any]]]:
+    """Plan each (fix_id, target); apply them when `yes` (or the operator agrees)."""
+    fixes = {f["id"]: f for f in client.call("fixes.list")["fixes"]}
+    plans: list[dict[str, Any]] = []
+    for fix_id, target in wanted:
+        params: dict[str, Any] = {"fix_id": fix_id}
+        if target:
+            params["target"] = target
+        plan = client.call("fixes.plan", params, timeout=PLAN_WAIT)["plan"]
+        plans.append(plan)
+        if not out.as_json:
+            _show_plan(out, plan, fixes.get(fix_id, {}).get("safety", "?"))
+    todo = [p for p in plans if p["steps"]]
+    if not todo:
+        if not out.as_json:
+            out.line("nothing to fix")
+        return EXIT_OK, [{"plan": p} for p in plans]
+    if not yes and not out.as_json:
+        yes = _ask(f"apply {len(todo)} fix(es)?")
+        if not yes:
+            out.line("dry run: nothing changed (pass --yes to apply)")
+    if not yes:
+        return EXIT_OK, [{"plan": p} for p in plans]
+    code = EXIT_OK
+    done: list[dict[str, Any]] = []
+    for plan in todo:
+        params = {"fix_id": plan["fix_id"], "confirm": True}
+        if plan["target"]:
+            params["target"] = plan["target"]
+        try:
+            result = client.call("fixes.apply", params, timeout=APPLY_WAIT)
+        except CortexError as exc:
+            code = EXIT_FAILED
+            done.append({"plan": plan, "error": exc.to_error()})
+            if not out.as_json:
+                out.line(f"{plan['fix_id']}: {out.paint('REFUSED', '31')} - {exc.message}")
+            continue
+        done.append(result)
+        if not result["outcome"]["ok"] or result["outcome"]["verified"] is False:
+            code = EXIT_FAILED
+        if not out.as_json:
+            _show_outcome(out, result["outcome"])
+    return code, done
+
+
+def _doctor_code(results: list[dict[str, Any]]) -> int:
+    statuses = {r["status"] for r in results}
+    for code, status in ((3, "ERROR"), (2, "FAIL"), (1, "WARN")):
+        if status in statuses:
+            return code
+    return 0
+
+
+def doctor_fix(client: Client, args: argparse.Namespace, out: Output, report: Any) -> int:
+    """`doctor --fix`: run the checks, plan the fixes of failing ones, maybe apply, re-check.
+
+    Returns the doctor exit code of the last check run (see `cortexctl doctor`).
+    """
+    params: dict[str, Any] = {}
+    if args.check:
+        params["ids"] = args.check
+    if args.category:
+        params["category"] = args.category
+    first = client.call("checks.run", params or None, timeout=CHECKS_WAIT)
+    failing = [r for r in first["results"] if r["status"] in PROBLEMS]
+    wanted: list[tuple[str, str | None]] = list(
+        dict.fromkeys((str(r["fix_id"]), None) for r in failing if r["fix_id"])
+    )
+    if not out.as_json:
+        for r in failing:
+            fix = r["fix_id"] or "no fix"
+            out.line(f"{r['status']:<5} {r['check_id']}: {r['message']} ({fix})")
+        out.line(f"{len(wanted)} fix(es) planned:" if wanted else "no fixes to plan")
+    code, done = run_fixes(client, out, wanted, args.yes and not args.dry_run_only)
+    applied = any("outcome" in d for d in done)
+    if not out.as_json:
+        if applied:
+            out.line("re-checking:")
+            return int(report(client, args, out))
+        return max(code, _doctor_code(first["results"]))
+    after = client.call("checks.run", params or None, timeout=CHECKS_WAIT) if applied else first
+    exit_code = _doctor_code(after["results"])
+    out.json({"checks": first, "fixes": done, "after": after, "exit_code": exit_code})
+    return exit_code
+
+
+def _apt(client: Client, args: argparse.Namespace, out: Output) -> int:
+    wanted: list[tuple[str, str | None]] = [("clear_apt_locks", None)]
+    if not args.locks:
+        wanted += [("dpkg_configure", None), ("apt_fix_broken", None)]
+        if args.lists:
+            wanted.append(("apt_rebuild_lists", None))
+    return _finish(client, args, out, wanted)
+
+
+def _permissions(client: Client, args: argparse.Namespace, out: Output) -> int:
+    wanted: list[tuple[str, str | None]] = []
+    if args.cortex or not args.user:
+        wanted += [("remove_world_write", None), ("reset_cortex_permissions", None)]
+    if args.user:
+        wanted.append(("user_permissions", args.user))
+    return _finish(client, args, out, wanted)
+
+
+def _services(client: Client, args: argparse.Namespace, out: Output) -> int:
+    return _finish(client, args, out, [("restart_unit", args.service)])
+
+
+def _finish(
+    client: Client, args: argparse.Namespace, out: Output, wanted: list[tuple[str, str | None]]
+) -> int:
+    code, done = run_fixes(client, out, wanted, args.yes and not args.dry_run_only)
+    if out.as_json:
+        out.json({"fixes": done})
+    return code
+
+
+def _apply_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--yes", "-y", action="store_true", help="apply the planned fixes")
+    parser.add_argument(
+        "--dry-run",
+        dest="dry_run_only",
+        action="store_true",
+        help="only show the plan (the default without --yes)",
+    )
+    if json_flag:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+
+
+def _add_doctor_fix(sub: Any) -> None:
+    # `doctor` belongs to the monitor commands; --fix extends it from here so
+    # that module stays free of repair logic.
+    doctor = sub.choices.get("doctor")
+    if doctor is None:
+        return
+    doctor.add_argument(
+        "--fix", action="store_true", help="plan fixes for failing checks (apply with --yes)"
+    )
+    _apply_flags(doctor, json_flag=False)
+    report = doctor.get_default("run")
+
+    def run(client: Client, args: argparse.Namespace, out: Output) -> int:
+        if args.fix:
+            return doctor_fix(client, args, out, report)
+        return int(report(client, args, out))
+
+    doctor.set_defaults(run=run)
+    doctor.epilog = (doctor.epilog or "") + (
+        "\n\nrepair:\n  cortexctl doctor --fix          plan fixes for failing checks"
+        "\n  sudo cortexctl doctor --fix --yes   apply them and re-check"
+    )
+
+
+def register(sub: Any) -> None:
+    """Add `repair` (and `doctor --fix`) to the top-level subparsers."""
+    _add_doctor_fix(sub)
+    repair = sub.add_parser(
+        "repair",
+        help="plan or apply fixes (apt, permissions, services)",
+        description="Plan fixes (a dry run by default); apply them with --yes (needs admin).",
+        epilog=(
+            "examples:\n  cortexctl repair apt --locks\n  sudo cortexctl repair apt --yes\n"
+            "  cortexctl repair permissions --cortex\n"
+            "  sudo cortexctl repair services --service nginx --yes\n\n"
+            "exit codes: 0 planned or applied, 1 a fix failed or was refused, 3 cannot connect"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = repair.add_subparsers(dest="repair_kind", metavar="KIND", required=True)
+    apt = kinds.add_parser("apt", help="stale locks, interrupted dpkg, broken dependencies")
+    apt.add_argument("--locks", action="store_true", help="only clear stale lock files")
+    apt.add_argument("--lists", action="store_true", help="also rebuild the package lists")
+    _apply_flags(apt)
+    apt.set_defaults(run=_apt)
+    perms = kinds.add_parser("permissions", help="ownership and modes of Cortex files")
+    perms.add_argument("--cortex", action="store_true", help="the Cortex directories (default)")
+    perms.add_argument("--user", metavar="NAME", help="a user's home and Cortex directories")
+    _apply_flags(perms)
+    perms.set_defaults(run=_permissions)
+    services = kinds.add_parser("services", help="restart failed units")
+    services.add_argument(
+        "--restart-failed", action="store_true", help="restart every failed unit (the default)"
+    )
+    services.add_argument("--service", metavar="NAME", help="only this unit")
+    _apply_flags(services)
+    services.set_defaults(run=_services)

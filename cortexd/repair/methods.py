@@ -1,0 +1,159 @@
+"""Socket methods of the repair manager (fixes.*) and how it plugs into the daemon."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.config.schema import Config
+from cortexd.monitor.check import Check
+from cortexd.monitor.registry import apply_settings
+from cortexd.plugins.hooks import HookRegistry
+from cortexd.repair.apt import (
+    AptFixBroken,
+    AptLocks,
+    AptRebuildLists,
+    ClearAptLocks,
+    DpkgConfigure,
+)
+from cortexd.repair.manager import RepairManager
+from cortexd.repair.model import Fix
+from cortexd.repair.permissions import (
+    CortexPermissions,
+    RemoveWorldWrite,
+    ResetCortexPermissions,
+    UserPermissions,
+    WorldWritable,
+)
+from cortexd.repair.runner import FixRunner
+from cortexd.repair.store import MIGRATIONS
+from cortexd.repair.system import RestartUnit, VacuumJournal
+from cortexd.server import Call, Method, Param
+from cortexd.store import Database
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+    from cortexd.monitor.scheduler import Monitor
+
+APPLY_TIMEOUT = 7500.0  # above repair.command_timeout's maximum, plus verification
+PLAN_TIMEOUT = 130.0
+MAX_HISTORY = 1000
+
+
+def cortex_roots(config: Config) -> list[str]:
+    """The Cortex config, state and runtime directories (under `repair.root` for tests)."""
+    return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]
+
+
+def build_fixes(config: Config, runner: FixRunner) -> list[Fix]:
+    """Every built-in fix, configured."""
+    root = config.repair.root
+    roots = cortex_roots(config)
+    owner = os.geteuid()
+    return [
+        RestartUnit(runner),
+        ClearAptLocks(runner, root),
+        DpkgConfigure(runner, root),
+        AptFixBroken(runner),
+        AptRebuildLists(runner, root),
+        VacuumJournal(runner, config.repair.journal_max_size),
+        RemoveWorldWrite(runner, roots, owner),
+        ResetCortexPermissions(runner, roots, owner),
+        UserPermissions(runner),
+    ]
+
+
+def build_checks(config: Config) -> list[Check]:
+    """The checks the repair package adds to the monitor (answered by its fixes)."""
+    roots = cortex_roots(config)
+    owner = os.geteuid()
+    checks: list[Check] = [
+        AptLocks(config.repair.root),
+        WorldWritable(roots, owner),
+        CortexPermissions(roots, owner),
+    ]
+    for check in checks:
+        apply_settings(check, getattr(config.checks, check.id))
+    return checks
+
+
+def _who(call: Call) -> str:
+    return f"uid {call.peer.uid} (pid {call.peer.pid})"
+
+
+def repair_methods(manager: RepairManager) -> list[Method]:
+    """The fixes.* methods bound to `manager`."""
+
+    def fixes_list(call: Call) -> dict[str, Any]:
+        return {
+            "fixes": [f.summary() for f in manager.fixes.values()],
+            "auto_fix_safe": manager.config.repair.auto_fix_safe,
+            "transient_units": manager.runner.transient,
+        }
+
+    async def fixes_plan(call: Call) -> dict[str, Any]:
+        p = call.params
+        fix = manager.fix_for(p["fix_id"], p["check_id"])
+        plan = await manager.plan(fix, p["target"])
+        return {"plan": plan.to_dict(), "fix": fix.summary()}
+
+    async def fixes_apply(call: Call) -> dict[str, Any]:
+        p = call.params
+        fix = manager.fix_for(p["fix_id"], None)
+        return await manager.apply(fix, p["target"], confirm=p["confirm"], requested_by=_who(call))
+
+    async def fixes_history(call: Call) -> dict[str, Any]:
+        return {"runs": await manager.history(call.params["limit"])}
+
+    def limit(value: int) -> str | None:
+        return None if 1 <= value <= MAX_HISTORY else f"must be between 1 and {MAX_HISTORY}"
+
+    return [
+        Method("fixes.list", fixes_list, inline=True, summary="the registered fixes"),
+        Method(
+            "fixes.plan",
+            fixes_plan,
+            params=(Param("fix_id", str), Param("check_id", str), Param("target", str)),
+            timeout=PLAN_TIMEOUT,
+            summary="dry run: what a fix would do now",
+        ),
+        Method(
+            "fixes.apply",
+            fixes_apply,
+            params=(
+                Param("fix_id", str, required=True),
+                Param("target", str),
+                Param("confirm", bool, default=False),
+            ),
+            access="admin",
+            timeout=APPLY_TIMEOUT,
+            summary="apply a fix, then re-run its checks",
+        ),
+        Method(
+            "fixes.history",
+            fixes_history,
+            params=(Param("limit", int, default=50, check=limit),),
+            summary="recently applied fixes, newest first",
+        ),
+    ]
+
+
+def install(daemon: Daemon, monitor: Monitor, alerts: AlertManager) -> RepairManager:
+    """Build the repair manager on `<state_dir>/repair.db`, add its checks and methods."""
+    config = daemon.config
+    runner = FixRunner(timeout=config.repair.command_timeout)
+    db = Database(os.path.join(config.state_dir, "repair.db"), MIGRATIONS)
+    manager = RepairManager(
+        config,
+        build_fixes(config, runner),
+        db,
+        alerts,
+        runner,
+        hooks=HookRegistry(),
+        monitor=monitor,
+    )
+    monitor.add_checks(build_checks)
+    daemon.components.append(manager)
+    daemon.registry.add(repair_methods(manager))
+    return manager
