@@ -4,9 +4,9 @@ The worker thread is the only code that touches the `LoadedModel` (llama.cpp
 is not thread-safe), and it also loads and unloads it, so a model change can
 never race a running request. The event loop talks to it through the
 thread-safe `RequestQueue` and a single pending control action (load,
-unload, exit); the worker reports back with `anyio.from_thread.run_sync`,
-which runs the delivery on the loop, so the loop-side `Job` state is only
-ever touched by the loop.
+unload, exit); the worker reports back by scheduling calls on the loop
+(`anyio.from_thread.run_sync` for outcomes, a queued call for streamed text),
+so the loop-side `Job` state is only ever touched by the loop.
 
 Model changes drain: once `model.load` or `model.unload` is accepted, new
 requests get MODEL_NOT_LOADED (state `loading`/`unloading`) while those

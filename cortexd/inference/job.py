@@ -2,10 +2,11 @@
 
 A `Job` is shared by two threads with a strict split: the event loop owns the
 delivery side (`_pieces`, `_event`, the outcome) and only the loop touches it
-— the worker hands text and the outcome over with `anyio.from_thread`; the
-worker owns `phase` and the progress counters, which the loop only reads for
-status. `stop_requested` is the one field the loop writes and the worker
-reads (a single reference assignment, atomic under the GIL).
+— the worker schedules `deliver_text`, `finish` and `fail` to run on the loop
+(see `Engine._post` and `Engine._to_loop`); the worker owns `phase` and the
+progress counters, which the loop only reads for status. `stop_requested` is
+the one field the loop writes and the worker reads (a single reference
+assignment, atomic under the GIL).
 """
 
 from __future__ import annotations

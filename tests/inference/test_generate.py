@@ -108,6 +108,10 @@ def test_ping_and_status_answer_during_a_generation(model_daemon: DaemonProcess)
         status = client.call("status")["components"]["inference"]
         assert status["in_flight"] == running.request_id()
         assert status["state"] == "ready"
+        assert status["n_ctx"] == 2048
+        assert status["size_bytes"] > 50_000_000
+        assert status["model"]
+        assert status["totals"]["requests"] >= 1
         # The generation was still going after all those answers.
         assert client.call("model.status")["in_flight"]["phase"] == "generating"
         client.call("inference.cancel", {"request_id": running.request_id()})
