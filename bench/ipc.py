@@ -62,6 +62,8 @@ HEAVY_LIBRARIES = ("libllama", "llama_cpp", "numpy")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """What one run measures and how, from the command line."""
+
     clients: tuple[int, ...]
     duration: float
     rounds: int
@@ -77,6 +79,7 @@ class Settings:
 
 
 def parse_args(argv: list[str] | None) -> Settings:
+    """Settings from the command line; exits with status 2 on bad usage."""
     parser = argparse.ArgumentParser(
         description="cortexd IPC benchmark (SPEC §15).",
         epilog="Example: .venv/bin/python bench/ipc.py --quick --json > figures.json",
@@ -100,7 +103,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         "--processes",
         type=int,
         default=default_processes(),
-        help="load generator worker processes (default: one per core)",
+        help="load generator worker processes (default: one per core but the server's)",
     )
     parser.add_argument(
         "--idle-connections", type=int, default=IDLE_CONNECTIONS, help="idle connections to hold"
@@ -148,10 +151,12 @@ def parse_args(argv: list[str] | None) -> Settings:
 
 
 def progress(message: str) -> None:
+    """A progress line on stderr, so stdout stays clean for --json."""
     print(message, file=sys.stderr, flush=True)
 
 
 def machine() -> dict[str, Any]:
+    """CPU count and model, Python, kernel and load average of this machine."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -199,6 +204,7 @@ def daemon_source() -> dict[str, Any]:
 
 
 def cell_figures(result: CellResult) -> dict[str, Any]:
+    """One server's figures for one cell, JSON-ready."""
     return {
         "requests": result.requests,
         "throughput": result.throughput,
@@ -253,6 +259,7 @@ def run_cells(
 
 
 def raise_fd_limit(needed: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to hold `needed` sockets (up to the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = needed + FD_MARGIN
     if soft < want:
@@ -342,6 +349,7 @@ def cli_status(daemon: Running, runs: int) -> dict[str, Any]:
 
 
 def heavy_libraries(pid: int) -> list[str]:
+    """Which of HEAVY_LIBRARIES are mapped into process `pid`."""
     maps = Path(f"/proc/{pid}/maps").read_text()
     return sorted({name for name in HEAVY_LIBRARIES if name in maps})
 
@@ -425,6 +433,7 @@ def aims(figures: dict[str, Any]) -> list[Aim]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its figures; 0 unless the benchmark itself failed."""
     settings = parse_args(argv)
     if settings.from_json:
         saved = orjson.loads(Path(settings.from_json).read_bytes())

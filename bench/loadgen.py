@@ -39,6 +39,8 @@ _NEWLINE = b"\n"
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """One worker's part of a cell: how many clients call which method, and for how long."""
+
     socket_path: str
     method: str
     clients: int
@@ -69,15 +71,18 @@ class _Client(asyncio.Protocol):
         self.done: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; nothing is sent until `send`."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def send(self) -> None:
+        """Send the request and note when."""
         assert self.transport is not None
         self.sent_ns = time.perf_counter_ns()
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
+        """Record a complete answer and send the next request, until the window ends."""
         # One request is outstanding, so a newline ends its answer.
         if _NEWLINE not in data:
             self.buffer += data
@@ -107,6 +112,7 @@ class _Client(asyncio.Protocol):
         self.send()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """A server that hangs up fails the job instead of leaving it waiting."""
         for future in (self.primed, self.done):
             if not future.done():
                 future.set_exception(ConnectionError(f"server closed the connection: {exc}"))
@@ -198,6 +204,7 @@ class CellResult:
 
     @property
     def throughput(self) -> float:
+        """Answers per second in the measured window."""
         return self.requests / self.duration
 
     def percentile_ms(self, q: float) -> float:

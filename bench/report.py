@@ -20,9 +20,11 @@ class Aim:
 
     @property
     def met(self) -> bool:
+        """Whether the figure is on the good side of the bound."""
         return self.value <= self.bound if self.below else self.value >= self.bound
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for --json."""
         return {
             "aim": self.name,
             "value": round(self.value, 4),
@@ -32,6 +34,7 @@ class Aim:
 
 
 def print_json(figures: dict[str, Any]) -> None:
+    """All figures as indented JSON on stdout."""
     sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 

@@ -52,9 +52,11 @@ class Running:
 
     @property
     def pid(self) -> int:
+        """The server's process id."""
         return self.proc.pid
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last `lines` of the server's log, for error messages."""
         try:
             text = Path(self.log_path).read_text(errors="replace")
         except OSError:
