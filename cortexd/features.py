@@ -33,3 +33,6 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)
+    from cortexd.backup.methods import install as install_backup
+
+    install_backup(daemon)

@@ -51,6 +51,10 @@ ModelState = Literal[
     "not_configured", "loading", "ready", "failed", "unloading", "unloaded", "idle"
 ]
 JOIN_TIMEOUT = 10.0
+NOT_CONFIGURED = (
+    "no model is configured: set inference.model_path, start cortexd with --model PATH, "
+    "or load one with model.load"
+)
 MAX_LISTED = 100
 
 
@@ -102,7 +106,7 @@ class Engine:
         self._validate = validate or _check_file
         self._lock = threading.Lock()
         self._state: ModelState = "not_configured"
-        self._reason: str | None = None
+        self._reason: str | None = NOT_CONFIGURED
         self._path = expand(config.model_path) if config.model_path else ""
         self._describe: dict[str, Any] | None = None
         self._last_error: dict[str, Any] | None = None

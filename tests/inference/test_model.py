@@ -172,6 +172,7 @@ def test_an_idle_daemon_without_a_model_never_loads_llama_cpp(daemon: DaemonProc
     with pytest.raises(ModelNotLoaded) as info:
         daemon.call("inference.generate", GENERATE)
     assert info.value.data["state"] == "not_configured"
+    assert "inference.model_path" in info.value.message
     maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
     assert "libllama" not in maps
     assert "numpy" not in maps
