@@ -73,6 +73,8 @@ format: $(STAMP)
 
 bench: $(STAMP) model
 	CORTEX_TEST_MODEL="$(MODEL)" $(BIN)/python bench/ipc.py
+	CORTEX_TEST_MODEL="$(MODEL)" $(BIN)/python bench/inference.py
+	$(BIN)/python bench/monitor.py
 
 install: $(STAMP)
 	@[ "$(ROOT)" = yes ] || { echo "make install needs root"; exit 1; }
