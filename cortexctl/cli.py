@@ -13,7 +13,16 @@ from collections.abc import Callable
 from typing import TextIO
 
 from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
-from cortexctl.commands import alerts, backup, core, inference, logs, monitor, repair
+from cortexctl.commands import (
+    alerts,
+    backup,
+    core,
+    healing,
+    inference,
+    logs,
+    monitor,
+    repair,
+)
 from cortexctl.output import Output
 from cortexd.protocol import CortexError, default_socket_path
 
@@ -36,7 +45,7 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
 # Each capability adds its commands in one module with a `register(sub)`.
-COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, backup)
+COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, healing, backup)
 
 
 def _seconds(text: str) -> float:

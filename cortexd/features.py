@@ -29,7 +29,10 @@ def install_features(daemon: Daemon) -> None:
     monitor = install_monitor(daemon, alerts)
     from cortexd.repair.methods import install as install_repair
 
-    install_repair(daemon, monitor, alerts)
+    repair = install_repair(daemon, monitor, alerts)
+    from cortexd.healing.methods import install as install_healing
+
+    install_healing(daemon, alerts, repair)
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)

@@ -245,6 +245,14 @@ class RepairManager:
         except CortexError as exc:
             log.warning("fix %s: alert not stored: %s", fix.id, exc.message)
 
+    async def record_healing(self, entry: dict[str, Any]) -> None:
+        """Add one entry to the healing log (self-healing shares this database)."""
+        await self.db.run(lambda c: store.add_healing(c, entry))
+
+    async def healing_log(self, unit: str | None, limit: int) -> list[dict[str, Any]]:
+        """Healing log entries, newest first."""
+        return await self.db.read(lambda c: store.healing_log(c, unit, limit))
+
     async def history(self, limit: int) -> list[dict[str, Any]]:
         """The most recent fix runs, newest first."""
         return await self.db.read(lambda c: store.fix_runs(c, limit))

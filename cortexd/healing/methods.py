@@ -1,0 +1,44 @@
+"""Socket methods of self-healing (healing.list) and how it plugs into the daemon."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.healing.loop import Healer, unit_name
+from cortexd.repair.manager import RepairManager
+from cortexd.server import Call, Method, Param
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+MAX_LIST = 1000
+
+
+def healing_methods(healer: Healer, repair: RepairManager) -> list[Method]:
+    """`healing.list` bound to `healer` (its log lives in the repair database)."""
+
+    async def listing(call: Call) -> dict[str, Any]:
+        unit = call.params["unit"]
+        entries = await repair.healing_log(unit_name(unit) if unit else None, call.params["limit"])
+        return {**healer.state(), "entries": entries}
+
+    def limit(value: int) -> str | None:
+        return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
+
+    return [
+        Method(
+            "healing.list",
+            listing,
+            params=(Param("unit", str), Param("limit", int, default=100, check=limit)),
+            summary="self-healing state and its log, newest first",
+        )
+    ]
+
+
+def install(daemon: Daemon, alerts: AlertManager, repair: RepairManager) -> Healer:
+    """Build the healer (after the repair manager, whose database holds its log)."""
+    healer = Healer(daemon.config, alerts, repair.record_healing)
+    daemon.components.append(healer)
+    daemon.registry.add(healing_methods(healer, repair))
+    return healer
