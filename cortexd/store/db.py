@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -164,6 +164,9 @@ class Database:
 
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, job)
+        # A caller that stopped waiting (timeout, cancellation) never reads the
+        # outcome; fetch it here so a late failure is not reported as lost.
+        future.add_done_callback(_retrieve)
         try:
             with anyio.fail_after(deadline):
                 # Shielded: a cancelled caller stops waiting, but the job still
@@ -178,6 +181,11 @@ class Database:
         # another thread; only our own job is interrupted, never a later one.
         if self._conn is not None and self._running is token:
             self._conn.interrupt()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _statements(script: str) -> list[str]:
