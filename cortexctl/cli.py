@@ -21,6 +21,7 @@ from cortexctl.commands import (
     inference,
     logs,
     monitor,
+    plugins,
     repair,
 )
 from cortexctl.output import Output
@@ -45,7 +46,7 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
 # Each capability adds its commands in one module with a `register(sub)`.
-COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, healing, backup)
+COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, healing, plugins, backup)
 
 
 def _seconds(text: str) -> float:
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
         return 3 if code == EXIT_USAGE and "doctor" in words else code
     out = Output(args.json, stdout or sys.stdout)
     run: Command = args.run
+    if getattr(args, "offline", False):
+        # Commands that need no daemon (`plugins create`) run without a client.
+        return int(args.run(None, args, out))
     try:
         with Client(args.socket, timeout=args.timeout) as client:
             return run(client, args, out)

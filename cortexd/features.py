@@ -33,6 +33,9 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.healing.methods import install as install_healing
 
     install_healing(daemon, alerts, repair)
+    from cortexd.plugins.methods import install as install_plugins
+
+    install_plugins(daemon, monitor, repair.hooks)
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)

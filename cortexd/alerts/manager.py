@@ -29,7 +29,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -56,6 +56,10 @@ class AlertCapReached(CortexError):
 
     def __init__(self, cap: int) -> None:
         super().__init__(f"the active alert cap ({cap}) is reached", depth=cap)
+
+
+AlertListener = Callable[[str, Alert], Awaitable[None]]
+"""Called with `fired`, `reopened`, `escalated` or `resolved` once that change is committed."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -95,6 +99,9 @@ class AlertManager:
         self._lock = anyio.Lock()
         self.dropped_over_cap = 0
         self._state = "starting"
+        # Notification hooks (the notifier); each is awaited under the lock so
+        # its own durable write lands before the next change to the alert.
+        self.listeners: list[AlertListener] = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -256,6 +263,7 @@ class AlertManager:
             self._open[fp] = alert
             self._by_id[alert.id] = alert
             log.info("alert %s fired: %s (%s)", alert.id, title, severity.name)
+            await self._emit("fired", alert)
             return alert
 
     async def _update(
@@ -275,6 +283,7 @@ class AlertManager:
             alert.annotations = dict(annotations)
         alert.dirty = True
         changed = severity != alert.severity
+        rose = changed and severity > alert.severity
         if changed:
             if severity > alert.severity and alert.state == "acknowledged":
                 alert.state = "firing"
@@ -284,6 +293,8 @@ class AlertManager:
             alert.severity = severity
         if changed or now - alert.written_at >= self.config.coalesce_seconds:
             await self._save([alert])
+        if rose:
+            await self._emit("escalated", alert)
         return alert
 
     async def _reopen(
@@ -311,6 +322,7 @@ class AlertManager:
         self._open[alert.fingerprint] = alert
         self._by_id[alert.id] = alert
         log.info("alert %s re-opened: %s", alert.id, title)
+        await self._emit("reopened", alert)
         return alert
 
     async def condition_cleared(self, *, source: str, labels: Mapping[str, str]) -> Alert | None:
@@ -337,6 +349,14 @@ class AlertManager:
         if alert.cleared_at is None:
             self._recent[alert.fingerprint] = alert
         log.info("alert %s resolved: %s", alert.id, alert.title)
+        await self._emit("resolved", alert)
+
+    async def _emit(self, event: str, alert: Alert) -> None:
+        for listener in list(self.listeners):
+            try:
+                await listener(event, alert)
+            except Exception:  # isolation boundary: a notifier failure never fails the alert
+                log.exception("alert listener failed on %s of %s", event, alert.id)
 
     def is_open(self, source: str, labels: Mapping[str, str]) -> bool:
         return fingerprint(source, labels) in self._open

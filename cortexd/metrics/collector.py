@@ -1,0 +1,272 @@
+"""The daemon's Prometheus metrics, on its own `CollectorRegistry` (no global state).
+
+Events that happen once (a check run, an alert transition) are counted as
+they happen by the hooks `Metrics` installs; figures other parts already keep
+(request counters, notifier counters, inference totals, queue depths) are read
+at scrape time, so nothing is counted twice and a scrape never waits on I/O.
+Names follow Prometheus conventions: `cortex_` prefix, base units, `_total`
+on counters.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from cortexd import __version__
+from cortexd.alerts.model import Alert
+from cortexd.server import ServerStats
+
+CHECK_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class HasState(Protocol):
+    def state(self) -> dict[str, Any]: ...
+
+
+class CheckRun(Protocol):
+    check_id: str
+    duration_ms: float
+
+    @property
+    def status(self) -> Any: ...
+
+
+class _Snapshot(Collector):
+    """Reads figures other components keep, at each scrape."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._requests()
+        yield from self._alerts()
+        yield from self._notify()
+        yield from self._inference()
+
+    def _requests(self) -> Iterator[Metric]:
+        stats = self.sources.stats
+        if stats is None:
+            return
+        total = CounterMetricFamily(
+            "cortex_requests",
+            "Requests answered, by method and result code (ok or the error name).",
+            labels=("method", "code"),
+        )
+        errors: dict[str, int] = {}
+        for (method, code), count in sorted(stats.errors.items()):
+            total.add_metric((method, code), count)
+            errors[method] = errors.get(method, 0) + count
+        for method, count in sorted(stats.requests.items()):
+            total.add_metric((method, "ok"), count - errors.get(method, 0))
+        yield total
+        latency = SummaryMetricFamily(
+            "cortex_request_duration_seconds",
+            "Time to answer a request, by method.",
+            labels=("method",),
+        )
+        for method, count in sorted(stats.requests.items()):
+            latency.add_metric((method,), count, stats.latency_sum.get(method, 0.0))
+        yield latency
+        yield GaugeMetricFamily(
+            "cortex_connections", "Client connections open now.", value=stats.connections_open
+        )
+        yield CounterMetricFamily(
+            "cortex_connections_refused",
+            "Connections refused at the connection limit.",
+            value=stats.connections_refused,
+        )
+
+    def _alerts(self) -> Iterator[Metric]:
+        alerts = self.sources.alerts
+        if alerts is None:
+            return
+        state = alerts.state()
+        active = GaugeMetricFamily(
+            "cortex_alerts_active",
+            "Alerts firing or acknowledged (not cleared), by severity.",
+            labels=("severity",),
+        )
+        for severity, count in sorted(state.get("active_by_severity", {}).items()):
+            active.add_metric((severity.lower(),), count)
+        yield active
+        yield GaugeMetricFamily(
+            "cortex_alerts_firing", "Alerts firing (not acknowledged).", value=state["firing"]
+        )
+
+    def _notify(self) -> Iterator[Metric]:
+        notifier = self.sources.notifier
+        if notifier is None:
+            return
+        for name, help_text, counts in (
+            ("sent", "Notifications delivered, by action.", notifier.sent),
+            ("failed", "Failed delivery attempts, by action.", notifier.failed),
+            ("dead_lettered", "Notifications moved to dead letters.", notifier.dead_lettered),
+        ):
+            family = CounterMetricFamily(
+                f"cortex_notifications_{name}", help_text, labels=("action",)
+            )
+            for action, count in sorted(counts.items()):
+                family.add_metric((action,), count)
+            yield family
+        held = CounterMetricFamily(
+            "cortex_notifications_suppressed",
+            "Notifications held back, by reason (silenced, cooldown, rate_limit, outbox_full).",
+            labels=("reason",),
+        )
+        for reason, count in sorted(notifier.suppressed.items()):
+            held.add_metric((reason,), count)
+        yield held
+        yield GaugeMetricFamily(
+            "cortex_notifications_pending",
+            "Notifications in the outbox waiting for delivery.",
+            value=max(0, notifier.pending),
+        )
+
+    def _inference(self) -> Iterator[Metric]:
+        engine = self.sources.engine
+        if engine is None:
+            return
+        yield GaugeMetricFamily(
+            "cortex_inference_queue_depth", "Requests waiting.", value=len(engine.queue)
+        )
+        yield GaugeMetricFamily(
+            "cortex_inference_queue_limit", "Queue capacity.", value=engine.queue.depth
+        )
+        totals = engine.totals.snapshot()
+        outcomes = CounterMetricFamily(
+            "cortex_inference_requests",
+            "Inference requests by outcome.",
+            labels=("outcome",),
+        )
+        for outcome in ("completed", "cancelled", "timed_out", "failed", "rejected_queue_full"):
+            outcomes.add_metric((outcome,), totals.get(outcome, 0))
+        yield outcomes
+        tokens = CounterMetricFamily(
+            "cortex_inference_tokens", "Tokens processed, by kind.", labels=("kind",)
+        )
+        tokens.add_metric(("prompt",), totals.get("prompt_tokens", 0))
+        tokens.add_metric(("generated",), totals.get("generated_tokens", 0))
+        yield tokens
+        yield CounterMetricFamily(
+            "cortex_inference_eval_seconds",
+            "Time spent generating tokens.",
+            value=engine.totals.eval_seconds,
+        )
+        yield GaugeMetricFamily(
+            "cortex_inference_tokens_per_second",
+            "Generated tokens per second of generation, since start.",
+            value=totals.get("tokens_per_second", 0.0),
+        )
+
+
+class Sources:
+    """What the metrics read at scrape time; any may be absent."""
+
+    def __init__(
+        self,
+        *,
+        stats: ServerStats | None = None,
+        alerts: Any = None,
+        notifier: Any = None,
+        engine: Any = None,
+    ) -> None:
+        self.stats = stats
+        self.alerts = alerts
+        self.notifier = notifier
+        self.engine = engine
+
+
+class _Events(Collector):
+    """Counts kept as events happen: check runs and durations, alert transitions.
+
+    Plain counters rather than prometheus_client's metric objects, so no
+    `_created` series doubles every label set.
+    """
+
+    def __init__(self) -> None:
+        self.check_runs: dict[tuple[str, str], int] = {}
+        self.check_buckets: dict[str, list[int]] = {}
+        self.check_sum: dict[str, float] = {}
+        self.alert_events: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "cortex_check_runs", "Check runs, by check and status.", labels=("check", "status")
+        )
+        for key, count in sorted(self.check_runs.items()):
+            runs.add_metric(key, count)
+        yield runs
+        duration = HistogramMetricFamily(
+            "cortex_check_duration_seconds",
+            "How long a check took to collect.",
+            labels=("check",),
+        )
+        bounds = [*(str(b) for b in CHECK_BUCKETS), "+Inf"]
+        for check, counts in sorted(self.check_buckets.items()):
+            cumulative = list(itertools.accumulate(counts))
+            duration.add_metric(
+                (check,), list(zip(bounds, cumulative, strict=True)), self.check_sum[check]
+            )
+        yield duration
+        events = CounterMetricFamily(
+            "cortex_alert_transitions",
+            "Alert state changes, by severity and event (fired, reopened, escalated, resolved).",
+            labels=("severity", "event"),
+        )
+        for key, count in sorted(self.alert_events.items()):
+            events.add_metric(key, count)
+        yield events
+
+
+class Metrics:
+    """The registry and the event counters; `render()` is the exposition text."""
+
+    def __init__(self, sources: Sources, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.sources = sources
+        self.events = _Events()
+        self.registry.register(self.events)
+        info = Gauge(
+            "cortex_build_info", "cortexd's version.", ("version",), registry=self.registry
+        )
+        info.labels(__version__).set(1)
+        Gauge("cortex_start_time_seconds", "When the daemon started.", registry=self.registry).set(
+            clock()
+        )
+        ProcessCollector(namespace="cortex", registry=self.registry)
+        self.registry.register(_Snapshot(sources))
+
+    async def on_check(self, result: CheckRun) -> None:
+        """Monitor hook: count one finished check run."""
+        status = str(getattr(result.status, "value", result.status)).lower()
+        events = self.events
+        key = (result.check_id, status)
+        events.check_runs[key] = events.check_runs.get(key, 0) + 1
+        seconds = result.duration_ms / 1000
+        counts = events.check_buckets.setdefault(result.check_id, [0] * (len(CHECK_BUCKETS) + 1))
+        counts[bisect.bisect_left(CHECK_BUCKETS, seconds)] += 1
+        events.check_sum[result.check_id] = events.check_sum.get(result.check_id, 0.0) + seconds
+
+    async def on_alert(self, event: str, alert: Alert) -> None:
+        """Alert-manager hook: count one transition."""
+        key = (alert.severity.name.lower(), event)
+        self.events.alert_events[key] = self.events.alert_events.get(key, 0) + 1
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,106 @@
+"""A small HTTP/1.1 listener for scrapers and probes: /metrics, /health, /ready.
+
+Only GET and HEAD, one request per connection (`Connection: close`), a read
+deadline and a cap on connections, so a slow or hostile client costs one slot
+for at most `READ_DEADLINE` seconds and never touches the Unix socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import SocketStream, TaskStatus
+
+log = logging.getLogger(__name__)
+
+READ_DEADLINE = 5.0
+WRITE_DEADLINE = 10.0
+MAX_HEAD = 8192
+MAX_CONNECTIONS = 32
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS.update({503: "Service Unavailable"})
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+
+
+Handler = Callable[[], Response]
+
+
+class HttpListener:
+    """Serves `routes` (path → handler) on `host:port` until cancelled."""
+
+    def __init__(self, host: str, port: int, routes: dict[str, Handler]) -> None:
+        self.host = host
+        self.port = port
+        self.routes = routes
+        self.bound_port: int | None = None
+        self._slots = anyio.Semaphore(MAX_CONNECTIONS)
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Bind and accept; `task_status.started()` once bound. Raises OSError if in use."""
+        listener = await anyio.create_tcp_listener(
+            local_host=self.host, local_port=self.port, reuse_port=False
+        )
+        async with listener:
+            sock = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)
+            self.bound_port = int(sock[1])
+            log.info("metrics and health on http://%s:%d", self.host, self.bound_port)
+            task_status.started()
+            await listener.serve(self._connection)
+
+    async def _connection(self, stream: SocketStream) -> None:
+        async with stream:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._send(stream, Response(503, b"busy\n", "text/plain"), head=False)
+                return
+            try:
+                await self._handle(stream)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, TimeoutError):
+                pass  # the client went away or was too slow; nothing to answer
+            except Exception:  # isolation boundary: one request's bug never stops the listener
+                log.exception("metrics HTTP request failed")
+            finally:
+                self._slots.release()
+
+    async def _handle(self, stream: SocketStream) -> None:
+        head = b""
+        with anyio.fail_after(READ_DEADLINE):
+            while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                head += await stream.receive(MAX_HEAD)
+                if len(head) > MAX_HEAD:
+                    await self._send(stream, Response(400, b"too large\n", "text/plain"), False)
+                    return
+        request_line = head.split(b"\n", 1)[0].decode("latin-1").strip()
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            await self._send(stream, Response(400, b"bad request\n", "text/plain"), head=False)
+            return
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            await self._send(stream, Response(405, b"GET only\n", "text/plain"), head=False)
+            return
+        handler = self.routes.get(target.split("?", 1)[0])
+        response = Response(404, b"not found\n", "text/plain") if handler is None else handler()
+        await self._send(stream, response, head=method == "HEAD")
+
+    async def _send(self, stream: SocketStream, response: Response, head: bool) -> None:
+        reason = _REASONS.get(response.status, "")
+        lines = (
+            f"HTTP/1.1 {response.status} {reason}\r\n"
+            f"Content-Type: {response.content_type}\r\n"
+            f"Content-Length: {len(response.body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with anyio.fail_after(WRITE_DEADLINE):
+            await stream.send(lines.encode("latin-1") + (b"" if head else response.body))

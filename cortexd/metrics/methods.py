@@ -1,0 +1,197 @@
+"""The metrics component: the `metrics` method, the HTTP listener and the textfile.
+
+`/health` answers the seed's document (`status` healthy | degraded |
+unhealthy, per-check statuses, an RFC 3339 timestamp); `/ready` answers 503
+until the Unix socket accepts and the monitor runs, and again once shutdown
+begins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.config.schema import Config, MetricsConfig
+from cortexd.metrics.collector import Metrics, Sources
+from cortexd.metrics.http import HttpListener, Response
+from cortexd.monitor.health import build_health
+from cortexd.server import Call, Method
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+    from cortexd.monitor.scheduler import Monitor
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+# The monitor's words for the overall state, in the seed's /health words. No
+# result yet says nothing good: degraded, not healthy.
+HEALTH_WORDS = {"healthy": "healthy", "degraded": "degraded", "critical": "unhealthy"}
+
+
+def health_document(monitor: Monitor, alerts: AlertManager) -> dict[str, Any]:
+    """The /health body: the seed's shape, with the host and active alert counts."""
+    full = build_health(monitor.results, alerts.state())
+    return {
+        "status": HEALTH_WORDS.get(full["status"], "degraded"),
+        "checks": {k: str(v).lower() for k, v in full["checks"].items()},
+        "timestamp": datetime.fromtimestamp(full["timestamp"], UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
+        "host": full["host"],
+        "alerts": full["alerts"],
+        "stale_checks": full["stale_checks"],
+    }
+
+
+class MetricsComponent:
+    """Owns the registry's hooks, the optional HTTP listener and the textfile writer."""
+
+    name = "metrics"
+
+    def __init__(
+        self, daemon: Daemon, metrics: Metrics, monitor: Monitor, alerts: AlertManager
+    ) -> None:
+        self.daemon = daemon
+        self.metrics = metrics
+        self.monitor = monitor
+        self.alerts = alerts
+        self.config: MetricsConfig = daemon.config.metrics
+        self.http: HttpListener | None = None
+        self._state = "starting"
+        self.textfile_writes = 0
+        self.textfile_errors = 0
+
+    async def start(self, tg: TaskGroup) -> None:
+        """Install the hooks, bind the HTTP listener (OSError if the port is taken)."""
+        hooks = getattr(self.monitor, "after_check", None)
+        if hooks is not None:
+            hooks.append(self.metrics.on_check)
+        else:
+            log.warning("this monitor has no after_check hook; check runs are not counted")
+        self.alerts.listeners.append(self.metrics.on_alert)
+        if self.config.http_enabled:
+            self.http = HttpListener(
+                self.config.http_host,
+                self.config.http_port,
+                {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready},
+            )
+            await tg.start(self.http.serve)
+        tg.start_soon(self._textfile_loop)
+        self._state = "running"
+
+    def apply_config(self, config: Config) -> None:
+        self.config = config.metrics
+
+    async def stop(self) -> None:
+        self._state = "stopped"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "state": self._state,
+            "http": f"{self.config.http_host}:{self.http.bound_port}" if self.http else None,
+            "textfile": self.config.textfile_path or None,
+            "textfile_writes": self.textfile_writes,
+            "textfile_errors": self.textfile_errors,
+        }
+
+    # -- HTTP handlers ---------------------------------------------------
+
+    def _metrics(self) -> Response:
+        return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+
+    def _health(self) -> Response:
+        doc = health_document(self.monitor, self.alerts)
+        status = 503 if doc["status"] == "unhealthy" else 200
+        return Response(status, orjson.dumps(doc) + b"\n", JSON)
+
+    def ready(self) -> dict[str, bool]:
+        """Whether the Unix socket accepts and the monitor runs."""
+        server = self.daemon.server
+        # `_connections` is set once Server.serve accepts (see server/core.py).
+        socket_up = getattr(server, "_connections", None) is not None
+        socket_up = socket_up and not server.shutting_down and not self.daemon.stopping
+        monitor_up = self.monitor.state().get("state") == "running"
+        return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
+
+    def _ready(self) -> Response:
+        doc = self.ready()
+        return Response(200 if doc["ready"] else 503, orjson.dumps(doc) + b"\n", JSON)
+
+    # -- textfile --------------------------------------------------------
+
+    async def _textfile_loop(self) -> None:
+        while True:
+            if self.config.textfile_path:
+                await self.write_textfile()
+            await anyio.sleep(self.config.textfile_interval_seconds)
+
+    async def write_textfile(self) -> None:
+        """Write the exposition to `metrics.textfile_path` atomically (temp file + rename)."""
+        path = self.config.textfile_path
+        data = self.metrics.render()  # on the loop: the collectors read loop-owned state
+        try:
+            await anyio.to_thread.run_sync(_atomic_write, path, data)
+            self.textfile_writes += 1
+        except OSError as exc:
+            self.textfile_errors += 1
+            if self.textfile_errors == 1 or self.textfile_errors % 60 == 0:
+                log.warning("cannot write the metrics textfile %s: %s", path, exc)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    # node_exporter reads only *.prom files, so the temporary name never is one.
+    fd, tmp = tempfile.mkstemp(prefix=".cortexd-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def metrics_methods(metrics: Metrics) -> list[Method]:
+    """The `metrics` method."""
+
+    def render(call: Call) -> dict[str, Any]:
+        return {"content_type": CONTENT_TYPE_LATEST, "text": metrics.render().decode()}
+
+    return [
+        Method(
+            "metrics",
+            render,
+            inline=True,
+            summary="Prometheus text exposition of the daemon's metrics",
+        )
+    ]
+
+
+def install(
+    daemon: Daemon, *, monitor: Monitor, alerts: AlertManager, notifier: Any = None
+) -> MetricsComponent:
+    """Build the metrics on the daemon's own registry; add the component and `metrics`."""
+    engine = next(
+        (getattr(c, "engine", None) for c in daemon.components if c.name == "inference"), None
+    )
+    sources = Sources(stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine)
+    metrics = Metrics(sources)
+    component = MetricsComponent(daemon, metrics, monitor, alerts)
+    daemon.components.append(component)
+    daemon.registry.add(metrics_methods(metrics))
+    return component

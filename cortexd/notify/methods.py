@@ -1,0 +1,154 @@
+"""Socket methods of the notifier: notify.test, notify.history, deadletter.*."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.notify import store
+from cortexd.notify.notifier import DAY, Notifier
+from cortexd.notify.send import DeliveryFailed
+from cortexd.notify.store import MIGRATIONS
+from cortexd.protocol import InvalidParams, NotFound
+from cortexd.server import Call, Method, Param
+from cortexd.store import Database
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+MAX_LIST = 10_000
+TEST_TIMEOUT_GRACE = 5.0
+
+
+def _limit(value: int) -> str | None:
+    return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def notify_methods(notifier: Notifier) -> list[Method]:
+    """The notifier's methods bound to `notifier`."""
+
+    async def test(call: Call) -> dict[str, Any]:
+        action = notifier.action(call.params["action"])
+        result: dict[str, Any] = {"action": action.name, "type": action.type}
+        try:
+            answer = await notifier.send(action, notifier.test_event(), "test")
+        except DeliveryFailed as exc:
+            return {**result, "delivered": False, "error": str(exc)}
+        return {**result, "delivered": True, "status": answer.status, "answer": answer.text}
+
+    async def history(call: Call) -> dict[str, Any]:
+        params = call.params
+        since = params["since"] if params["since"] is not None else notifier.clock() - DAY
+        limit = params["limit"]
+        action = params["action"]
+        rows, held = await notifier.db.read(
+            lambda c: (
+                store.history(c, since, action, limit),
+                store.suppressed_since(c, since, limit),
+            )
+        )
+        return {
+            "notifications": [store.entry_dict(r) for r in rows],
+            "suppressed": [dict(r) for r in held],
+        }
+
+    async def dl_list(call: Call) -> dict[str, Any]:
+        params = call.params
+        rows = await notifier.db.read(
+            lambda c: store.dead_letters(c, params["action"], params["since"], params["limit"])
+        )
+        return {"dead_letters": [store.entry_dict(r, with_payload=False) for r in rows]}
+
+    async def dl_show(call: Call) -> dict[str, Any]:
+        dead_id = call.params["id"]
+        row = await notifier.db.read(lambda c: store.dead_letter(c, dead_id))
+        if row is None:
+            raise NotFound(f"no dead letter {dead_id}", id=dead_id)
+        return {"dead_letter": store.entry_dict(row)}
+
+    async def dl_retry(call: Call) -> dict[str, Any]:
+        params = call.params
+        dead_id, every, since = params["id"], params["all"], params["since"]
+        if sum(x is not None and x is not False for x in (dead_id, since)) + every != 1:
+            raise InvalidParams("id", "give exactly one of id, all: true or since")
+        if dead_id is not None:
+            row = await notifier.db.read(lambda c: store.dead_letter(c, dead_id))
+            if row is None:
+                raise NotFound(f"no dead letter {dead_id}", id=dead_id)
+            rows = [row]
+        else:
+            rows = await notifier.db.read(
+                lambda c: store.dead_letters(c, params["action"], since, MAX_LIST)
+            )
+        ids = await notifier.retry_dead(rows)
+        return {"retried": [int(r["id"]) for r in rows], "outbox_ids": ids}
+
+    async def dl_purge(call: Call) -> dict[str, Any]:
+        older = call.params["older_than_seconds"]
+        if older is None:
+            older = notifier.config.deadletter_retention_days * DAY
+        cutoff = notifier.clock() - older
+        purged = await notifier.db.run(lambda c: store.purge_dead(c, cutoff))
+        return {"purged": purged}
+
+    filters = (
+        Param("action", str),
+        Param("since", float),
+        Param("limit", int, default=100, check=_limit),
+    )
+    return [
+        Method(
+            "notify.test",
+            test,
+            params=(Param("action", str, required=True),),
+            access="admin",
+            timeout=notifier.config.attempt_timeout_seconds + TEST_TIMEOUT_GRACE,
+            summary="send a test alert through one action and report the endpoint's answer",
+        ),
+        Method(
+            "notify.history",
+            history,
+            params=filters,
+            summary="notifications queued since a time (24 h by default) and those held back",
+        ),
+        Method("deadletter.list", dl_list, params=filters, summary="dead-lettered notifications"),
+        Method(
+            "deadletter.show",
+            dl_show,
+            params=(Param("id", int, required=True),),
+            summary="one dead letter with its notification",
+        ),
+        Method(
+            "deadletter.retry",
+            dl_retry,
+            params=(
+                Param("id", int),
+                Param("all", bool, default=False),
+                Param("since", float),
+                Param("action", str),
+            ),
+            access="admin",
+            summary="queue dead letters again (one id, all, or those failed since a time)",
+        ),
+        Method(
+            "deadletter.purge",
+            dl_purge,
+            params=(Param("older_than_seconds", float, check=_positive),),
+            access="admin",
+            summary="delete dead letters older than an age (the retention by default)",
+        ),
+    ]
+
+
+def install(daemon: Daemon, alerts: AlertManager) -> Notifier:
+    """Build the notifier on `<state_dir>/notify.db`, add it and its methods."""
+    db = Database(os.path.join(daemon.config.state_dir, "notify.db"), MIGRATIONS)
+    notifier = Notifier(db, daemon.config, alerts)
+    daemon.components.append(notifier)
+    daemon.registry.add(notify_methods(notifier))
+    return notifier

@@ -1,0 +1,294 @@
+"""What each action type sends: request bodies built from one notification event.
+
+An event is the JSON-ready dict stored in the outbox (`kind`, `alert`, `at`,
+and `text` for summaries); bodies are built at delivery time from the
+action's current settings, so no secret (HMAC key, routing key, password) is
+ever written to the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+
+import orjson
+
+from cortexd.notify.rules import DEFAULT_PAGERDUTY_URL, Action
+
+# A zero time is how Alertmanager's webhook says "no end yet".
+ZERO_TIME = "0001-01-01T00:00:00Z"
+SIGNATURE_HEADER = "X-Cortex-Signature"
+ID_HEADER = "X-Cortex-Notification-Id"
+DISCORD_TEXT_LIMIT = 2000
+DISCORD_EMBED_LIMIT = 4000
+SLACK_TEXT_LIMIT = 3000
+# Alertmanager ends an alert that is not re-sent by then; we re-send well before.
+ALERTMANAGER_LIFETIME_FACTOR = 3
+_LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
+_COLORS = {"CRITICAL": 0xD32F2F, "ERROR": 0xF57C00, "WARNING": 0xFBC02D, "INFO": 0x1976D2}
+_RESOLVED_COLOR = 0x388E3C
+_PD_SEVERITY = {"CRITICAL": "critical", "ERROR": "error", "WARNING": "warning", "INFO": "info"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MailRequest:
+    message: EmailMessage
+    host: str
+    port: int
+    starttls: bool
+    ssl: bool
+    username: str | None
+    password: str | None
+
+
+Request = HttpRequest | MailRequest
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def labels_of(event: dict[str, Any]) -> dict[str, str]:
+    """The alert's labels in Prometheus form, with alertname, severity and instance."""
+    alert = event["alert"]
+    labels = {_LABEL_NAME.sub("_", k): str(v) for k, v in alert.get("labels", {}).items()}
+    labels.update(
+        alertname=alert["source"],
+        severity=alert["severity"].lower(),
+        category=alert.get("category", ""),
+        instance=event["instance"],
+        host=alert.get("host") or event["instance"],
+    )
+    return {k: v for k, v in labels.items() if v != ""}
+
+
+def annotations_of(event: dict[str, Any]) -> dict[str, str]:
+    alert = event["alert"]
+    notes = {
+        _LABEL_NAME.sub("_", k): str(v)
+        for k, v in alert.get("annotations", {}).items()
+        if isinstance(v, str | int | float)
+    }
+    notes["summary"] = alert["title"]
+    if alert.get("description"):
+        notes["description"] = alert["description"]
+    if event.get("text"):
+        notes["description"] = event["text"]
+    return notes
+
+
+def status_of(event: dict[str, Any]) -> str:
+    return "resolved" if event["kind"] == "resolved" else "firing"
+
+
+def headline(event: dict[str, Any]) -> str:
+    """One line for chat and mail subjects: `[FIRING] CRITICAL disk full on web1`."""
+    alert = event["alert"]
+    tag = {"resolved": "RESOLVED", "test": "TEST", "summary": "SUMMARY"}.get(
+        event["kind"], "FIRING"
+    )
+    if event["kind"] == "summary":
+        return f"[{tag}] {alert['title']} on {event['instance']}"
+    return f"[{tag}] {alert['severity']} {alert['title']} on {event['instance']}"
+
+
+def body_text(event: dict[str, Any]) -> str:
+    alert = event["alert"]
+    lines = [headline(event)]
+    if event.get("text"):
+        lines.append(event["text"])
+    elif alert.get("description"):
+        lines.append(alert["description"])
+    labels = labels_of(event)
+    lines.append(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    return "\n".join(lines)
+
+
+def build(action: Action, event: dict[str, Any], entry_id: int | str) -> Request:
+    """The request `action` sends for `event`; `entry_id` lets receivers drop repeats."""
+    builder = _BUILDERS[action.type]
+    return builder(action, event, str(entry_id))
+
+
+def _json_request(url: str, payload: Any, entry_id: str, **headers: str) -> HttpRequest:
+    return HttpRequest(
+        url=url,
+        body=orjson.dumps(payload),
+        headers={"Content-Type": "application/json", ID_HEADER: entry_id, **headers},
+    )
+
+
+def _am_alert(event: dict[str, Any], *, webhook: bool) -> dict[str, Any]:
+    alert = event["alert"]
+    resolved = event["kind"] == "resolved"
+    if resolved:
+        ends = rfc3339(alert.get("resolved_at") or event["at"])
+    elif webhook:
+        ends = ZERO_TIME
+    else:
+        ends = rfc3339(event["sent_at"] + event["lifetime"])
+    out = {
+        "labels": labels_of(event),
+        "annotations": annotations_of(event),
+        "startsAt": rfc3339(alert.get("first_seen") or event["at"]),
+        "endsAt": ends,
+        "generatorURL": f"cortexd://{event['instance']}/alerts/{alert.get('id', '')}",
+    }
+    if webhook:
+        out["status"] = status_of(event)
+        out["fingerprint"] = alert.get("fingerprint", "")
+    return out
+
+
+def webhook_payload(action: Action, event: dict[str, Any]) -> dict[str, Any]:
+    """Alertmanager's webhook v4 shape, so existing receivers accept it."""
+    one = _am_alert(event, webhook=True)
+    return {
+        "version": "4",
+        "groupKey": f"{{}}:{{alertname={one['labels']['alertname']!r}}}",
+        "truncatedAlerts": 0,
+        "status": one["status"],
+        "receiver": action.name,
+        "groupLabels": {"alertname": one["labels"]["alertname"]},
+        "commonLabels": one["labels"],
+        "commonAnnotations": one["annotations"],
+        "externalURL": f"cortexd://{event['instance']}",
+        "alerts": [one],
+    }
+
+
+def _webhook(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    request = _json_request(action.get("url"), webhook_payload(action, event), entry_id)
+    request.headers.update(action.get("headers") or {})
+    secret = action.get("hmac_secret")
+    if secret:
+        request.headers[action.get("hmac_header") or SIGNATURE_HEADER] = sign(secret, request.body)
+    return request
+
+
+def sign(secret: str, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256 over the exact body bytes (GitHub's convention)."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _color(event: dict[str, Any]) -> int:
+    if event["kind"] == "resolved":
+        return _RESOLVED_COLOR
+    return _COLORS.get(event["alert"]["severity"], _COLORS["INFO"])
+
+
+def _slack(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    labels = labels_of(event)
+    payload: dict[str, Any] = {
+        "text": headline(event),
+        "attachments": [
+            {
+                "color": f"#{_color(event):06x}",
+                "title": event["alert"]["title"][:SLACK_TEXT_LIMIT],
+                "text": body_text(event)[:SLACK_TEXT_LIMIT],
+                "fields": [
+                    {"title": k, "value": v, "short": True} for k, v in sorted(labels.items())
+                ],
+                "ts": int(event["at"]),
+            }
+        ],
+    }
+    for key in ("channel", "username"):
+        if action.get(key):
+            payload[key] = action.get(key)
+    return _json_request(action.get("url"), payload, entry_id)
+
+
+def _discord(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    labels = labels_of(event)
+    payload: dict[str, Any] = {
+        "content": headline(event)[:DISCORD_TEXT_LIMIT],
+        "embeds": [
+            {
+                "title": event["alert"]["title"][:256],
+                "description": body_text(event)[:DISCORD_EMBED_LIMIT],
+                "color": _color(event),
+                "timestamp": rfc3339(event["at"]),
+                "fields": [
+                    {"name": k, "value": v[:1024], "inline": True}
+                    for k, v in sorted(labels.items())[:25]
+                ],
+            }
+        ],
+        # A notification must never ping @everyone because of alert text.
+        "allowed_mentions": {"parse": []},
+    }
+    if action.get("username"):
+        payload["username"] = action.get("username")
+    return _json_request(action.get("url"), payload, entry_id)
+
+
+def _pagerduty(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    alert = event["alert"]
+    severity = action.get("severity") or _PD_SEVERITY.get(alert["severity"], "warning")
+    payload = {
+        "routing_key": action.get("routing_key"),
+        "event_action": "resolve" if event["kind"] == "resolved" else "trigger",
+        "dedup_key": f"{event['instance']}/{alert.get('fingerprint', entry_id)}",
+        "payload": {
+            "summary": headline(event)[:1024],
+            "source": event["instance"],
+            "severity": severity,
+            "timestamp": rfc3339(event["at"]),
+            "component": alert["source"],
+            "group": alert.get("category", ""),
+            "class": alert["source"],
+            "custom_details": {"labels": labels_of(event), **annotations_of(event)},
+        },
+    }
+    return _json_request(action.get("url") or DEFAULT_PAGERDUTY_URL, payload, entry_id)
+
+
+def _alertmanager(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    url = action.get("url").rstrip("/") + "/api/v2/alerts"
+    return _json_request(url, [_am_alert(event, webhook=False)], entry_id)
+
+
+def _email(action: Action, event: dict[str, Any], entry_id: str) -> Request:
+    message = EmailMessage()
+    message["Subject"] = headline(event)[:200]
+    message["From"] = action.get("from") or f"cortexd@{socket.getfqdn()}"
+    message["To"] = ", ".join(action.get("to"))
+    message["X-Cortex-Notification-Id"] = entry_id
+    message.set_content(body_text(event) + "\n")
+    ssl = bool(action.get("ssl"))
+    starttls = bool(action.get("starttls"))
+    default_port = 465 if ssl else 587 if starttls else 25
+    return MailRequest(
+        message=message,
+        host=action.get("smtp_host") or "localhost",
+        port=int(action.get("smtp_port") or default_port),
+        starttls=starttls,
+        ssl=ssl,
+        username=action.get("username"),
+        password=action.get("password"),
+    )
+
+
+_BUILDERS = {
+    "webhook": _webhook,
+    "slack": _slack,
+    "discord": _discord,
+    "pagerduty": _pagerduty,
+    "alertmanager": _alertmanager,
+    "email": _email,
+}

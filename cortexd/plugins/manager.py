@@ -1,0 +1,377 @@
+"""The plugin manager: finds, vets, loads and isolates plugins (a daemon component).
+
+Each sub-directory of `plugins.directory` is a plugin. Loading reads its
+manifest, applies the trust rules and the version range, then asks a worker
+process what the module offers (importing it there, never in the daemon).
+A plugin that fails any step is marked `failed` with the reason and logged;
+the daemon goes on. Check plugins add checks to the monitor (same result
+type, same scheduler); command plugins add socket methods
+`plugin.<name>.<command>`; any plugin may register hooks. Enabled/disabled
+choices persist in `<state_dir>/plugins.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from cortexd.config.schema import Config, PluginsConfig
+from cortexd.monitor.check import Check, CheckResult, Finding, Status
+from cortexd.plugins.hooks import HOOKS, HookRegistry
+from cortexd.plugins.manifest import Manifest, PluginError, check_trust, load_manifest
+from cortexd.plugins.runner import PluginCallFailed, call_plugin
+from cortexd.protocol import NotFound, Unavailable
+from cortexd.server import Call, Method, Param, Registry
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "plugins.json"
+MAX_PLUGINS = 256
+LOAD_CONCURRENCY = 4
+
+
+@dataclass(slots=True)
+class Plugin:
+    """One plugin directory and what became of it."""
+
+    name: str
+    directory: str
+    status: str = "found"  # loaded, failed, disabled, unsupported
+    error: str | None = None
+    manifest: Manifest | None = None
+    check: bool = False
+    commands: list[str] = field(default_factory=list)
+    hooks: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.manifest.summary() if self.manifest else {"name": self.name}
+        return {
+            **base,
+            "directory": self.directory,
+            "status": self.status,
+            "error": self.error,
+            "check_id": check_id(self.name) if self.check and self.status == "loaded" else None,
+            "commands": [f"plugin.{self.name}.{c}" for c in self.commands],
+            "hooks": dict(self.hooks),
+        }
+
+
+def check_id(name: str) -> str:
+    return "plugin_" + name.replace("-", "_")
+
+
+class PluginCheck(Check):
+    """A check plugin seen by the monitor; `collect` calls its worker."""
+
+    category = "plugins"
+    alert_category = "system"
+
+    def __init__(self, manifest: Manifest, timeout: float) -> None:
+        self.manifest = manifest
+        self.id = check_id(manifest.name)
+        self.name = f"Plugin {manifest.name}"
+        self.description = manifest.description
+        self.interval = manifest.interval_seconds
+        # The monitor's own deadline sits a little above the worker's kill time.
+        self.timeout = timeout + 2
+        self.call_timeout = timeout
+
+    def collect(self) -> list[Finding]:
+        try:
+            answer = call_plugin(
+                self.manifest.main_path,
+                "check",
+                {"settings": self.manifest.settings},
+                self.call_timeout,
+            )
+        except PluginCallFailed as exc:
+            return [Finding(f"plugin failed: {exc}", status=Status.ERROR)]
+        items = answer if isinstance(answer, list) else [answer]
+        return [_finding(item) for item in items] or [
+            Finding("the plugin reported nothing", status=Status.ERROR)
+        ]
+
+
+def _finding(item: Any) -> Finding:
+    if not isinstance(item, dict):
+        return Finding(f"plugin answered {type(item).__name__}, not an object", status=Status.ERROR)
+    try:
+        status = Status(str(item.get("status", "")).upper())
+    except ValueError:
+        return Finding(f"plugin answered status {item.get('status')!r}", status=Status.ERROR)
+    labels = item.get("labels") or {}
+    details = item.get("details")
+    return Finding(
+        str(item.get("message", ""))[:1000],
+        status=status,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        details=details if isinstance(details, dict) else {},
+    )
+
+
+class PluginManager:
+    """Loads plugins and wires them into the monitor, the registry and the hooks."""
+
+    name = "plugins"
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        hooks: HookRegistry,
+        *,
+        refresh_checks: Callable[[], None] = lambda: None,
+        euid: int | None = None,
+    ) -> None:
+        self.settings: PluginsConfig = config.plugins
+        self.state_path = os.path.join(config.state_dir, STATE_FILE)
+        self.registry = registry
+        self.hooks = hooks
+        self.refresh_checks = refresh_checks
+        self.euid = os.geteuid() if euid is None else euid
+        self.plugins: dict[str, Plugin] = {}
+        self._lock = anyio.Lock()
+        self._state = "starting"
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        if self.settings.enabled:
+            await self.reload()
+        await self.hooks.run("startup", {})
+        self._state = "running" if self.settings.enabled else "disabled"
+
+    def apply_config(self, config: Config) -> None:
+        # A changed directory or timeout takes effect at the next plugins.reload.
+        self.settings = config.plugins
+
+    async def stop(self) -> None:
+        await self.hooks.run("shutdown", {})
+        self._state = "stopped"
+
+    def state(self) -> dict[str, Any]:
+        statuses: dict[str, int] = {}
+        for plugin in self.plugins.values():
+            statuses[plugin.status] = statuses.get(plugin.status, 0) + 1
+        return {"state": self._state, "directory": self.settings.directory, "plugins": statuses}
+
+    # -- loading -----------------------------------------------------------
+
+    def checks(self, config: Config) -> list[Check]:
+        """The monitor's source of plugin checks (rebuilt on reload)."""
+        return [
+            PluginCheck(p.manifest, self.settings.timeout_seconds)
+            for p in self.plugins.values()
+            if p.status == "loaded" and p.check and p.manifest is not None
+        ]
+
+    async def reload(self) -> dict[str, Any]:
+        """Unload every plugin and load the directory again; returns `list()`."""
+        async with self._lock:
+            for plugin in self.plugins.values():
+                self.hooks.remove_owner(f"plugin {plugin.name}")
+            found = await anyio.to_thread.run_sync(self._scan)
+            disabled = await anyio.to_thread.run_sync(self._read_disabled)
+            limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
+            async with anyio.create_task_group() as tg:
+                for plugin in found.values():
+                    tg.start_soon(self._load_guarded, plugin, plugin.name in disabled, limiter)
+            self.plugins = found
+            for plugin in found.values():
+                if plugin.status == "loaded":
+                    self._wire(plugin)
+            self.refresh_checks()
+            for plugin in found.values():
+                if plugin.status == "loaded":
+                    await self.hooks.run("plugin_loaded", {"plugin": plugin.to_dict()})
+            loaded = sum(p.status == "loaded" for p in found.values())
+            log.info("%d of %d plugins loaded from %s", loaded, len(found), self.settings.directory)
+            return self.listing()
+
+    def _scan(self) -> dict[str, Plugin]:
+        directory = self.settings.directory
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.warning("cannot read the plugin directory %s: %s", directory, exc.strerror)
+            return {}
+        found = {}
+        for name in names[:MAX_PLUGINS]:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path) and not name.startswith((".", "_")):
+                found[name] = Plugin(name, path)
+        return found
+
+    async def _load_guarded(self, plugin: Plugin, disabled: bool, limiter: Any) -> None:
+        async with limiter:
+            try:
+                await self._load(plugin, disabled)
+            except Exception as exc:  # isolation boundary: a plugin never fails the daemon
+                log.exception("plugin %s: loading failed", plugin.name)
+                plugin.status, plugin.error = "failed", f"{type(exc).__name__}: {exc}"
+
+    async def _load(self, plugin: Plugin, disabled: bool) -> None:
+        try:
+            await anyio.to_thread.run_sync(check_trust, plugin.directory, self.euid)
+            plugin.manifest = await anyio.to_thread.run_sync(load_manifest, plugin.directory)
+        except PluginError as exc:
+            plugin.status, plugin.error = "failed", str(exc)
+            log.error("plugin %s not loaded: %s", plugin.name, exc)
+            return
+        plugin.name = plugin.manifest.name
+        if disabled:
+            plugin.status = "disabled"
+            return
+        if plugin.manifest.plugin_type == "notifier":
+            plugin.status = "unsupported"
+            plugin.error = (
+                "notifier plugins need an action registry the notifier does not offer yet"
+            )
+            log.warning("plugin %s: %s", plugin.name, plugin.error)
+            return
+        try:
+            described = await anyio.to_thread.run_sync(
+                call_plugin,
+                plugin.manifest.main_path,
+                "describe",
+                {},
+                self.settings.timeout_seconds,
+            )
+        except PluginCallFailed as exc:
+            plugin.status, plugin.error = "failed", f"import failed: {exc}"
+            log.error("plugin %s not loaded: %s", plugin.name, plugin.error)
+            return
+        plugin.check = bool(described.get("check"))
+        plugin.commands = [c for c in described.get("commands", []) if _plain(c)]
+        plugin.hooks = {h: int(p) for h, p in described.get("hooks", {}).items() if h in HOOKS}
+        kind = plugin.manifest.plugin_type
+        if kind == "check" and not plugin.check:
+            plugin.status, plugin.error = "failed", "a check plugin must define check(settings)"
+        elif kind == "command" and not plugin.commands:
+            plugin.status, plugin.error = "failed", "a command plugin must define COMMANDS"
+        else:
+            plugin.status = "loaded"
+            log.info("plugin %s %s loaded", plugin.name, plugin.manifest.version)
+
+    def _wire(self, plugin: Plugin) -> None:
+        assert plugin.manifest is not None
+        main = plugin.manifest.main_path
+        for hook, priority in plugin.hooks.items():
+            self.hooks.add(
+                hook,
+                self._hook_handler(main, hook),
+                priority=priority,
+                owner=f"plugin {plugin.name}",
+            )
+        for command in plugin.commands:
+            name = f"plugin.{plugin.name}.{command}"
+            if not self.registry.known(name):
+                self.registry.add([self._command_method(plugin.name, command, name)])
+
+    def _hook_handler(self, main: str, hook: str) -> Any:
+        timeout = self.settings.timeout_seconds
+
+        async def handler(payload: dict[str, Any]) -> Any:
+            return await anyio.to_thread.run_sync(
+                call_plugin, main, "hook", {"hook": hook, "payload": payload}, timeout
+            )
+
+        return handler
+
+    def _command_method(self, plugin_name: str, command: str, method: str) -> Method:
+        async def handler(call: Call) -> Any:
+            # Looked up per call: a reload may have unloaded or changed the plugin.
+            plugin = self.plugins.get(plugin_name)
+            if plugin is None or plugin.status != "loaded" or command not in plugin.commands:
+                raise NotFound(f"plugin command {method} is not loaded", method=method)
+            assert plugin.manifest is not None
+            try:
+                result = await anyio.to_thread.run_sync(
+                    call_plugin,
+                    plugin.manifest.main_path,
+                    "command",
+                    {"command": command, "params": call.params["params"] or {}},
+                    self.settings.timeout_seconds,
+                )
+            except PluginCallFailed as exc:
+                raise Unavailable(
+                    f"plugin {plugin_name} failed: {exc}", plugin=plugin_name
+                ) from None
+            return {"result": result}
+
+        return Method(
+            method,
+            handler,
+            params=(Param("params", dict),),
+            access="admin",
+            timeout=self.settings.timeout_seconds + 5,
+            summary=f"command {command} of plugin {plugin_name}",
+        )
+
+    # -- enable / disable -----------------------------------------------------
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "directory": self.settings.directory,
+            "enabled": self.settings.enabled,
+            "plugins": [p.to_dict() for p in self.plugins.values()],
+            "hooks": self.hooks.summary(),
+        }
+
+    async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
+        """Enable or disable a plugin by name (persisted), then reload.
+
+        Raises:
+            NotFound: no such plugin in the directory.
+        """
+        if not any(
+            p.name == name or os.path.basename(p.directory) == name for p in self.plugins.values()
+        ):
+            found = await anyio.to_thread.run_sync(self._scan)
+            if name not in found:
+                raise NotFound(f"no plugin {name!r} in {self.settings.directory}", plugin=name)
+        disabled = await anyio.to_thread.run_sync(self._read_disabled)
+        disabled = (disabled - {name}) if enabled else (disabled | {name})
+        await anyio.to_thread.run_sync(self._write_disabled, disabled)
+        return await self.reload()
+
+    def _read_disabled(self) -> set[str]:
+        try:
+            with open(self.state_path, "rb") as handle:
+                data = orjson.loads(handle.read())
+        except FileNotFoundError:
+            return set()
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("ignoring %s: %s", self.state_path, exc)
+            return set()
+        return {str(n) for n in data.get("disabled", [])}
+
+    def _write_disabled(self, disabled: set[str]) -> None:
+        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(orjson.dumps({"disabled": sorted(disabled)}))
+        os.replace(tmp, self.state_path)
+
+    # -- check hooks -----------------------------------------------------------
+
+    async def before_check(self, check: Check) -> None:
+        if self.hooks.count("pre_check"):
+            await self.hooks.run("pre_check", {"check_id": check.id})
+
+    async def after_check(self, result: CheckResult) -> None:
+        if self.hooks.count("post_check"):
+            await self.hooks.run("post_check", result.to_dict())
+
+
+def _plain(command: str) -> bool:
+    return bool(command) and all(c.isalnum() or c in "_-" for c in command)

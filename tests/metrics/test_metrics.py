@@ -1,0 +1,123 @@
+"""Metrics, /health and /ready from the real daemon, checked by the real promtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cortexd.protocol import MethodNotFound
+from tests.daemon import DaemonProcess, running_daemon
+from tests.notify.helpers import free_port, poll
+
+PROMTOOL = shutil.which("promtool")
+
+
+def promtool(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; make deps)")
+    done = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def get(port: int, path: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        exc.close()
+        return exc.code, body, exc.headers["Content-Type"]
+
+
+def sample(text: str, prefix: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.fixture
+def http_daemon(tmp_path: Path) -> Any:
+    port = free_port()
+    textfile = tmp_path / "cortexd.prom"
+    config = {
+        "metrics": {
+            "http_enabled": True,
+            "http_port": port,
+            "textfile_path": str(textfile),
+            "textfile_interval_seconds": 1,
+        },
+        "notify": {"rules_path": str(tmp_path / "none.yaml")},
+    }
+    with running_daemon(config) as d:
+        yield d, port, textfile
+
+
+def test_metrics_method_and_http_pass_promtool_and_count_what_happened(
+    http_daemon: tuple[DaemonProcess, int, Path],
+) -> None:
+    d, port, _ = http_daemon
+    with pytest.raises(MethodNotFound):
+        d.call("no.such.method")
+    d.call("ping")
+    poll(lambda: d.call("checks.list")["checks"][0]["status"], what="a first check run")
+    text = d.call("metrics")["text"]
+    promtool(text)
+    assert sample(text, 'cortex_requests_total{code="METHOD_NOT_FOUND",method="unknown"}') == 1
+    assert (sample(text, 'cortex_requests_total{code="ok",method="ping"}') or 0) >= 1
+    assert (sample(text, "cortex_process_resident_memory_bytes") or 0) > 1_000_000
+    assert sample(text, "cortex_process_open_fds") is not None
+    assert "cortex_check_runs_total{" in text
+    assert "cortex_check_duration_seconds_bucket{" in text
+    assert "cortex_inference_queue_depth 0.0" in text
+    assert "_created" not in text
+
+    status, body, content_type = get(port, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    promtool(body.decode())
+    assert get(port, "/nope")[0] == 404
+
+
+def test_health_and_ready_documents(http_daemon: tuple[DaemonProcess, int, Path]) -> None:
+    d, port, _ = http_daemon
+    status, body, content_type = get(port, "/ready")
+    assert (status, orjson.loads(body)) == (200, {"ready": True, "socket": True, "monitor": True})
+    assert content_type == "application/json"
+    poll(lambda: d.call("health")["checks"], what="check results")
+    status, body, _ = get(port, "/health")
+    doc = orjson.loads(body)
+    assert doc["status"] in ("healthy", "degraded", "unhealthy")
+    assert status == (503 if doc["status"] == "unhealthy" else 200)
+    assert doc["timestamp"].endswith("Z")
+    assert doc["checks"]
+    # Checks keep finishing meanwhile: each one /health named is one `health` knows.
+    assert set(doc["checks"]) <= set(d.call("health")["checks"])
+    assert set(doc["checks"].values()) <= {"pass", "warn", "fail", "skip", "error"}
+
+
+def test_the_textfile_is_written_whole(http_daemon: tuple[DaemonProcess, int, Path]) -> None:
+    _, _, textfile = http_daemon
+    poll(textfile.exists, what="the textfile")
+    promtool(textfile.read_text())
+    assert [p.name for p in textfile.parent.iterdir() if p.name.startswith(".cortexd-")] == []
+
+
+def test_ready_is_503_before_the_socket_serves(tmp_path: Path) -> None:
+    """A component after metrics (started later) holds the socket back: /ready says so."""
+    from cortexd.app import Daemon
+    from cortexd.config import load_config
+    from cortexd.metrics.methods import MetricsComponent
+
+    daemon = Daemon(load_config(None, {"state_dir": str(tmp_path)}, environ={}))
+    (component,) = [c for c in daemon.components if isinstance(c, MetricsComponent)]
+    assert component.ready() == {"ready": False, "socket": False, "monitor": False}

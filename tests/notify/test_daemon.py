@@ -1,0 +1,255 @@
+"""Notifications in the real daemon: crash safety, the CLI, and a real Alertmanager."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from cortexctl.cli import main as cortexctl
+from cortexd.config.schema import ChecksConfig
+from tests.daemon import DaemonProcess, running_daemon
+from tests.notify.helpers import free_port, poll, receiver, smtp_server
+
+ALL_CHECKS = [f.name for f in dataclasses.fields(ChecksConfig)]
+NO_CHECKS = {"checks": {name: {"enabled": False} for name in ALL_CHECKS}}
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def write_rules(directory: Path, actions: list[dict[str, Any]], **conditions: Any) -> str:
+    path = directory / "alerts.yaml"
+    rule = {"name": "ops", **conditions, "actions": actions}
+    path.write_text(yaml.safe_dump({"alerts": [rule]}))
+    return str(path)
+
+
+def daemon_config(state_dir: Path, rules_path: str, **notify: Any) -> dict[str, Any]:
+    return {
+        **NO_CHECKS,
+        "state_dir": str(state_dir),
+        "notify": {"rules_path": rules_path, "rate_limit_per_minute": 1000, **notify},
+    }
+
+
+def raise_alert(d: DaemonProcess, n: int) -> dict[str, Any]:
+    params = {"title": f"job {n} failed", "severity": "ERROR", "labels": {"job": f"j{n}"}}
+    alert: dict[str, Any] = d.call("alerts.raise", params)["alert"]
+    return alert
+
+
+def history(d: DaemonProcess) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = d.call("notify.history", {"since": 0, "limit": 1000})[
+        "notifications"
+    ]
+    return found
+
+
+def cli(d: DaemonProcess, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cortexctl(["--socket", d.socket_path, *args], stdout=out)
+    return code, out.getvalue()
+
+
+@pytest.mark.slow
+def test_kill_9_with_pending_notifications_loses_none_and_repeats_none(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens yet: every attempt is refused
+    rules = write_rules(tmp_path, [{"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}])
+    config = daemon_config(
+        tmp_path / "state", rules, backoff_seconds=0.5, backoff_max_seconds=1, max_attempts=50
+    )
+    count = 12
+    with running_daemon(config) as d:
+        for n in range(count):
+            raise_alert(d, n)
+
+        def all_pending() -> bool:
+            entries = history(d)
+            return len(entries) == count and all(
+                e["status"] == "pending" and e["attempts"] >= 1 for e in entries
+            )
+
+        poll(all_pending, what="every entry pending after a failed attempt")
+        os.killpg(d.proc.pid, signal.SIGKILL)
+        d.proc.wait(10)
+
+    with receiver(port=port) as recv, running_daemon(config) as d:
+        posts = recv.wait_for(count)
+        poll(
+            lambda: all(e["status"] == "completed" for e in history(d)),
+            what="all entries completed",
+        )
+        ids = [p.headers["X-Cortex-Notification-Id"] for p in recv.posts]
+        assert len(ids) == len(set(ids)) == count
+        titles = sorted(p.json()["alerts"][0]["annotations"]["summary"] for p in posts)
+        assert titles == sorted(f"job {n} failed" for n in range(count))
+        assert d.call("deadletter.list")["dead_letters"] == []
+
+
+def test_cli_test_history_and_dead_letters(tmp_path: Path) -> None:
+    port = free_port()
+    rules = write_rules(tmp_path, [{"type": "webhook", "url": f"http://127.0.0.1:{port}/x"}])
+    config = daemon_config(tmp_path / "state", rules, max_attempts=1)
+    with running_daemon(config) as d:
+        code, text = cli(d, "notify", "test", "ops.webhook")
+        assert code == 1
+        assert "NOT delivered" in text
+        assert "Connection refused" in text
+        raise_alert(d, 1)
+        poll(lambda: d.call("deadletter.list")["dead_letters"], what="a dead letter")
+        code, text = cli(d, "dead-letter", "list", "--queue", "ops.webhook", "--since", "7d")
+        assert code == 0
+        assert "ops.webhook" in text and "after 1 attempts" in text
+        dead_id = d.call("deadletter.list")["dead_letters"][0]["id"]
+        code, text = cli(d, "dead-letter", "show", str(dead_id))
+        assert "ERROR job 1 failed" in text
+        code, text = cli(d, "notify", "history", "--since", "24h")
+        assert "failed" in text and "job 1 failed" in text
+
+        with receiver(port=port) as recv:
+            code, text = cli(d, "notify", "test", "ops.webhook")
+            assert code == 0, text
+            assert "delivered, answer 200" in text
+            assert recv.wait_for(1)[0].json()["alerts"][0]["labels"]["alertname"] == "notify_test"
+            code, text = cli(d, "dead-letter", "retry", "--all")
+            assert (code, text.strip()) == (0, "queued 1 dead letter(s) again")
+            recv.wait_for(2)
+        assert d.call("deadletter.list")["dead_letters"] == []
+        code, text = cli(d, "dead-letter", "purge", "--older-than", "30d")
+        assert (code, text.strip()) == (0, "purged 0 dead letter(s)")
+
+
+def test_invalid_rules_stop_the_start_with_the_rule_and_field_named(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path, [{"type": "webhook"}])
+    with running_daemon(daemon_config(tmp_path / "state", rules), wait_ready=False) as d:
+        d.wait(30)
+        assert d.proc.returncode != 0
+        assert "rule 'ops': field 'actions[0].url': required for a webhook action" in d.log()
+
+
+# -- a filled disk reaches a webhook, an SMTP server and a real Alertmanager ----------
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    if ALERTMANAGER is None:
+        pytest.skip("prometheus-alertmanager is not installed (make deps installs it)")
+    port = free_port()
+    home = tmp_path / "am"
+    home.mkdir()
+    (home / "am.yml").write_text(
+        yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
+    )
+    proc = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={home / 'am.yml'}",
+            f"--storage.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        poll(lambda: _answers(url), what="Alertmanager to listen")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def am_alerts(url: str, mount: Path) -> list[dict[str, Any]]:
+    """The alerts Alertmanager itself holds (active ones) about `mount`."""
+    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as response:
+        found: list[dict[str, Any]] = orjson.loads(response.read())
+    return [a for a in found if a["labels"].get("mountpoint") == str(mount)]
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = Path(tempfile.mkdtemp(prefix="cxnt", dir="/tmp"))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(where)], check=True
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_filled_disk_reaches_webhook_mail_and_alertmanager_then_resolves(
+    tmp_path: Path, tmpfs: Path, alertmanager: str
+) -> None:
+    with receiver() as hook, smtp_server() as smtp:
+        example = yaml.safe_load(
+            (Path(__file__).resolve().parents[2] / "config" / "alerts.yaml").read_text()
+        )
+        (disk_rule,) = [r for r in example["alerts"] if r["name"] == "disk-critical"]
+        for action in disk_rule["actions"]:
+            action.update(
+                {
+                    "webhook": {"url": hook.url("/hooks/cortex")},
+                    "email": {"smtp_host": "127.0.0.1", "smtp_port": smtp.port},
+                    "alertmanager": {"url": alertmanager},
+                }[action["type"]]
+            )
+        rules = tmp_path / "alerts.yaml"
+        rules.write_text(yaml.safe_dump({"alerts": [disk_rule]}))
+        config = daemon_config(tmp_path / "state", str(rules), backoff_seconds=0.2)
+        config["checks"]["disk_space"] = {"include": [str(tmpfs)], "interval_seconds": 0.2}
+        with running_daemon(config) as d:
+            (tmpfs / "ballast").write_bytes(b"\0" * int(4 * 1024 * 1024 * 0.97))
+            (fired,) = hook.wait_for(1)
+            body = fired.json()
+            labels = body["alerts"][0]["labels"]
+            assert body["status"] == "firing"
+            assert labels["mountpoint"] == str(tmpfs)
+            assert labels["instance"] == socket.gethostname()
+            assert labels["severity"] in ("error", "critical")
+            (mail,) = smtp.wait_for(1)
+            assert str(tmpfs) in mail.get_payload()
+            active = poll(
+                lambda: am_alerts(alertmanager, tmpfs),
+                what="the alert in Alertmanager",
+            )
+            assert active[0]["status"]["state"] == "active"
+            assert active[0]["labels"]["instance"] == socket.gethostname()
+
+            (tmpfs / "ballast").unlink()
+            resolved = hook.wait_for(2)[1].json()
+            assert resolved["status"] == "resolved"
+            smtp.wait_for(2)
+            assert "[RESOLVED]" in smtp.wait_for(2)[1]["Subject"]
+            poll(
+                lambda: not am_alerts(alertmanager, tmpfs),
+                what="Alertmanager to drop the resolved alert",
+            )
+            sent = {e["action"]: e["status"] for e in history(d)}
+            assert set(sent.values()) == {"completed"}

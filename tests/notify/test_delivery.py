@@ -1,0 +1,168 @@
+"""Delivery through the outbox to real local endpoints (HTTP receiver, SMTP server)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from cortexd.alerts.manager import AlertManager
+from cortexd.alerts.model import Severity
+from cortexd.notify import store
+from cortexd.notify.notifier import Notifier
+from tests.notify.conftest import Factory
+from tests.notify.helpers import receiver, smtp_server, until
+
+FAST = {"backoff_seconds": 0.05, "backoff_max_seconds": 0.2, "attempt_timeout_seconds": 2.0}
+
+
+def rules(*actions: dict[str, Any], **conditions: Any) -> dict[str, Any]:
+    return {"alerts": [{"name": "ops", **conditions, "actions": list(actions)}]}
+
+
+async def fire(alerts: AlertManager, title: str = "Disk space", **labels: str) -> Any:
+    return await alerts.notice(
+        source="disk_space",
+        labels={"check": "disk_space", "mountpoint": "/", **labels},
+        severity=Severity.CRITICAL,
+        category="disk_usage",
+        title=title,
+        description="/ is 97% full",
+    )
+
+
+async def outbox(notifier: Notifier) -> list[Any]:
+    return await notifier.db.read(lambda c: store.history(c, 0, None, 1000))
+
+
+async def test_webhook_slack_and_discord_receive_the_alert_and_its_resolution(
+    notify_stack: Factory,
+) -> None:
+    with receiver() as recv:
+        config = rules(
+            {"type": "webhook", "url": recv.url("/hook"), "hmac_secret": "s3cret"},
+            {"type": "slack", "url": recv.url("/services/T/B/X"), "channel": "#ops"},
+            {"type": "discord", "url": recv.url("/api/webhooks/1/tok")},
+        )
+        async with notify_stack(config, **FAST) as (alerts, _):
+            alert = await fire(alerts)
+            await until(lambda: len(recv.posts) >= 3, what="three posts")
+            by_path = {p.path: p for p in recv.posts}
+            hook = by_path["/hook"]
+            body = hook.json()
+            assert body["status"] == "firing"
+            assert body["alerts"][0]["labels"]["instance"] == "web1"
+            assert body["alerts"][0]["annotations"]["description"] == "/ is 97% full"
+            digest = hmac.new(b"s3cret", hook.body, hashlib.sha256).hexdigest()
+            assert hook.headers["X-Cortex-Signature"] == f"sha256={digest}"
+            assert hook.headers["Content-Type"] == "application/json"
+            slack = by_path["/services/T/B/X"].json()
+            assert slack["channel"] == "#ops"
+            assert "CRITICAL Disk space on web1" in slack["text"]
+            discord = by_path["/api/webhooks/1/tok"].json()
+            assert "Disk space" in discord["embeds"][0]["title"]
+
+            await alerts.resolve(alert.id)
+            await until(lambda: len(recv.posts) >= 6, what="three resolutions")
+            resolved = [p for p in recv.posts[3:] if p.path == "/hook"]
+            assert resolved[0].json()["status"] == "resolved"
+
+
+async def test_email_reaches_a_real_smtp_server(notify_stack: Factory) -> None:
+    with smtp_server() as smtp:
+        action = {
+            "type": "email",
+            "to": ["ops@example.com", "oncall@example.com"],
+            "from": "cortexd@web1.example.com",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+        }
+        async with notify_stack(rules(action), **FAST) as (alerts, notifier):
+            await fire(alerts)
+            await until(lambda: smtp.messages, what="a mail")
+            (mail,) = smtp.wait_for(1)
+            assert mail["Subject"] == "[FIRING] CRITICAL Disk space on web1"
+            assert mail["To"] == "ops@example.com, oncall@example.com"
+            assert "/ is 97% full" in mail.get_payload()
+            assert smtp.messages[0][1] == ["ops@example.com", "oncall@example.com"]
+            await until(lambda: notifier.sent["ops.email"] == 1, what="completed")
+
+
+async def test_refused_endpoint_retries_then_dead_letters_then_retry_delivers(
+    notify_stack: Factory,
+) -> None:
+    with receiver() as recv:
+        port = recv.port
+        recv.stop()  # refused from now on
+        config = rules({"type": "webhook", "url": recv.url()})
+        async with notify_stack(config, max_attempts=3, **FAST) as (alerts, notifier):
+            await fire(alerts)
+            await until(lambda: notifier.dead_lettered["ops.webhook"] == 1, what="dead letter")
+            (entry,) = await outbox(notifier)
+            assert entry["status"] == "failed"
+            assert entry["attempts"] == 3
+            assert "Connection refused" in entry["last_error"]
+            # Backoff: the attempts were spread out, not fired back to back.
+            # The two waits were at least half of 0.05 s and of 0.1 s (jitter).
+            assert entry["completed_at"] - entry["created_at"] >= 0.025 + 0.05
+            dead = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+            assert [d["original_id"] for d in dead] == [entry["id"]]
+
+            with receiver(port=port) as back:
+                await notifier.retry_dead(list(dead))
+                await until(lambda: notifier.sent["ops.webhook"] == 1, what="delivery")
+                assert len(back.posts) == 1
+                left = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+                assert left == []
+
+
+async def test_a_hanging_endpoint_never_delays_another(notify_stack: Factory) -> None:
+    with receiver(mode="hang") as slow, receiver() as fast:
+        config = rules(
+            {"type": "webhook", "url": slow.url("/slow")},
+            {"type": "webhook", "name": "fast", "url": fast.url("/fast")},
+        )
+        settings = {**FAST, "attempt_timeout_seconds": 3.0, "max_attempts": 1}
+        async with notify_stack(config, **settings) as (alerts, notifier):
+            for i in range(3):
+                await fire(alerts, title=f"disk {i}", mountpoint=f"/m{i}")
+            # The fast receiver has all three while the slow one still hangs.
+            await until(lambda: len(fast.posts) == 3, within=2.5, what="fast deliveries")
+            assert notifier.dead_lettered["ops.webhook"] == 0
+            await until(
+                lambda: notifier.dead_lettered["ops.webhook"] == 3, what="slow ones time out"
+            )
+            entries = [e for e in await outbox(notifier) if e["action"] == "ops.webhook"]
+            assert all("no answer" in e["last_error"] for e in entries)
+
+
+async def test_a_silenced_alert_sends_nothing_but_is_recorded(notify_stack: Factory) -> None:
+    with receiver() as recv:
+        async with notify_stack(rules({"type": "webhook", "url": recv.url()}), **FAST) as (
+            alerts,
+            notifier,
+        ):
+            await alerts.add_silence(['mountpoint="/"'], 3600, "maintenance", "test")
+            await fire(alerts)
+            await fire(alerts, title="Other disk", mountpoint="/srv")
+            await until(lambda: len(recv.posts) == 1, what="the unsilenced alert")
+            assert recv.posts[0].json()["alerts"][0]["labels"]["mountpoint"] == "/srv"
+            held = await notifier.db.read(lambda c: store.suppressed_since(c, 0, 10))
+            assert [(h["reason"], h["title"]) for h in held] == [("silenced", "Disk space")]
+
+
+async def test_rate_limit_excess_is_summarised_not_dropped(notify_stack: Factory) -> None:
+    with receiver() as recv:
+        config = rules({"type": "webhook", "url": recv.url()})
+        async with notify_stack(config, rate_limit_per_minute=2, **FAST) as (alerts, notifier):
+            for i in range(5):
+                await fire(alerts, title=f"disk {i}", mountpoint=f"/m{i}")
+            await until(lambda: len(recv.posts) == 2, what="two posts")
+            assert notifier.suppressed["rate_limit"] == 3
+            # The window ends (stepped by hand rather than waited for).
+            notifier.throttle._excess.started -= 61  # type: ignore[union-attr]
+            assert await notifier.summarise_excess() == 3
+            await until(lambda: len(recv.posts) == 3, what="the summary")
+            summary = recv.posts[2].json()["alerts"][0]["annotations"]
+            assert "3 notifications were held back" in summary["description"]
+            assert "disk 4" in summary["description"]
