@@ -26,6 +26,9 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.monitor.methods import install as install_monitor
 
     alerts = install_alerts(daemon)
+    from cortexd.notify.methods import install as install_notify
+
+    notifier = install_notify(daemon, alerts)
     monitor = install_monitor(daemon, alerts)
     from cortexd.repair.methods import install as install_repair
 
@@ -39,6 +42,12 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)
+    from cortexd.metrics.methods import install as install_metrics
+
+    install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier)
     from cortexd.backup.methods import install as install_backup
 
     install_backup(daemon)
+    from cortexd.updates.methods import install as install_updates
+
+    install_updates(daemon)

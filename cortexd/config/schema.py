@@ -91,6 +91,34 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    rules_path: str = "/etc/cortex/alerts.yaml"
+    instance: str = ""
+    cooldown_seconds: float = field(default=300.0, metadata=_bound(0, 7 * 86400))
+    rate_limit_per_minute: int = field(default=30, metadata=_bound(1, 100_000))
+    max_attempts: int = field(default=5, metadata=_bound(1, 100))
+    backoff_seconds: float = field(default=5.0, metadata=_bound(0.001, 3600))
+    backoff_max_seconds: float = field(default=600.0, metadata=_bound(0.001, 86400))
+    attempt_timeout_seconds: float = field(default=10.0, metadata=_bound(0.1, 600))
+    max_concurrent: int = field(default=8, metadata=_bound(1, 256, restart=True))
+    max_pending: int = field(default=10_000, metadata=_bound(1, 10_000_000))
+    alertmanager_resend_seconds: float = field(default=60.0, metadata=_bound(1, 86400))
+    daily_summary: bool = False
+    daily_summary_time: str = "06:00"
+    history_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
+    deadletter_retention_days: float = field(default=30.0, metadata=_bound(0.01, 3650))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    http_enabled: bool = field(default=False, metadata=_bound(restart=True))
+    http_host: str = field(default="127.0.0.1", metadata=_bound(restart=True))
+    http_port: int = field(default=9109, metadata=_bound(1, 65535, restart=True))
+    textfile_path: str = ""
+    textfile_interval_seconds: float = field(default=60.0, metadata=_bound(1, 86400))
+
+
+@dataclass(frozen=True, slots=True)
 class RepairConfig:
     auto_fix_safe: bool = False
     command_timeout: float = field(default=900.0, metadata=_bound(1, 7200))
@@ -177,11 +205,12 @@ class LogsConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpdatesConfig:
-    check_interval_hours: float = field(default=6.0, metadata=_bound(0.0, 720))
+    check_interval_hours: float = field(default=24.0, metadata=_bound(0.0, 720))
     rollback_retention_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
     backup_before_update: bool = True
     apply_timeout_seconds: float = field(default=3600.0, metadata=_bound(10, 86400))
     apt_command: tuple[str, ...] = ("apt-get",)
+    apt_lists_dir: str = "/var/lib/apt/lists"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +233,8 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     repair: RepairConfig = field(default_factory=RepairConfig)
     healing: HealingConfig = field(default_factory=HealingConfig)
@@ -220,6 +251,8 @@ SECTIONS: dict[str, type[Any]] = {
     "inference": InferenceConfig,
     "doctor": DoctorConfig,
     "alerts": AlertsConfig,
+    "notify": NotifyConfig,
+    "metrics": MetricsConfig,
     "checks": ChecksConfig,
     "repair": RepairConfig,
     "healing": HealingConfig,
@@ -231,4 +264,4 @@ SECTIONS: dict[str, type[Any]] = {
 
 # Sections that later capabilities own; accepted without a warning so a config
 # file written for a newer daemon still loads.
-RESERVED_SECTIONS = frozenset({"notify", "http"})
+RESERVED_SECTIONS = frozenset({"http"})
