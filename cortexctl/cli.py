@@ -24,7 +24,6 @@ from cortexctl.commands import (
     notify,
     plugins,
     repair,
-    update,
 )
 from cortexctl.output import Output
 from cortexd.protocol import CortexError, default_socket_path
@@ -48,19 +47,7 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
 # Each capability adds its commands in one module with a `register(sub)`.
-COMMAND_MODULES = (
-    core,
-    monitor,
-    alerts,
-    inference,
-    logs,
-    repair,
-    healing,
-    plugins,
-    notify,
-    backup,
-    update,
-)
+COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, healing, plugins, notify, backup)
 
 
 def _seconds(text: str) -> float:

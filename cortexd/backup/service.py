@@ -224,10 +224,11 @@ class BackupService:
         for _owner, db in self.databases():
 
             def work(conn: Any) -> None:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 conn.execute("PRAGMA optimize").fetchall()
                 if vacuum:
                     conn.execute("VACUUM")
+                # Last: VACUUM itself goes through the WAL in WAL mode.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
             await db.read(work, deadline=300.0)
             done.append(os.path.basename(db.path))

@@ -1,0 +1,145 @@
+"""apt and dpkg as the update module uses them: simulate, refresh, upgrade, list.
+
+The pending-upgrade simulation and its parser are the monitor's
+(`UpgradeSimulation`, `parse_simulation`), so the `apt_updates` check and
+`updates.check` always agree. `updates.apt_command` replaces `apt-get` in
+every command, which is how tests (and packagers with a wrapper) inject
+their own. When systemd is PID 1, commands that change packages run in a
+transient unit (`systemd-run --wait --pipe`), outside the daemon's sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cortexd.monitor.checks.commands import CommandResult
+from cortexd.monitor.checks.packages import APT_LISTS, Upgrade, UpgradeSimulation
+
+DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"
+APT_ARCHIVES = "/var/cache/apt/archives"
+REBOOT_FLAG = "/run/reboot-required"
+LIST_TIMEOUT = 120.0
+REFRESH_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    package: str
+    version: str
+    arch: str
+
+
+def _run(argv: Sequence[str], timeout: float) -> CommandResult:
+    done = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    return CommandResult(done.returncode, done.stdout, done.stderr)
+
+
+def systemd_is_pid1() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+class Apt:
+    """The package tools, with `apt_command` standing in for `apt-get`."""
+
+    def __init__(
+        self,
+        apt_command: Sequence[str] = ("apt-get",),
+        *,
+        lists_dir: str = APT_LISTS,
+        archives_dir: str = APT_ARCHIVES,
+        reboot_flag: str = REBOOT_FLAG,
+        run: Callable[[Sequence[str], float], CommandResult] = _run,
+    ) -> None:
+        self.apt_command = tuple(apt_command)
+        self.lists_dir = lists_dir
+        self.archives_dir = archives_dir
+        self.reboot_flag = reboot_flag
+        self.run = run
+
+    def _apt(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        # The monitor's simulation names `apt-get`; swap in the configured command.
+        if argv and argv[0] == "apt-get":
+            argv = [*self.apt_command, *argv[1:]]
+        return self.run(argv, timeout)
+
+    def pending(self) -> tuple[list[Upgrade], float | None, str | None]:
+        """(upgrades, age of the package lists in seconds, why not) — blocking."""
+        found = UpgradeSimulation(self._apt, self.lists_dir, max_age=0.0).get()
+        if isinstance(found, tuple):
+            return found[0], found[1], None
+        return [], None, found.message
+
+    def refresh(self) -> CommandResult:
+        """`apt-get update` (downloads the package lists)."""
+        return self._apt(["apt-get", "-q", "update"], REFRESH_TIMEOUT)
+
+    def reboot_required(self) -> tuple[bool, list[str]]:
+        if not os.path.exists(self.reboot_flag):
+            return False, []
+        try:
+            with open(f"{self.reboot_flag}.pkgs", encoding="utf-8") as fh:
+                return True, sorted({line.strip() for line in fh if line.strip()})
+        except OSError:
+            return True, []
+
+    def installed(self) -> list[Installed]:
+        """Every installed package with its version (dpkg-query)."""
+        done = self.run(["dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT], LIST_TIMEOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"dpkg-query failed: {done.stderr.strip()[:200]}")
+        out = []
+        for line in done.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 4 and parts[3].startswith("ii"):
+                out.append(Installed(parts[0], parts[1], parts[2]))
+        return out
+
+    def cached_deb(self, item: Installed) -> str | None:
+        """The .deb of exactly this version in apt's cache, if it is still there."""
+        version = item.version.replace(":", "%3a")
+        name = item.package.split(":")[0]
+        for arch in (item.arch, "all"):
+            path = os.path.join(self.archives_dir, f"{name}_{version}_{arch}.deb")
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def upgrade_command(self, packages: Sequence[str], *, simulate: bool) -> list[str]:
+        """The apt command upgrading `packages` (simulated unless `simulate` is False)."""
+        argv = [
+            *self.apt_command,
+            "-q",
+            "-s" if simulate else "-y",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "install",
+            "--only-upgrade",
+            *packages,
+        ]
+        if not simulate and systemd_is_pid1():
+            return ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "--", *argv]
+        return argv
+
+    def reinstall_command(self, debs: Sequence[str], *, simulate: bool) -> list[str]:
+        """The apt command installing saved .deb files (downgrades allowed)."""
+        argv = [
+            *self.apt_command,
+            "-q",
+            "-s" if simulate else "-y",
+            "--allow-downgrades",
+            "install",
+            *debs,
+        ]
+        if not simulate and systemd_is_pid1():
+            return ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "--", *argv]
+        return argv

@@ -1,0 +1,121 @@
+"""Socket methods of the update module (SPEC §12): check, snapshot(s), rollback, apply."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from cortexd.server import Call, Method, Param
+from cortexd.updates.service import UpdateService
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+CHECK_TIMEOUT = 900.0
+SNAPSHOT_TIMEOUT = 900.0
+APPLY_TIMEOUT = 86400.0 + 900.0
+_SNAPSHOT_ID = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?$")
+
+
+def _snapshot_id(value: str) -> str | None:
+    return None if _SNAPSHOT_ID.match(value) else "must look like 20261123-120000"
+
+
+def _packages(value: list[str]) -> str | None:
+    if len(value) > 1000:
+        return "at most 1000 packages"
+    bad = [v for v in value if not _PACKAGE.match(v)]
+    return f"not a package name: {bad[0]!r}" if bad else None
+
+
+def update_methods(service: UpdateService) -> list[Method]:
+    """The `updates.*` methods bound to `service`."""
+
+    async def check(call: Call) -> dict[str, Any]:
+        return await service.check(force=call.params["force"])
+
+    async def snapshot(call: Call) -> dict[str, Any]:
+        return {"snapshot": await service.snapshot("requested")}
+
+    async def snapshots(call: Call) -> dict[str, Any]:
+        found = await anyio.to_thread.run_sync(service.snapshots.all)
+        return {"snapshots": found}
+
+    async def rollback(call: Call) -> dict[str, Any]:
+        p = call.params
+        return await service.rollback(
+            p["id"], packages=p["packages"], confirm=p["confirm"], progress=call.stream
+        )
+
+    async def apply(call: Call) -> dict[str, Any]:
+        p = call.params
+
+        async def progress(data: dict[str, Any]) -> None:
+            await call.stream(data)
+
+        await call.stream({"request_id": call.request_id, "phase": "checking"})
+        return await service.apply(
+            security_only=p["security"],
+            names=p["packages"],
+            confirm=p["confirm"],
+            progress=progress,
+        )
+
+    return [
+        Method(
+            "updates.check",
+            check,
+            params=(Param("force", bool, default=False),),
+            timeout=CHECK_TIMEOUT,
+            summary="pending package upgrades, security ones apart; reboot flag",
+        ),
+        Method(
+            "updates.snapshot",
+            snapshot,
+            access="admin",
+            timeout=SNAPSHOT_TIMEOUT,
+            summary="take a snapshot of configuration, state and package list",
+        ),
+        Method(
+            "updates.snapshots",
+            snapshots,
+            summary="the snapshots, newest first",
+        ),
+        Method(
+            "updates.rollback",
+            rollback,
+            params=(
+                Param("id", str, check=_snapshot_id),
+                Param("packages", bool, default=False),
+                Param("confirm", bool, default=False),
+            ),
+            access="admin",
+            timeout=APPLY_TIMEOUT,
+            summary="restore a snapshot's configuration; optionally reinstall its packages",
+        ),
+        Method(
+            "updates.apply",
+            apply,
+            params=(
+                Param("security", bool, default=False),
+                Param("packages", list, default=[], items=str, check=_packages),
+                Param("confirm", bool, default=False),
+            ),
+            access="admin",
+            timeout=APPLY_TIMEOUT,
+            summary="upgrade pending packages (simulated unless confirm); snapshot first",
+        ),
+    ]
+
+
+def install(daemon: Daemon) -> UpdateService:
+    """Add the update service and its methods (after the alert manager)."""
+    from cortexd.logs.methods import find_alert_manager
+
+    service = UpdateService(daemon, find_alert_manager(daemon))
+    daemon.components.append(service)
+    daemon.registry.add(update_methods(service))
+    return service
