@@ -24,6 +24,7 @@ from cortexctl.commands import (
     notify,
     plugins,
     repair,
+    update,
 )
 from cortexctl.output import Output
 from cortexd.protocol import CortexError, default_socket_path
@@ -47,7 +48,19 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
 # Each capability adds its commands in one module with a `register(sub)`.
-COMMAND_MODULES = (core, monitor, alerts, inference, logs, repair, healing, plugins, notify, backup)
+COMMAND_MODULES = (
+    core,
+    monitor,
+    alerts,
+    inference,
+    logs,
+    repair,
+    healing,
+    plugins,
+    notify,
+    backup,
+    update,
+)
 
 
 def _seconds(text: str) -> float:

@@ -48,3 +48,6 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.backup.methods import install as install_backup
 
     install_backup(daemon)
+    from cortexd.updates.methods import install as install_updates
+
+    install_updates(daemon)

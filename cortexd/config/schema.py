@@ -205,11 +205,12 @@ class LogsConfig:
 
 @dataclass(frozen=True, slots=True)
 class UpdatesConfig:
-    check_interval_hours: float = field(default=6.0, metadata=_bound(0.0, 720))
+    check_interval_hours: float = field(default=24.0, metadata=_bound(0.0, 720))
     rollback_retention_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
     backup_before_update: bool = True
     apply_timeout_seconds: float = field(default=3600.0, metadata=_bound(10, 86400))
     apt_command: tuple[str, ...] = ("apt-get",)
+    apt_lists_dir: str = "/var/lib/apt/lists"
 
 
 @dataclass(frozen=True, slots=True)
