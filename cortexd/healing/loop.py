@@ -84,7 +84,8 @@ class Healer:
         self.units: dict[str, UnitState] = {}
         self._limiter = anyio.CapacityLimiter(self.settings.max_concurrent)
         self.counts = {"attempts": 0, "successes": 0, "failures": 0, "given_up": 0}
-        self.durations_ms: list[float] = []
+        self.duration_sum_ms = 0.0
+        self.duration_count = 0
         self._state = "starting"
 
     @property
@@ -204,7 +205,8 @@ class Healer:
         log.info("self-healing: restarting %s (attempt %d of %d)", unit, attempt, s.max_attempts)
         ok, message = await self._restart_and_verify(unit)
         duration = (self.clock() - now) * 1000
-        self.durations_ms = [*self.durations_ms[-99:], duration]
+        self.duration_sum_ms += duration
+        self.duration_count += 1
         if ok:
             self.counts["successes"] += 1
             state.next_at = 0.0

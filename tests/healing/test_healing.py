@@ -14,17 +14,20 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import ListFilter, Severity
 from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
 from cortexd.config.schema import AlertsConfig, Config, HealingConfig
 from cortexd.healing.loop import Healer
+from cortexd.repair.metrics import RepairCollector
 from cortexd.repair.runner import HostLayout
 from cortexd.repair.store import MIGRATIONS, add_healing, healing_log
 from cortexd.store import Database
@@ -157,6 +160,14 @@ async def test_a_failed_unit_is_restarted_verified_and_logged(
     assert entry["attempt"] == 1
     assert entry["duration_ms"] >= 15_000
     assert healer.counts == {"attempts": 1, "successes": 1, "failures": 0, "given_up": 0}
+    registry = CollectorRegistry()
+    repair = SimpleNamespace(applied={"restart_unit": 2}, failed={})
+    registry.register(RepairCollector(repair, healer))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert "cortex_healing_attempts_total 1.0" in text
+    assert "cortex_healing_successes_total 1.0" in text
+    assert "cortex_healing_duration_seconds_count 1.0" in text
+    assert 'cortex_repairs_total{fix="restart_unit",result="ok"} 2.0' in text
     assert await poll(healer) == []  # healthy now: nothing to do
 
 

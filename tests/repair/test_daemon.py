@@ -89,6 +89,13 @@ def test_doctor_fix_plans_then_applies_with_yes(daemon: DaemonProcess, host: Pat
     alerts = daemon.call("alerts.list", {"severity": "INFO"})["alerts"]
     titles = {a["title"] for a in alerts if a["source"] == "repair"}
     assert titles == {"fix clear_apt_locks applied", "fix remove_world_write applied"}
+    try:
+        exposition = daemon.call("metrics")["text"]
+    except CortexError as exc:
+        assert exc.code.name == "METHOD_NOT_FOUND"
+        return  # a daemon built without the metrics capability
+    assert 'cortex_repairs_total{fix="clear_apt_locks",result="ok"} 1.0' in exposition
+    assert 'cortex_repairs_total{fix="remove_world_write",result="ok"} 1.0' in exposition
 
 
 def test_doctor_fix_json_reports_plans_and_the_recheck(daemon: DaemonProcess) -> None:
