@@ -5,6 +5,7 @@ the right way while the daemon keeps serving."""
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -149,3 +150,64 @@ def test_a_plugin_pre_fix_hook_vetoes_a_fix(tmp_path: Path) -> None:
         assert vetoed.value.code.name == "CANCELLED"
         assert "plugin freeze: plugin says no to clear_apt_locks" in vetoed.value.message
         assert (host / "var/lib/dpkg/lock").exists()
+
+
+HOOK_RECORDER = """
+import json
+
+RECORD = {record!r}
+
+
+def _note(what):
+    with open(RECORD, "a") as handle:
+        handle.write(json.dumps(what) + "\\n")
+
+
+def startup(payload):
+    _note("startup")
+
+
+def loaded(payload):
+    _note("loaded " + payload["plugin"]["name"])
+
+
+def pre_check(payload):
+    _note("pre " + payload["check_id"])
+
+
+def post_check(payload):
+    _note("post " + payload["check_id"] + " " + payload["status"])
+
+
+def shutdown(payload):
+    _note("shutdown")
+
+
+HOOKS = {{
+    "startup": startup,
+    "plugin_loaded": loaded,
+    "pre_check": pre_check,
+    "post_check": post_check,
+    "shutdown": shutdown,
+}}
+COMMANDS = {{"ping": lambda params: "pong"}}
+"""
+
+
+def test_plugin_hooks_see_startup_loading_checks_and_shutdown(tmp_path: Path) -> None:
+    base = tmp_path / "plugins"
+    base.mkdir()
+    record = tmp_path / "hooks.jsonl"
+    write_plugin(base, "recorder", HOOK_RECORDER.format(record=str(record)), plugin_type="command")
+    config = {"plugins": {"directory": str(base), "timeout_seconds": PLUGIN_TIMEOUT}}
+    with running_daemon(config) as daemon:
+        daemon.call("checks.run", {"ids": ["memory"]})
+        daemon.stop()
+    notes = [json.loads(line) for line in record.read_text().splitlines()]
+    assert notes[0] == "loaded recorder"
+    assert notes.count("startup") == 1  # checks already scheduled may run hooks before it
+    assert "pre memory" in notes
+    post = [n for n in notes if n.startswith("post memory ")]
+    assert post and post[0].split()[-1] in ("PASS", "WARN", "FAIL")
+    assert notes.index("pre memory") < notes.index(post[0])
+    assert notes[-1] == "shutdown"
