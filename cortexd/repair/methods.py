@@ -9,6 +9,7 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config
 from cortexd.monitor.check import Check
 from cortexd.monitor.registry import apply_settings
+from cortexd.monitor.scheduler import Monitor
 from cortexd.plugins.hooks import HookRegistry
 from cortexd.repair.apt import (
     AptFixBroken,
@@ -34,7 +35,6 @@ from cortexd.store import Database
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
-    from cortexd.monitor.scheduler import Monitor
 
 APPLY_TIMEOUT = 7500.0  # above repair.command_timeout's maximum, plus verification
 PLAN_TIMEOUT = 130.0
@@ -46,7 +46,22 @@ def cortex_roots(config: Config) -> list[str]:
     return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]
 
 
-def build_fixes(config: Config, runner: FixRunner) -> list[Fix]:
+def failing_mounts(monitor: Monitor | None) -> list[str]:
+    """Mountpoints `disk_space` last graded WARN or FAIL."""
+    result = monitor.results.get("disk_space") if monitor is not None else None
+    if result is None:
+        return []
+    items = result.details.get("items")
+    if not isinstance(items, list):  # one filesystem: its details are the result's own
+        items = [{**result.details, "status": result.status.value}]
+    return [
+        str(i["mountpoint"])
+        for i in items
+        if i.get("status") in ("WARN", "FAIL") and i.get("mountpoint")
+    ]
+
+
+def build_fixes(config: Config, runner: FixRunner, monitor: Monitor | None = None) -> list[Fix]:
     """Every built-in fix, configured."""
     root = config.repair.root
     roots = cortex_roots(config)
@@ -57,7 +72,11 @@ def build_fixes(config: Config, runner: FixRunner) -> list[Fix]:
         DpkgConfigure(runner, root),
         AptFixBroken(runner),
         AptRebuildLists(runner, root),
-        VacuumJournal(runner, config.repair.journal_max_size),
+        VacuumJournal(
+            runner,
+            config.repair.journal_max_size,
+            failing_mounts=lambda: failing_mounts(monitor),
+        ),
         RemoveWorldWrite(runner, roots, owner),
         ResetCortexPermissions(runner, roots, owner),
         UserPermissions(runner),
@@ -146,7 +165,7 @@ def install(daemon: Daemon, monitor: Monitor, alerts: AlertManager) -> RepairMan
     db = Database(os.path.join(config.state_dir, "repair.db"), MIGRATIONS)
     manager = RepairManager(
         config,
-        build_fixes(config, runner),
+        build_fixes(config, runner, monitor),
         db,
         alerts,
         runner,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from cortexd.monitor.checks.system import parse_failed_units
 from cortexd.protocol import InvalidParams, Unavailable
@@ -50,6 +51,8 @@ class RestartUnit(Fix):
         self.runner = runner
 
     def plan(self, target: str | None) -> Plan:
+        if not self.runner.transient:
+            raise Unavailable("systemd is not PID 1 on this host; there are no units to restart")
         units = [valid_unit(target)] if target else failed_units(self.runner)
         if not units:
             return Plan(self.id, target, "no failed units")
@@ -83,25 +86,39 @@ class VacuumJournal(Fix):
     targeted = True
 
     def __init__(
-        self, runner: FixRunner, max_size: str, journal_dirs: tuple[str, ...] = JOURNAL_DIRS
+        self,
+        runner: FixRunner,
+        max_size: str,
+        journal_dirs: tuple[str, ...] = JOURNAL_DIRS,
+        failing_mounts: Callable[[], list[str]] = lambda: [],
     ) -> None:
         self.runner = runner
         self.max_size = max_size
         self.journal_dirs = journal_dirs
+        self.failing_mounts = failing_mounts
 
     def plan(self, target: str | None) -> Plan:
-        """`target` is the full filesystem's mountpoint; the journal must live on it."""
+        """`target` is the full filesystem's mountpoint; the journal must live on it.
+
+        Without a target, the filesystems `disk_space` last graded WARN or FAIL
+        are the candidates: the journal is vacuumed only when it sits on one.
+        """
         journals = [d for d in self.journal_dirs if os.path.isdir(d)]
         if not journals:
             return Plan(self.id, target, "no journal directory on this host")
-        if target is not None:
+        mounts = [target] if target is not None else self.failing_mounts()
+        if not mounts:
+            return Plan(self.id, None, "disk_space reports no full filesystem; nothing to vacuum")
+        devices = set()
+        for mount in mounts:
             try:
-                device = os.stat(target).st_dev
+                devices.add(os.stat(mount).st_dev)
             except OSError as exc:
-                raise InvalidParams("target", f"cannot stat {target}: {exc.strerror}") from None
-            journals = [d for d in journals if os.stat(d).st_dev == device]
-            if not journals:
-                return Plan(self.id, target, f"the journal is not on {target}; nothing to vacuum")
+                raise InvalidParams("target", f"cannot stat {mount}: {exc.strerror}") from None
+        journals = [d for d in journals if os.stat(d).st_dev in devices]
+        if not journals:
+            where = ", ".join(mounts)
+            return Plan(self.id, target, f"the journal is not on {where}; nothing to vacuum")
         argv = ("journalctl", f"--vacuum-size={self.max_size}")
         return Plan(
             self.id,

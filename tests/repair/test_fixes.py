@@ -24,7 +24,7 @@ from cortexd.repair.permissions import (
     WorldWritable,
 )
 from cortexd.repair.runner import FixRunner, HostLayout
-from cortexd.repair.system import RestartUnit
+from cortexd.repair.system import RestartUnit, VacuumJournal
 
 NOT_PID1 = HostLayout(systemd_runtime="/nonexistent/systemd", system_bus="/nonexistent/bus")
 
@@ -220,3 +220,23 @@ def test_ownership_and_group_write_are_reset(cortex_tree: Path) -> None:
     assert _mode(cortex_tree / "daemon.conf") == 0o644
     assert check.collect()[0].status is Status.PASS
     assert WorldWritable(roots, 0).collect()[0].status is Status.PASS
+
+
+def test_the_journal_is_vacuumed_only_when_its_filesystem_is_full(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    fake = FakeExec({})
+    failing: list[str] = []
+    fix = VacuumJournal(
+        FixRunner(fake, layout=NOT_PID1), "200M", (str(journal),), failing_mounts=lambda: failing
+    )
+    assert fix.plan(None).steps == ()
+    assert "no full filesystem" in fix.plan(None).summary
+    failing.append(str(tmp_path))  # disk_space fails on the journal's filesystem
+    plan = fix.plan(None)
+    assert [s.argv for s in plan.steps] == [("journalctl", "--vacuum-size=200M")]
+    [result] = fix.apply(plan)
+    assert result.ok
+    assert fake.calls == [["journalctl", "--vacuum-size=200M"]]
+    other = VacuumJournal(FixRunner(fake, layout=NOT_PID1), "200M", (str(journal),))
+    assert other.plan("/proc").steps == ()  # the journal is not on /proc
