@@ -8,7 +8,7 @@ for at most `READ_DEADLINE` seconds and never touches the Unix socket.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -31,7 +31,7 @@ class Response:
     content_type: str
 
 
-Handler = Callable[[], Response]
+Handler = Callable[[], Awaitable[Response]]
 
 
 class HttpListener:
@@ -90,7 +90,9 @@ class HttpListener:
             await self._send(stream, Response(405, b"GET only\n", "text/plain"), head=False)
             return
         handler = self.routes.get(target.split("?", 1)[0])
-        response = Response(404, b"not found\n", "text/plain") if handler is None else handler()
+        response = (
+            Response(404, b"not found\n", "text/plain") if handler is None else await handler()
+        )
         await self._send(stream, response, head=method == "HEAD")
 
     async def _send(self, stream: SocketStream, response: Response, head: bool) -> None:

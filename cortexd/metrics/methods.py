@@ -107,10 +107,10 @@ class MetricsComponent:
 
     # -- HTTP handlers ---------------------------------------------------
 
-    def _metrics(self) -> Response:
-        return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+    async def _metrics(self) -> Response:
+        return Response(200, await self.metrics.render_async(), CONTENT_TYPE_LATEST)
 
-    def _health(self) -> Response:
+    async def _health(self) -> Response:
         doc = health_document(self.monitor, self.alerts)
         status = 503 if doc["status"] == "unhealthy" else 200
         return Response(status, orjson.dumps(doc) + b"\n", JSON)
@@ -124,7 +124,7 @@ class MetricsComponent:
         monitor_up = self.monitor.state().get("state") == "running"
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
 
-    def _ready(self) -> Response:
+    async def _ready(self) -> Response:
         doc = self.ready()
         return Response(200 if doc["ready"] else 503, orjson.dumps(doc) + b"\n", JSON)
 
@@ -139,7 +139,7 @@ class MetricsComponent:
     async def write_textfile(self) -> None:
         """Write the exposition to `metrics.textfile_path` atomically (temp file + rename)."""
         path = self.config.textfile_path
-        data = self.metrics.render()  # on the loop: the collectors read loop-owned state
+        data = await self.metrics.render_async()
         try:
             await anyio.to_thread.run_sync(_atomic_write, path, data)
             self.textfile_writes += 1
@@ -169,14 +169,14 @@ def _atomic_write(path: str, data: bytes) -> None:
 def metrics_methods(metrics: Metrics) -> list[Method]:
     """The `metrics` method."""
 
-    def render(call: Call) -> dict[str, Any]:
-        return {"content_type": CONTENT_TYPE_LATEST, "text": metrics.render().decode()}
+    async def render(call: Call) -> dict[str, Any]:
+        text = await metrics.render_async()
+        return {"content_type": CONTENT_TYPE_LATEST, "text": text.decode()}
 
     return [
         Method(
             "metrics",
             render,
-            inline=True,
             summary="Prometheus text exposition of the daemon's metrics",
         )
     ]
