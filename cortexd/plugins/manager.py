@@ -154,6 +154,9 @@ class PluginManager:
 
     async def stop(self) -> None:
         await self.hooks.run("shutdown", {})
+        # Checks still finishing during shutdown must not start plugin code any more.
+        for plugin in self.plugins.values():
+            self.hooks.remove_owner(f"plugin {plugin.name}")
         self._state = "stopped"
 
     def state(self) -> dict[str, Any]:
@@ -182,7 +185,8 @@ class PluginManager:
             limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
             async with anyio.create_task_group() as tg:
                 for plugin in found.values():
-                    tg.start_soon(self._load_guarded, plugin, plugin.name in disabled, limiter)
+                    tg.start_soon(self._load_guarded, plugin, disabled, limiter)
+            found = _by_name(found)
             self.plugins = found
             for plugin in found.values():
                 if plugin.status == "loaded":
@@ -211,7 +215,7 @@ class PluginManager:
                 found[name] = Plugin(name, path)
         return found
 
-    async def _load_guarded(self, plugin: Plugin, disabled: bool, limiter: Any) -> None:
+    async def _load_guarded(self, plugin: Plugin, disabled: set[str], limiter: Any) -> None:
         async with limiter:
             try:
                 await self._load(plugin, disabled)
@@ -219,7 +223,7 @@ class PluginManager:
                 log.exception("plugin %s: loading failed", plugin.name)
                 plugin.status, plugin.error = "failed", f"{type(exc).__name__}: {exc}"
 
-    async def _load(self, plugin: Plugin, disabled: bool) -> None:
+    async def _load(self, plugin: Plugin, disabled: set[str]) -> None:
         try:
             await anyio.to_thread.run_sync(check_trust, plugin.directory, self.euid)
             plugin.manifest = await anyio.to_thread.run_sync(load_manifest, plugin.directory)
@@ -228,7 +232,7 @@ class PluginManager:
             log.error("plugin %s not loaded: %s", plugin.name, exc)
             return
         plugin.name = plugin.manifest.name
-        if disabled:
+        if {plugin.name, os.path.basename(plugin.directory)} & disabled:
             plugin.status = "disabled"
             return
         if plugin.manifest.plugin_type == "notifier":
@@ -371,6 +375,19 @@ class PluginManager:
     async def after_check(self, result: CheckResult) -> None:
         if self.hooks.count("post_check"):
             await self.hooks.run("post_check", result.to_dict())
+
+
+def _by_name(found: dict[str, Plugin]) -> dict[str, Plugin]:
+    """Key plugins by their manifest name; a second plugin claiming a name fails."""
+    out: dict[str, Plugin] = {}
+    for plugin in found.values():
+        if plugin.name in out:
+            plugin.status = "failed"
+            plugin.error = f"another plugin ({out[plugin.name].directory}) is named {plugin.name!r}"
+            out[f"{plugin.name} ({os.path.basename(plugin.directory)})"] = plugin
+            continue
+        out[plugin.name] = plugin
+    return out
 
 
 def _plain(command: str) -> bool:

