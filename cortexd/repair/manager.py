@@ -74,6 +74,7 @@ class RepairManager:
         hooks: HookRegistry | None = None,
         monitor: Monitor | None = None,
         clock: Callable[[], float] = time.time,
+        rebuild: Callable[[Config], list[Fix]] | None = None,
     ) -> None:
         self.config = config
         self.fixes = {f.id: f for f in fixes}
@@ -83,6 +84,7 @@ class RepairManager:
         self.hooks = hooks or HookRegistry()
         self.monitor = monitor
         self.clock = clock
+        self._rebuild = rebuild
         self._lock = anyio.Lock()
         self._auto_last: dict[tuple[str, str | None], float] = {}
         self._tg: TaskGroup | None = None
@@ -100,7 +102,11 @@ class RepairManager:
         self._state = "running"
 
     def apply_config(self, config: Config) -> None:
+        """Take new settings; fixes are rebuilt so paths and sizes change live."""
         self.config = config
+        self.runner.timeout = config.repair.command_timeout
+        if self._rebuild is not None:
+            self.fixes = {f.id: f for f in self._rebuild(config)}
 
     async def stop(self) -> None:
         self._state = "stopped"

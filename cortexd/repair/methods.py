@@ -171,6 +171,7 @@ def install(daemon: Daemon, monitor: Monitor, alerts: AlertManager) -> RepairMan
         runner,
         hooks=HookRegistry(),
         monitor=monitor,
+        rebuild=lambda c: build_fixes(c, runner, monitor),
     )
     monitor.add_checks(build_checks)
     daemon.components.append(manager)

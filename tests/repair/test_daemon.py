@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from cortexctl.cli import main as cortexctl
 from cortexd.config.schema import ChecksConfig
@@ -151,3 +152,15 @@ def test_check_id_finds_its_fix(daemon: DaemonProcess) -> None:
     plan = daemon.call("fixes.plan", {"check_id": "apt_locks"})["plan"]
     assert plan["fix_id"] == "clear_apt_locks"
     assert plan["steps"][0]["kind"] == "file"
+
+
+def test_a_reload_moves_the_fixes_to_the_new_paths(daemon: DaemonProcess, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "var/lib/dpkg").mkdir(parents=True)
+    (other / "var/lib/dpkg/lock-frontend").write_text("stale\n")
+    config = yaml.safe_load(Path(daemon.config_path).read_text())
+    config["repair"]["root"] = str(other)
+    daemon.write_config(config)
+    daemon.call("config.reload")
+    plan = daemon.call("fixes.plan", {"fix_id": "clear_apt_locks"})["plan"]
+    assert [s["path"] for s in plan["steps"]] == [str(other / "var/lib/dpkg/lock-frontend")]
