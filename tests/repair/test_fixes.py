@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import pwd
 import stat
 from collections.abc import Iterator, Sequence
 from multiprocessing.synchronize import Event
@@ -21,6 +22,7 @@ from cortexd.repair.permissions import (
     CortexPermissions,
     RemoveWorldWrite,
     ResetCortexPermissions,
+    UserPermissions,
     WorldWritable,
 )
 from cortexd.repair.runner import FixRunner, HostLayout
@@ -240,3 +242,30 @@ def test_the_journal_is_vacuumed_only_when_its_filesystem_is_full(tmp_path: Path
     assert fake.calls == [["journalctl", "--vacuum-size=200M"]]
     other = VacuumJournal(FixRunner(fake, layout=NOT_PID1), "200M", (str(journal),))
     assert other.plan("/proc").steps == ()  # the journal is not on /proc
+
+
+@pytest.mark.root
+def test_a_users_home_and_cortex_dirs_go_back_to_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    home = tmp_path / "alice"
+    state = home / ".local/state/cortex"
+    state.mkdir(parents=True)
+    (state / "history.db").write_text("")
+    os.chmod(state / "history.db", 0o666)
+    os.chown(home, 65534, 65534)
+    # A real account would mean editing this machine's /etc/passwd: the lookup is faked.
+    entry = pwd.struct_passwd(("alice", "x", 65534, 65534, "", str(home), "/bin/sh"))
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: entry)
+    fix = UserPermissions(FixRunner(layout=NOT_PID1))
+    plan = fix.plan("alice")
+    changed = {(s.action, s.path) for s in plan.steps}
+    assert ("chown 65534", str(state / "history.db")) in changed
+    assert ("chmod 0644", str(state / "history.db")) in changed
+    assert not any(s.path == str(home) for s in plan.steps)  # the home is already alice's
+    assert all(r.ok for r in fix.apply(plan))
+    assert os.lstat(state / "history.db").st_uid == 65534
+    assert _mode(state / "history.db") == 0o644
+    assert fix.plan("alice").steps == ()
