@@ -4,8 +4,8 @@ Layout of `<state_dir>/snapshots/<id>/` (id like `20261123-120000`):
 `meta.json`, `config/<n>` (the configuration files, origins in the meta),
 `state/<name>.db` (online copies through SQLite's backup API), `packages.tsv`
 (package, version, architecture) and, for an apply, `debs/` with the .deb of
-each version being replaced — from apt's cache, else rebuilt with
-`dpkg-repack` when it is installed — so a rollback can reinstall offline.
+each version being replaced — from apt's cache, else rebuilt from the
+installed files (`repack.py`) — so a rollback can reinstall offline.
 All of it is blocking and runs in worker threads.
 """
 
@@ -24,9 +24,9 @@ import orjson
 from cortexd.backup.archive import copy_database, sha256_file, state_databases
 from cortexd.protocol import NotFound
 from cortexd.updates.apt import Apt, Installed
+from cortexd.updates.repack import repack
 
 DAY = 86400.0
-REPACK_TIMEOUT = 300.0
 
 
 def _write(path: str, data: bytes) -> None:
@@ -111,29 +111,19 @@ class Snapshots:
         debs_dir = os.path.join(work, "debs")
         os.makedirs(debs_dir, mode=0o700)
         saved = []
-        repack = shutil.which("dpkg-repack")
         for item in replacing:
             entry: dict[str, Any] = {"package": item.package, "version": item.version}
             cached = self.apt.cached_deb(item)
             if cached:
                 shutil.copy2(cached, debs_dir)
                 entry.update(file=os.path.basename(cached), source="apt-cache")
-            elif repack:
-                done = subprocess.run(
-                    [repack, item.package],
-                    cwd=debs_dir,
-                    capture_output=True,
-                    text=True,
-                    timeout=REPACK_TIMEOUT,
-                    check=False,
-                )
-                built = [n for n in os.listdir(debs_dir) if n.startswith(f"{item.package}_")]
-                if done.returncode == 0 and built:
-                    entry.update(file=built[0], source="dpkg-repack")
-                else:
-                    entry.update(file=None, source=f"dpkg-repack failed: {done.stderr[:200]}")
             else:
-                entry.update(file=None, source="not in apt's cache and dpkg-repack is missing")
+                try:
+                    built = repack(item.package, item.version, item.arch or "all", debs_dir)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    entry.update(file=None, source=f"could not rebuild: {exc}")
+                else:
+                    entry.update(file=os.path.basename(built), source="rebuilt")
             saved.append(entry)
         return saved
 

@@ -45,6 +45,10 @@ if "update" in args:
 if "dist-upgrade" in args:
     sys.stdout.write(open(os.path.join(here, "simulation.txt")).read())
     sys.exit(0)
+if "--allow-downgrades" in args:
+    for deb in args[args.index("install") + 1:]:
+        print("Inst " + os.path.basename(deb) + (" (simulated)" if "-s" in args else ""))
+    sys.exit(0)
 if "-s" in args:
     for name in args[args.index("--only-upgrade") + 1:]:
         print("Inst " + name + " (simulated)")
@@ -299,3 +303,37 @@ def test_bad_params_name_the_param(
         daemon.call(method, params)
     assert raised.value.code.name == "INVALID_PARAMS"
     assert bad in raised.value.message
+
+
+def test_apply_saves_the_replaced_deb_and_rollback_reinstalls_it(
+    apt: FakeApt, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "netbase"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip("netbase is not installed here")
+    installed = done.stdout.strip()
+    (apt.root / "simulation.txt").write_text(
+        f"Inst netbase [{installed}] (99.0 Debian:12.8/stable [all])\n"
+    )
+    with running_daemon(apt.config()) as daemon:
+        applied = cortexctl(daemon, "update", "apply", "--packages", "-y")
+        assert applied.returncode == 0, applied.stderr
+        snap = daemon.call("updates.snapshots")["snapshots"][0]
+        (deb,) = snap["debs"]
+        assert deb["package"] == "netbase" and deb["version"] == installed
+        assert deb["source"] in ("apt-cache", "rebuilt")
+        saved = Path(daemon.state_dir) / "snapshots" / snap["id"] / "debs" / deb["file"]
+        assert saved.is_file()
+
+        # Without -y (and no terminal to ask) the reinstall is only simulated.
+        rolled = cortexctl(daemon, "update", "rollback", snap["id"], "--packages")
+        assert rolled.returncode == 0, rolled.stderr
+        assert "package reinstall simulated: exit 0" in rolled.stdout
+        reinstall = [c for c in apt.calls() if "--allow-downgrades" in c]
+        assert reinstall == [f"-q -s --allow-downgrades install {saved}"]

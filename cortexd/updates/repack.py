@@ -1,0 +1,119 @@
+"""Rebuild the .deb of an installed package from the files on disk (like dpkg-repack).
+
+Used when apt's cache no longer holds the installed version, so a snapshot can
+still carry it for an offline rollback. The control file is dpkg's record of
+the package without its installation status; the payload is every file the
+package installed (its `.list`), with owners and modes as they are now, so
+locally edited configuration files are captured as edited — which is what a
+rollback should put back. Maintainer scripts, conffiles and md5sums come from
+dpkg's database. Blocking; runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+DPKG_INFO = "/var/lib/dpkg/info"
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config", "templates")
+DROPPED_FIELDS = ("Status", "Conffiles", "Config-Version")
+BUILD_TIMEOUT = 300.0
+
+
+def _info_file(info_dir: str, package: str, arch: str, suffix: str) -> str | None:
+    for name in (f"{package}:{arch}.{suffix}", f"{package}.{suffix}"):
+        path = os.path.join(info_dir, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def control_text(status: str) -> str:
+    """`dpkg-query -s` output as a control file: no status, no conffile list."""
+    out: list[str] = []
+    skipping = False
+    for line in status.splitlines():
+        if line.startswith((" ", "\t")):
+            if not skipping:
+                out.append(line)
+            continue
+        skipping = line.split(":", 1)[0] in DROPPED_FIELDS
+        if not skipping and line.strip():
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _copy_entry(source: str, root: str) -> None:
+    target = os.path.join(root, source.lstrip("/"))
+    try:
+        st = os.lstat(source)
+    except FileNotFoundError:
+        return  # removed by hand (or diverted): nothing to carry
+    if stat.S_ISDIR(st.st_mode):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copyfile(source, target)
+        else:
+            return
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+    if os.geteuid() == 0:
+        os.lchown(target, st.st_uid, st.st_gid)
+
+
+def repack(
+    package: str, version: str, arch: str, target_dir: str, *, info_dir: str = DPKG_INFO
+) -> str:
+    """Build `<package>_<version>_<arch>.deb` in `target_dir`; returns its path.
+
+    Raises:
+        RuntimeError: dpkg has no record of the package, or dpkg-deb failed.
+    """
+    status = subprocess.run(
+        ["dpkg-query", "-s", f"{package}:{arch}" if arch != "all" else package],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    if status.returncode != 0:
+        raise RuntimeError(f"dpkg knows no package {package}: {status.stderr.strip()[:200]}")
+    listing = _info_file(info_dir, package, arch, "list")
+    if listing is None:
+        raise RuntimeError(f"no file list for {package} in {info_dir}")
+    with tempfile.TemporaryDirectory(prefix="repack-", dir=target_dir) as root:
+        os.chmod(root, 0o755)
+        control_dir = os.path.join(root, "DEBIAN")
+        os.makedirs(control_dir, mode=0o755)
+        with open(os.path.join(control_dir, "control"), "w", encoding="utf-8") as fh:
+            fh.write(control_text(status.stdout))
+        for suffix in (*SCRIPTS, "conffiles", "md5sums", "shlibs", "triggers"):
+            found = _info_file(info_dir, package, arch, suffix)
+            if found:
+                dest = os.path.join(control_dir, suffix)
+                shutil.copyfile(found, dest)
+                os.chmod(dest, 0o755 if suffix in SCRIPTS[:5] else 0o644)
+        with open(listing, encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                path = line.rstrip("\n")
+                if path and path != "/.":
+                    _copy_entry(path, root)
+        name = f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
+        output = os.path.join(target_dir, name)
+        built = subprocess.run(
+            ["dpkg-deb", "--build", root, output],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise RuntimeError(f"dpkg-deb failed: {built.stderr.strip()[:300]}")
+    return output
