@@ -68,27 +68,35 @@ def run_fixes(
     """Plan each (fix_id, target); apply them when `yes` (or the operator agrees)."""
     fixes = {f["id"]: f for f in client.call("fixes.list")["fixes"]}
     plans: list[dict[str, Any]] = []
+    unplanned: list[dict[str, Any]] = []
     for fix_id, target in wanted:
         params: dict[str, Any] = {"fix_id": fix_id}
         if target:
             params["target"] = target
-        plan = client.call("fixes.plan", params, timeout=PLAN_WAIT)["plan"]
+        try:
+            plan = client.call("fixes.plan", params, timeout=PLAN_WAIT)["plan"]
+        except CortexError as exc:
+            # One fix that cannot be planned here (no systemd, say) must not stop the others.
+            unplanned.append({"plan": None, "fix_id": fix_id, "error": exc.to_error()})
+            if not out.as_json:
+                out.line(f"{fix_id}: {out.paint('cannot plan', '31')} - {exc.message}")
+            continue
         plans.append(plan)
         if not out.as_json:
             _show_plan(out, plan, fixes.get(fix_id, {}).get("safety", "?"))
     todo = [p for p in plans if p["steps"]]
+    code = EXIT_FAILED if unplanned else EXIT_OK
     if not todo:
         if not out.as_json:
             out.line("nothing to fix")
-        return EXIT_OK, [{"plan": p} for p in plans]
+        return code, [*unplanned, *({"plan": p} for p in plans)]
     if not yes and not out.as_json:
         yes = _ask(f"apply {len(todo)} fix(es)?")
         if not yes:
             out.line("dry run: nothing changed (pass --yes to apply)")
     if not yes:
-        return EXIT_OK, [{"plan": p} for p in plans]
-    code = EXIT_OK
-    done: list[dict[str, Any]] = []
+        return code, [*unplanned, *({"plan": p} for p in plans)]
+    done: list[dict[str, Any]] = list(unplanned)
     for plan in todo:
         params = {"fix_id": plan["fix_id"], "confirm": True}
         if plan["target"]:

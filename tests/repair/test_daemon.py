@@ -141,8 +141,9 @@ def test_repair_commands_plan_by_default(daemon: DaemonProcess, host: Path) -> N
 
 def test_services_repair_is_unavailable_without_systemd(daemon: DaemonProcess) -> None:
     # PID 1 on this machine is not systemd, so there are no units to restart.
-    code, _ = ctl(daemon, "repair", "services", "--restart-failed")
+    code, text = ctl(daemon, "repair", "services", "--restart-failed")
     assert code == 1
+    assert "restart_unit: cannot plan - systemd is not PID 1 on this host" in text
     with pytest.raises(CortexError) as exc:
         daemon.call("fixes.plan", {"fix_id": "restart_unit"})
     assert exc.value.code.name == "UNAVAILABLE"
