@@ -104,7 +104,7 @@ class Notifier:
         if requeued:
             log.info("%d notifications interrupted by a restart will be sent again", requeued)
         self.pending = await self.db.read(store.count_open)
-        await self._restore_alertmanager()
+        await self._catch_up()
         self._tg = tg
         tg.start_soon(self._deliver_loop)
         tg.start_soon(self._housekeeping)
@@ -174,7 +174,8 @@ class Notifier:
             return
         if kind == "resolved":
             names = [a.name for a in actions]
-            notified = await self.db.read(lambda c: _fired_to(c, alert.fingerprint, names))
+            since = alert.first_seen
+            notified = await self.db.read(lambda c: _fired_to(c, alert.fingerprint, names, since))
             actions = [a for a in actions if a.name in notified]
             if not actions:
                 return
@@ -339,13 +340,35 @@ class Notifier:
 
     # -- Alertmanager keep-alive -----------------------------------------
 
-    async def _restore_alertmanager(self) -> None:
+    async def _catch_up(self) -> None:
+        """Rebuild the Alertmanager keep-alive set; queue what a crash left unqueued.
+
+        An alert is committed before its notification, so a crash between the
+        two leaves a firing alert that no outbox entry (and no suppression
+        record) accounts for; it is queued now.
+        """
         flt = ListFilter(states=("firing", "acknowledged"), include_cleared=True, limit=10_000)
+        missing: list[tuple[Action, str, str, dict[str, Any]]] = []
         for alert in await self.alerts.query(flt):
-            for action in self.rules.actions_for(alert):
+            actions = self.rules.actions_for(alert)
+            if not actions:
+                continue
+            event = self._event("firing", alert.to_dict(), event="fired")
+            for action in actions:
                 if action.type == "alertmanager":
-                    event = self._event("firing", alert.to_dict(), event="fired")
                     self._am_firing[(action.name, alert.fingerprint)] = event
+            if alert.state != "firing" or self.alerts.is_silenced(alert):
+                continue
+            check = functools.partial(
+                _accounted, fp=alert.fingerprint, since=alert.first_seen, names=actions
+            )
+            done = await self.db.read(check)
+            missing.extend(
+                (a, "firing", alert.fingerprint, event) for a in actions if a not in done
+            )
+        if missing:
+            log.warning("queueing %d notifications a restart interrupted", len(missing))
+            await self._enqueue(missing)
 
     async def _keepalive(self) -> None:
         while True:
@@ -479,12 +502,23 @@ class Notifier:
         return ids
 
 
-def _fired_to(conn: Any, fp: str, names: list[str]) -> set[str]:
-    """Which of `names` were sent (or queued) a firing notification for `fp`."""
+def _accounted(conn: Any, *, fp: str, since: float, names: list[Action]) -> list[Action]:
+    """Which of `names` already have a firing entry (or a suppression) for `fp` since `since`."""
+    held = conn.execute(
+        "SELECT 1 FROM suppressed WHERE fingerprint = ? AND at >= ? LIMIT 1", (fp, since)
+    ).fetchone()
+    if held is not None:
+        return names
+    sent = _fired_to(conn, fp, [a.name for a in names], since)
+    return [a for a in names if a.name in sent]
+
+
+def _fired_to(conn: Any, fp: str, names: list[str], since: float = 0.0) -> set[str]:
+    """Which of `names` were sent (or queued) a firing notification for `fp` since `since`."""
     marks = ",".join("?" * len(names))
     rows = conn.execute(
         f"SELECT DISTINCT action FROM outbox WHERE fingerprint = ? AND kind = 'firing'"
-        f" AND action IN ({marks})",
-        (fp, *names),
+        f" AND created_at >= ? AND action IN ({marks})",
+        (fp, since, *names),
     ).fetchall()
     return {str(r[0]) for r in rows}

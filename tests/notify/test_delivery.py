@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import anyio
+import yaml
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity
+from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
+from cortexd.config.schema import AlertsConfig, Config, NotifyConfig
 from cortexd.notify import store
 from cortexd.notify.notifier import Notifier
+from cortexd.notify.store import MIGRATIONS
+from cortexd.store import Database
 from tests.notify.conftest import Factory
 from tests.notify.helpers import receiver, smtp_server, until
 
-FAST = {"backoff_seconds": 0.05, "backoff_max_seconds": 0.2, "attempt_timeout_seconds": 2.0}
+FAST: dict[str, Any] = {
+    "backoff_seconds": 0.05,
+    "backoff_max_seconds": 0.2,
+    "attempt_timeout_seconds": 2.0,
+}
 
 
 def rules(*actions: dict[str, Any], **conditions: Any) -> dict[str, Any]:
@@ -166,3 +180,50 @@ async def test_rate_limit_excess_is_summarised_not_dropped(notify_stack: Factory
             summary = recv.posts[2].json()["alerts"][0]["annotations"]
             assert "3 notifications were held back" in summary["description"]
             assert "disk 4" in summary["description"]
+
+
+async def test_an_alert_committed_just_before_a_crash_is_notified_at_start(
+    tmp_path: Path,
+) -> None:
+    """The alert row is committed, the notifier never saw it (the crash window)."""
+    with receiver() as recv:
+        rules_path = tmp_path / "alerts.yaml"
+        rules_path.write_text(yaml.safe_dump(rules({"type": "webhook", "url": recv.url()})))
+        config = dataclasses.replace(
+            Config(), notify=NotifyConfig(rules_path=str(rules_path), **FAST)
+        )
+        alert_db = str(tmp_path / "alerts.db")
+        async with anyio.create_task_group() as tg:
+            alerts = AlertManager(Database(alert_db, ALERT_MIGRATIONS), AlertsConfig())
+            await alerts.start(tg)
+            await fire(alerts)  # no notifier listening yet
+            notify_db = str(tmp_path / "notify.db")
+            notifier = Notifier(Database(notify_db, MIGRATIONS), config, alerts)
+            await notifier.start(tg)
+            await until(lambda: notifier.sent["ops.webhook"] == 1, what="the catch-up")
+            await notifier.stop()
+            # A second start finds it accounted for: nothing is queued again.
+            again = Notifier(Database(notify_db, MIGRATIONS), config, alerts)
+            await again.start(tg)
+            assert len(await outbox(again)) == 1
+            await again.stop()
+            assert len(recv.posts) == 1
+            await alerts.stop()
+            tg.cancel_scope.cancel()
+
+
+async def test_daily_summary_goes_out_once_a_day_after_its_time(notify_stack: Factory) -> None:
+    with receiver() as recv:
+        config = rules({"type": "webhook", "url": recv.url()})
+        async with notify_stack(config, daily_summary=True, **FAST) as (_, notifier):
+            today = datetime.now().replace(second=0, microsecond=0)
+            notifier.clock = lambda: today.replace(hour=5, minute=59).timestamp()
+            await notifier._daily_summary()
+            assert await outbox(notifier) == []
+            notifier.clock = lambda: today.replace(hour=6, minute=30).timestamp()
+            await notifier._daily_summary()
+            await notifier._daily_summary()
+            (post,) = await until(lambda: recv.posts, what="the summary")
+            text = post.json()["alerts"][0]["annotations"]["description"]
+            assert text.startswith("Last 24 h: 0 notifications sent")
+            assert len(await outbox(notifier)) == 1
