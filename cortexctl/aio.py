@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
-
-import orjson
 
 from cortexctl.client import (
     DEFAULT_TIMEOUT,
     LOG_HINT,
     MAX_LINE,
     DaemonUnreachable,
+    encode,
     unreachable,
 )
 from cortexd.protocol import JSONRPC, CortexError, default_socket_path, error_from_wire
@@ -117,7 +117,7 @@ class AsyncClient:
             # One deadline covers sending too: a daemon that stops reading
             # must not hang the caller in drain().
             async with asyncio.timeout(self.timeout if reply_timeout is None else reply_timeout):
-                self._writer.write(orjson.dumps(message) + b"\n")
+                self._writer.write(encode(message))
                 await self._writer.drain()
                 reply = await future
         except TimeoutError:  # an OSError too, but it means "no answer yet", not "gone"
@@ -142,8 +142,8 @@ class AsyncClient:
                 if not line:
                     break
                 try:
-                    message = orjson.loads(line)
-                except orjson.JSONDecodeError:
+                    message = json.loads(line)
+                except ValueError:
                     continue
                 if isinstance(message, dict):
                     parting = self._route(message)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, TextIO
-
-import orjson
 
 
 class Output:
@@ -18,7 +17,7 @@ class Output:
         self.colour = stream.isatty() and "NO_COLOR" not in os.environ
 
     def json(self, value: Any) -> None:
-        self.stream.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+        self.stream.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
     def line(self, text: str = "") -> None:
         self.stream.write(text + "\n")

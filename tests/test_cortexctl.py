@@ -28,7 +28,8 @@ from tests.daemon import DaemonProcess, running_daemon, short_tmpdir
 from tests.server.harness import serving
 
 CLI_TIMEOUT = 60
-FORBIDDEN_IMPORTS = ("psutil", "llama_cpp", "numpy", "anyio", "yaml")
+# orjson too: its import costs more than a whole `status` round trip.
+FORBIDDEN_IMPORTS = ("psutil", "llama_cpp", "numpy", "anyio", "yaml", "orjson", "prometheus_client")
 FORBIDDEN_DAEMON_PARTS = ("cortexd.server", "cortexd.app", "cortexd.config")
 
 

@@ -11,4 +11,5 @@ def test_ping_and_clean_stop(daemon: DaemonProcess) -> None:
     assert daemon.call("ping")["pong"] is True
     assert daemon.stop() == 0
     assert not os.path.exists(daemon.socket_path)
-    assert "STOPPING" in daemon.notify.keys()
+    states = daemon.notify.keys()
+    assert "STOPPING" in states

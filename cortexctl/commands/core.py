@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
-
-import orjson
 
 from cortexctl.client import Client
 from cortexctl.output import Output
@@ -95,7 +94,7 @@ def _print_tree(out: Output, value: dict[str, Any], depth: int) -> None:
             out.line(f"{'  ' * depth}{key}:")
             _print_tree(out, item, depth + 1)
         else:
-            out.line(f"{'  ' * depth}{key}: {orjson.dumps(item).decode()}")
+            out.line(f"{'  ' * depth}{key}: {json.dumps(item, ensure_ascii=False)}")
 
 
 def _config_reload(client: Client, args: argparse.Namespace, out: Output) -> int:
