@@ -47,10 +47,13 @@ system-deps:
 	fi
 
 # pip keeps built wheels in its cache (~/.cache/pip), so llama-cpp-python is
-# compiled once per machine, not once per virtual environment.
+# compiled once per machine, not once per virtual environment. The editable
+# install uses a plain .pth path entry (compat mode): setuptools' default
+# import-hook finder costs every `cortexctl` call 15-30 ms of start-up.
 $(STAMP): pyproject.toml constraints.txt | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt \
+	    --config-settings editable_mode=compat -e '.[dev]'
 	touch $@
 
 model: $(STAMP)
