@@ -10,8 +10,10 @@ after which the entry moves to the dead-letter table. A dead or hanging
 endpoint only holds its own slots; the socket never waits on delivery.
 
 After a crash, entries left `processing` are attempted again, so delivery is
-at least once; every request carries the entry id (`X-Cortex-Notification-Id`)
-so a receiver can drop a repeat. Firing alerts sent to an Alertmanager are
+at least once, and firing alerts that no entry accounts for (the crash came
+between the alert's commit and its entry's) are queued at start. Every
+request carries the entry id (`X-Cortex-Notification-Id`) so a receiver can
+drop a repeat. Firing alerts sent to an Alertmanager are
 re-sent every `notify.alertmanager_resend_seconds` so they do not expire.
 """
 
@@ -174,8 +176,9 @@ class Notifier:
             return
         if kind == "resolved":
             names = [a.name for a in actions]
-            since = alert.first_seen
-            notified = await self.db.read(lambda c: _fired_to(c, alert.fingerprint, names, since))
+            # Only where the last word was "firing": a re-fire held back by the
+            # cooldown was never announced, so its resolution is not either.
+            notified = await self.db.read(lambda c: _still_firing(c, alert.fingerprint, names))
             actions = [a for a in actions if a.name in notified]
             if not actions:
                 return
@@ -511,6 +514,20 @@ def _accounted(conn: Any, *, fp: str, since: float, names: list[Action]) -> list
         return names
     sent = _fired_to(conn, fp, [a.name for a in names], since)
     return [a for a in names if a.name in sent]
+
+
+def _still_firing(conn: Any, fp: str, names: list[str]) -> set[str]:
+    """Which of `names` were last sent a firing (not a resolved) notification for `fp`."""
+    out = set()
+    for name in names:
+        row = conn.execute(
+            "SELECT kind FROM outbox WHERE fingerprint = ? AND action = ?"
+            " AND kind IN ('firing', 'resolved') ORDER BY id DESC LIMIT 1",
+            (fp, name),
+        ).fetchone()
+        if row is not None and row[0] == "firing":
+            out.add(name)
+    return out
 
 
 def _fired_to(conn: Any, fp: str, names: list[str], since: float = 0.0) -> set[str]:

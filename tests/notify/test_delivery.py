@@ -227,3 +227,22 @@ async def test_daily_summary_goes_out_once_a_day_after_its_time(notify_stack: Fa
             text = post.json()["alerts"][0]["annotations"]["description"]
             assert text.startswith("Last 24 h: 0 notifications sent")
             assert len(await outbox(notifier)) == 1
+
+
+async def test_cooldown_holds_back_a_quick_refire_and_its_resolution(
+    notify_stack: Factory,
+) -> None:
+    with receiver() as recv:
+        async with notify_stack(rules({"type": "webhook", "url": recv.url()}), **FAST) as (
+            alerts,
+            notifier,
+        ):
+            alert = await fire(alerts)
+            await alerts.resolve(alert.id)
+            await fire(alerts)  # re-opens the same alert within the 5-minute cooldown
+            await alerts.resolve(alert.id)
+            await until(lambda: notifier.sent["ops.webhook"] == 2, what="two deliveries")
+            assert [p.json()["status"] for p in recv.posts] == ["firing", "resolved"]
+            held = await notifier.db.read(lambda c: store.suppressed_since(c, 0, 10))
+            assert [(h["reason"], h["kind"]) for h in held] == [("cooldown", "firing")]
+            assert len(await outbox(notifier)) == 2
