@@ -21,6 +21,9 @@ from cortexd.monitor.checks.packages import LOCK_FILES, NO_LOCK, held_locks
 from cortexd.repair.model import Fix, Plan, Step, StepResult
 from cortexd.repair.runner import FixRunner, file_op, run_step
 
+# Looking before a fix stays within the manager's planning deadline (120 s).
+CHECK_TIMEOUT = 100.0
+
 
 def lock_paths(root: str) -> list[str]:
     """The apt/dpkg lock files under `root` ("/" on a real host)."""
@@ -173,7 +176,7 @@ class DpkgConfigure(_CommandFix):
             pending = [n for n in os.listdir(updates) if n.isdigit()]
         except OSError:
             pending = []
-        audit = self.runner.exec(["dpkg", "--audit"], 120.0)
+        audit = self.runner.exec(["dpkg", "--audit"], CHECK_TIMEOUT)
         text = (audit.stdout or audit.stderr).strip()
         if pending or audit.returncode != 0 or text:
             first = text.splitlines()[0] if text else "dpkg was interrupted"
@@ -189,7 +192,7 @@ class AptFixBroken(_CommandFix):
     commands = (("apt-get", "-y", "-q", "-f", "install"),)
 
     def needed(self) -> tuple[bool, str]:
-        done = self.runner.exec(["apt-get", *NO_LOCK, "-q", "check"], 300.0)
+        done = self.runner.exec(["apt-get", *NO_LOCK, "-q", "check"], CHECK_TIMEOUT)
         if done.returncode != 0:
             text = (done.stderr or done.stdout).strip()
             return True, f"apt-get check: {text.splitlines()[-1] if text else 'failed'}"

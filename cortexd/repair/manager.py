@@ -31,6 +31,7 @@ from cortexd.protocol import (
     InvalidParams,
     NotFound,
     PermissionDenied,
+    Timeout,
 )
 from cortexd.repair import store
 from cortexd.repair.model import Fix, Outcome, Plan
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 LOCK_WAIT = 5.0
 PLAN_TIMEOUT = 120.0
+APPLY_SLACK = 60.0
 # An automatic fix of the same thing is not retried sooner than this: a fix
 # that does not help must not run at every check interval.
 AUTO_FIX_SPACING = 3600.0
@@ -152,9 +154,17 @@ class RepairManager:
         return check.fix_id if check is not None else None
 
     async def plan(self, fix: Fix, target: str | None) -> Plan:
-        """The fix's dry run: what it would do now (runs on a worker thread)."""
-        with anyio.fail_after(PLAN_TIMEOUT):
-            return await anyio.to_thread.run_sync(fix.plan, target, abandon_on_cancel=True)
+        """The fix's dry run: what it would do now (runs on a worker thread).
+
+        Raises:
+            Timeout: looking took longer than PLAN_TIMEOUT (the thread's own
+                command timeouts end it).
+        """
+        try:
+            with anyio.fail_after(PLAN_TIMEOUT):
+                return await anyio.to_thread.run_sync(fix.plan, target, abandon_on_cancel=True)
+        except TimeoutError:
+            raise Timeout(PLAN_TIMEOUT) from None
 
     # -- applying ------------------------------------------------------------
 
@@ -195,8 +205,15 @@ class RepairManager:
         outcome = Outcome(fix.id, target, ok=True)
         if plan.steps:
             log.info("applying fix %s for %s: %s", fix.id, who, plan.summary)
-            with anyio.fail_after(self.runner.timeout + 60):
-                outcome.results = await anyio.to_thread.run_sync(fix.apply, plan)
+            # Each step's command is bounded by the runner's timeout; this is the backstop.
+            budget = self.runner.timeout * len(plan.steps) + APPLY_SLACK
+            try:
+                with anyio.fail_after(budget):
+                    outcome.results = await anyio.to_thread.run_sync(
+                        fix.apply, plan, abandon_on_cancel=True
+                    )
+            except TimeoutError:
+                raise Timeout(budget) from None
             outcome.ok = all(r.ok for r in outcome.results)
         await self._verify(fix, outcome)
         outcome.message = _message(plan, outcome)
