@@ -103,6 +103,13 @@ def test_each_plugin_ends_the_right_way_and_the_daemon_serves(plugin_dir: Path) 
         assert answer == {"result": {"greeting": "Hello, Cortex!"}}
         code, text = ctl(daemon, "plugins", "call", "greeter", "hello", "name=ops")
         assert code == 0 and "Hello, ops!" in text
+        code, text = ctl(daemon, "plugins", "list")
+        assert code == 0
+        assert "port_check" in text and "hanging" not in text
+        assert "(6 more not loaded; --available shows them)" in text
+        code, text = ctl(daemon, "plugins", "list", "--available")
+        assert "hanging" in text and "timed out after 2s (worker killed)" in text
+        assert "is owned by uid 65534, not root; not loaded" in text
 
 
 def test_a_dropped_in_plugin_shows_in_doctor_after_reload(tmp_path: Path) -> None:
