@@ -7,7 +7,7 @@ attempt); the delivery loop claims due entries, sends each in a worker thread
 with a per-attempt timeout, at most `notify.max_concurrent` at once, and
 retries with exponential backoff and jitter until `notify.max_attempts`,
 after which the entry moves to the dead-letter table. A dead or hanging
-endpoint only holds its own slots; the socket never waits on delivery.
+endpoint holds at most half the slots; the socket never waits on delivery.
 
 After a crash, entries left `processing` are attempted again, so delivery is
 at least once, and firing alerts that no entry accounts for (the crash came
@@ -86,7 +86,7 @@ class Notifier:
         )
         self._threads = anyio.CapacityLimiter(self.config.max_concurrent)
         self._wake = anyio.Event()
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, str] = {}  # entry id -> action name
         self._am_firing: dict[tuple[str, str], dict[str, Any]] = {}
         self._tg: TaskGroup | None = None
         self._state = "starting"
@@ -250,12 +250,14 @@ class Notifier:
             try:
                 free = self.config.max_concurrent - len(self._inflight)
                 if free > 0:
-                    rows = await self.db.run(functools.partial(self._claim, limit=free))
+                    rows, capped = await self.db.run(functools.partial(self._claim, limit=free))
                     for row in rows:
-                        self._inflight.add(int(row["id"]))
+                        self._inflight[int(row["id"])] = str(row["action"])
                         self._tg.start_soon(self._attempt, row)
                     upcoming = await self.db.read(store.next_due)
                     wait = MAX_IDLE if upcoming is None else upcoming - self.clock()
+                    if capped:
+                        wait = MAX_IDLE  # a finishing attempt wakes the loop
                 else:
                     wait = MAX_IDLE
             except Exception:  # isolation boundary: the loop outlives one bad round
@@ -265,8 +267,11 @@ class Notifier:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    def _claim(self, conn: Any, *, limit: int) -> list[Any]:
-        return store.claim_due(conn, self.clock(), limit)
+    def _claim(self, conn: Any, *, limit: int) -> tuple[list[Any], bool]:
+        busy = Counter(self._inflight.values())
+        # Half the slots at most per action: a hanging endpoint leaves the rest.
+        per_action = max(1, self.config.max_concurrent // 2)
+        return store.claim_due(conn, self.clock(), limit, dict(busy), per_action)
 
     async def _attempt(self, row: Any) -> None:
         entry_id = int(row["id"])
@@ -288,7 +293,7 @@ class Notifier:
         except Exception:  # isolation boundary: the entry stays processing until restart
             log.exception("notification %d: delivery bookkeeping failed", entry_id)
         finally:
-            self._inflight.discard(entry_id)
+            self._inflight.pop(entry_id, None)
             self._wake.set()
 
     async def _failed(self, row: Any, name: str, error: str, *, permanent: bool) -> None:

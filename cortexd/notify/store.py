@@ -69,6 +69,8 @@ MIGRATIONS = (
     ),
 )
 
+# Due entries looked at per free slot, so capped actions do not hide others.
+CLAIM_LOOKAHEAD = 8
 _ENTRY = (
     "id, action, kind, fingerprint, payload, status, attempts, max_attempts, last_error,"
     " answer, created_at, next_attempt_at, claimed_at, completed_at"
@@ -119,18 +121,36 @@ def requeue_interrupted(conn: sqlite3.Connection) -> int:
     return cur.rowcount
 
 
-def claim_due(conn: sqlite3.Connection, now: float, limit: int) -> list[sqlite3.Row]:
-    """Mark up to `limit` due pending entries `processing` and return them."""
+def claim_due(
+    conn: sqlite3.Connection, now: float, limit: int, busy: dict[str, int], per_action: int
+) -> tuple[list[sqlite3.Row], bool]:
+    """Mark up to `limit` due pending entries `processing` and return them.
+
+    An action with `per_action` entries in flight (`busy` counts them) gets
+    no more, so one hanging endpoint cannot take every slot. The flag says
+    whether a due entry was left for that reason.
+    """
     rows = conn.execute(
         f"SELECT {_ENTRY} FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?"
         " ORDER BY next_attempt_at, id LIMIT ?",
-        (now, limit),
+        (now, limit * CLAIM_LOOKAHEAD),
     ).fetchall()
+    taken = dict(busy)
+    chosen: list[sqlite3.Row] = []
+    skipped = False
+    for row in rows:
+        if len(chosen) == limit:
+            break
+        if taken.get(row["action"], 0) >= per_action:
+            skipped = True
+            continue
+        taken[row["action"]] = taken.get(row["action"], 0) + 1
+        chosen.append(row)
     conn.executemany(
         "UPDATE outbox SET status = 'processing', claimed_at = ? WHERE id = ?",
-        [(now, r["id"]) for r in rows],
+        [(now, r["id"]) for r in chosen],
     )
-    return rows
+    return chosen, skipped
 
 
 def next_due(conn: sqlite3.Connection) -> float | None:

@@ -136,7 +136,8 @@ async def test_a_hanging_endpoint_never_delays_another(notify_stack: Factory) ->
             {"type": "webhook", "url": slow.url("/slow")},
             {"type": "webhook", "name": "fast", "url": fast.url("/fast")},
         )
-        settings = {**FAST, "attempt_timeout_seconds": 3.0, "max_attempts": 1}
+        # Two slots: the hanging endpoint may hold one, never both.
+        settings = {**FAST, "attempt_timeout_seconds": 1.5, "max_attempts": 1, "max_concurrent": 2}
         async with notify_stack(config, **settings) as (alerts, notifier):
             for i in range(3):
                 await fire(alerts, title=f"disk {i}", mountpoint=f"/m{i}")
