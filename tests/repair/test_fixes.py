@@ -269,3 +269,16 @@ def test_a_users_home_and_cortex_dirs_go_back_to_them(
     assert os.lstat(state / "history.db").st_uid == 65534
     assert _mode(state / "history.db") == 0o644
     assert fix.plan("alice").steps == ()
+
+
+@pytest.mark.root
+def test_root_owned_cortex_files_are_fine_for_an_unprivileged_daemon(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs files owned by root")
+    (tmp_path / "daemon.conf").write_text("")
+    os.chmod(tmp_path / "daemon.conf", 0o644)
+    os.chmod(tmp_path, 0o755)
+    # A daemon running as uid 1000 (make run) finds /etc/cortex owned by root.
+    assert CortexPermissions([str(tmp_path)], 1000).collect()[0].status is Status.PASS
+    os.chown(tmp_path / "daemon.conf", 2000, -1)
+    assert CortexPermissions([str(tmp_path)], 1000).collect()[0].status is Status.WARN
