@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import yaml
+from aiosmtpd.smtp import AuthResult
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity
@@ -247,3 +248,26 @@ async def test_cooldown_holds_back_a_quick_refire_and_its_resolution(
             held = await notifier.db.read(lambda c: store.suppressed_since(c, 0, 10))
             assert [(h["reason"], h["kind"]) for h in held] == [("cooldown", "firing")]
             assert len(await outbox(notifier)) == 2
+
+
+async def test_email_logs_in_with_username_and_password(notify_stack: Factory) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        seen.append((auth.login.decode(), auth.password))
+        return AuthResult(success=auth.password == b"s3cret")
+
+    # Plain-text AUTH is offered here only because the server is on loopback.
+    with smtp_server(authenticator=authenticator, auth_require_tls=False) as smtp:
+        base = {"type": "email", "to": "ops@example.com", "smtp_host": "127.0.0.1"}
+        action = {**base, "smtp_port": smtp.port, "username": "cortexd", "password": "s3cret"}
+        async with notify_stack(rules(action), **FAST) as (alerts, notifier):
+            await fire(alerts)
+            await until(lambda: smtp.messages, what="a mail")
+            assert seen == [("cortexd", b"s3cret")]
+            result = await notifier.send(
+                notifier.action("ops.email"),
+                notifier.test_event(),
+                "t",
+            )
+            assert result.status == 250
