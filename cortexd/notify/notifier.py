@@ -285,6 +285,9 @@ class Notifier:
                 answer = await self.send(action, event, entry_id)
             except DeliveryFailed as exc:
                 await self._failed(row, name, str(exc), permanent=action is None)
+            except Exception as exc:  # isolation boundary: one action's bug is its failure
+                log.exception("notification %d to %s: unexpected failure", entry_id, name)
+                await self._failed(row, name, f"{type(exc).__name__}: {exc}", permanent=False)
             else:
                 self.sent[name] += 1
                 self.pending -= 1

@@ -8,6 +8,7 @@ ever written to the outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -41,6 +42,7 @@ class HttpRequest:
     url: str
     body: bytes
     headers: dict[str, str]
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class MailRequest:
     ssl: bool
     username: str | None
     password: str | None
+    ca_file: str | None = None
 
 
 Request = HttpRequest | MailRequest
@@ -120,7 +123,9 @@ def body_text(event: dict[str, Any]) -> str:
 def build(action: Action, event: dict[str, Any], entry_id: int | str) -> Request:
     """The request `action` sends for `event`; `entry_id` lets receivers drop repeats."""
     builder = _BUILDERS[action.type]
-    return builder(action, event, str(entry_id))
+    request = builder(action, event, str(entry_id))
+    ca_file = action.get("ca_file")
+    return dataclasses.replace(request, ca_file=ca_file) if ca_file else request
 
 
 def _json_request(url: str, payload: Any, entry_id: str, **headers: str) -> HttpRequest:

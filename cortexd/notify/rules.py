@@ -24,6 +24,7 @@ the field.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ _ACTION_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "alertmanager": (frozenset({"url"}), frozenset({"url"})),
 }
 _URL_KEYS = frozenset({"url"})
+# Every action may name a CA bundle to trust for its TLS (an internal relay or hook).
+_COMMON_KEYS = frozenset({"ca_file"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,7 @@ def _action(
         )
         return None
     allowed, required = _ACTION_KEYS[kind]
+    allowed = allowed | _COMMON_KEYS
     options = {k: v for k, v in raw.items() if k not in ("type", "name", "send_resolved")}
     errors.extend(
         f"{where}: field '{field_prefix}.{key}': unknown field for a {kind} action"
@@ -336,6 +340,9 @@ def _check_values(kind: str, options: dict[str, Any], prefix: str, errors: list[
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
         ):
             errors.append(f"{prefix}.headers': must map header names to strings")
+    ca_file = options.get("ca_file")
+    if isinstance(ca_file, str) and not os.path.isfile(ca_file):
+        errors.append(f"{prefix}.ca_file': no such file {ca_file!r}")
     for key, value in options.items():
         if key in ("to", "headers", "smtp_port", "starttls", "ssl"):
             continue

@@ -60,6 +60,11 @@ def _post(request: HttpRequest, timeout: float) -> Answer:
     if _is_loopback(request.url):
         # Proxy variables from the environment never apply to a local receiver.
         handlers.append(urllib.request.ProxyHandler({}))
+    if request.ca_file:
+        try:
+            handlers.append(urllib.request.HTTPSHandler(context=_tls(request.ca_file)))
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot use ca_file {request.ca_file}: {exc}") from None
     opener = urllib.request.build_opener(*handlers)
     http = urllib.request.Request(
         request.url,
@@ -83,6 +88,11 @@ def _post(request: HttpRequest, timeout: float) -> Answer:
         raise DeliveryFailed(f"{_where(request.url)}: {exc}") from None
 
 
+def _tls(ca_file: str | None) -> ssl_module.SSLContext:
+    """Certificates are always verified; `ca_file` adds the CA an internal server uses."""
+    return ssl_module.create_default_context(cafile=ca_file)
+
+
 def _where(url: str) -> str:
     # Never the path: Slack and Discord URLs carry their token there.
     parts = urlsplit(url)
@@ -97,14 +107,14 @@ def _mail(request: MailRequest, timeout: float) -> Answer:
                 request.host,
                 request.port,
                 timeout=timeout,
-                context=ssl_module.create_default_context(),
+                context=_tls(request.ca_file),
             )
         else:
             client = smtplib.SMTP(request.host, request.port, timeout=timeout)
         with client:
             client.ehlo()
             if request.starttls:
-                client.starttls(context=ssl_module.create_default_context())
+                client.starttls(context=_tls(request.ca_file))
                 client.ehlo()
             if request.username:
                 client.login(request.username, request.password or "")
@@ -113,6 +123,8 @@ def _mail(request: MailRequest, timeout: float) -> Answer:
                 raise DeliveryFailed(f"recipients refused: {', '.join(sorted(refused))}")
             code, text = client.noop()
             return Answer(int(code), text.decode("utf-8", "replace")[:MAX_ANSWER])
+    except ssl_module.SSLError as exc:
+        raise DeliveryFailed(f"TLS with {request.host}:{request.port} failed: {exc}") from None
     except smtplib.SMTPException as exc:
         raise DeliveryFailed(f"SMTP {request.host}:{request.port}: {exc}") from None
     except TimeoutError:

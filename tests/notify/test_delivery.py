@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ssl
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -271,3 +273,42 @@ async def test_email_logs_in_with_username_and_password(notify_stack: Factory) -
                 "t",
             )
             assert result.status == 250
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", key, "-out", cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+async def test_email_over_starttls_verifies_the_server(
+    notify_stack: Factory, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    with smtp_server(tls_context=server_tls, require_starttls=True) as smtp:
+        base = {
+            "type": "email",
+            "to": "ops@example.com",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "starttls": True,
+        }
+        config = rules({**base, "ca_file": cert}, {**base, "name": "untrusted"})
+        async with notify_stack(config, max_attempts=1, **FAST) as (alerts, notifier):
+            await fire(alerts)
+            await until(lambda: notifier.sent["ops.email"] == 1, what="the trusted mail")
+            await until(lambda: notifier.dead_lettered["untrusted"] == 1, what="the refusal")
+            assert len(smtp.messages) == 1
+            (dead,) = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+            assert "CERTIFICATE_VERIFY_FAILED" in dead["last_error"]

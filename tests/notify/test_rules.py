@@ -160,3 +160,9 @@ def test_secrets_of_actions_are_redacted_by_config_get_rules() -> None:
     assert pd["a"] == {"routing_key": REDACTED, "hmac_secret": REDACTED, "password": REDACTED}
     discord = redact({"url": "https://discord.com/api/webhooks/1/TOKEN"})
     assert "TOKEN" not in discord["url"]
+
+
+def test_a_missing_ca_file_is_rejected(tmp_path: Path) -> None:
+    action = {"type": "webhook", "url": "https://h/x", "ca_file": str(tmp_path / "none.pem")}
+    found = problems({"alerts": [{"name": "w", "actions": [action]}]}, tmp_path)
+    assert any("rule 'w': field 'actions[0].ca_file': no such file" in p for p in found), found
