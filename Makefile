@@ -89,6 +89,8 @@ install: $(STAMP)
 	ln -sf $(PREFIX)/bin/cortexctl $(BINDIR)/cortexctl
 	install -d -m 0755 $(CONFDIR)
 	[ -e $(CONFDIR)/daemon.conf ] || install -m 0644 config/daemon.conf $(CONFDIR)/daemon.conf
+	install -m 0640 config/alerts.yaml $(CONFDIR)/alerts.yaml.example  # rules to copy from; none are active until alerts.yaml exists
+	install -d -m 0755 $(CONFDIR)/plugins
 	install -d -m 0750 /var/lib/cortex /var/lib/cortex/models
 	scripts/fetch-model.sh /var/lib/cortex/models/SmolLM2-135M-Instruct.Q4_1.gguf "$(PREFIX)/bin/pip"
 	install -m 0644 systemd/cortexd.service systemd/cortexd.socket $(UNITDIR)/

@@ -152,6 +152,9 @@ def base_config(workdir: str) -> dict[str, Any]:
         "state_dir": os.path.join(workdir, "state"),
         "server": {"socket_path": os.path.join(workdir, "c.sock")},
         "logging": {"level": "DEBUG", "target": "stderr"},
+        # What an installed cortexd keeps under /etc/cortex never leaks into tests.
+        "notify": {"rules_path": os.path.join(workdir, "alerts.yaml")},
+        "plugins": {"directory": os.path.join(workdir, "plugins")},
         # Tests send no traffic off this machine: probe only loopback names.
         "checks": {
             "dns_resolution": {"targets": ["localhost"]},
