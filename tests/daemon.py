@@ -214,13 +214,18 @@ def running_daemon(
     *,
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
+    command: list[str] | None = None,
     wait_ready: bool = True,
 ) -> Iterator[DaemonProcess]:
-    """Start cortexd with `config` merged over a private temp layout; stop it after."""
+    """Start cortexd with `config` merged over a private temp layout; stop it after.
+
+    `command` replaces `python -m cortexd` (a launcher, a prlimit or nsenter
+    prefix); `--config PATH` and `args` are appended to it.
+    """
     workdir = short_tmpdir()
     os.chmod(workdir, 0o755)  # lets an unprivileged peer reach the socket in tests
     cfg = merge(base_config(workdir), config or {})
-    proc, notify, config_path, log_path = spawn(workdir, cfg, env=env, args=args)
+    proc, notify, config_path, log_path = spawn(workdir, cfg, env=env, args=args, command=command)
     daemon = DaemonProcess(
         proc=proc,
         socket_path=cfg["server"]["socket_path"],

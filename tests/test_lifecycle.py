@@ -170,30 +170,8 @@ def connect() -> Iterator[Callable[[str], Conn]]:
 @contextlib.contextmanager
 def gated_daemon(config: dict[str, Any]) -> Iterator[DaemonProcess]:
     """The real daemon plus the `test.gate` method (see the module docstring)."""
-    workdir = short_tmpdir()
-    cfg = merge(base_config(workdir), config)
-    proc, notify, config_path, log_path = spawn(
-        workdir, cfg, command=[sys.executable, "-c", GATE_LAUNCHER]
-    )
-    daemon = DaemonProcess(
-        proc=proc,
-        socket_path=cfg["server"]["socket_path"],
-        config_path=config_path,
-        state_dir=cfg["state_dir"],
-        workdir=workdir,
-        notify=notify,
-        log_path=log_path,
-    )
-    try:
-        try:
-            notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
-        except TimeoutError:
-            raise AssertionError(f"daemon never became ready; log:\n{daemon.log()}") from None
+    with running_daemon(config, command=[sys.executable, "-c", GATE_LAUNCHER]) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        notify.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def current_config(daemon: DaemonProcess) -> dict[str, Any]:

@@ -32,13 +32,8 @@ import pytest
 
 from cortexd.log import JournalHandler, StderrFormatter, journald_listening, stderr_is_journal
 from tests.daemon import (
-    READY_TIMEOUT,
     DaemonProcess,
-    base_config,
-    merge,
     running_daemon,
-    short_tmpdir,
-    spawn,
 )
 
 WAIT = 30.0
@@ -206,30 +201,9 @@ def journal() -> Iterator[Journal]:
 
 @contextlib.contextmanager
 def daemon_beside(journal: Journal, config: dict[str, Any]) -> Iterator[DaemonProcess]:
-    workdir = short_tmpdir()
-    cfg = merge(base_config(workdir), config)
-    proc, notify, config_path, log_path = spawn(
-        workdir, cfg, command=[*journal.enter, sys.executable, "-m", "cortexd"]
-    )
-    daemon = DaemonProcess(
-        proc=proc,
-        socket_path=cfg["server"]["socket_path"],
-        config_path=config_path,
-        state_dir=cfg["state_dir"],
-        workdir=workdir,
-        notify=notify,
-        log_path=log_path,
-    )
-    try:
-        try:
-            notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
-        except TimeoutError:
-            raise AssertionError(f"daemon never became ready; log:\n{daemon.log()}") from None
+    command = [*journal.enter, sys.executable, "-m", "cortexd"]
+    with running_daemon(config, command=command) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        notify.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _reload_with_bad_file(daemon: DaemonProcess) -> dict[str, Any]:

@@ -13,13 +13,8 @@ import pytest
 
 from cortexd.protocol import Busy, ModelNotLoaded, Unavailable
 from tests.daemon import (
-    READY_TIMEOUT,
     DaemonProcess,
-    base_config,
-    merge,
     running_daemon,
-    short_tmpdir,
-    spawn,
 )
 from tests.inference.conftest import wait_for, wait_state
 from tests.inference.helpers import COUNTING_PROMPT, Background
@@ -80,26 +75,9 @@ def test_model_load_reports_each_bad_file_and_keeps_the_running_model(
 @contextlib.contextmanager
 def limited_daemon(config: dict[str, object]) -> Iterator[DaemonProcess]:
     """A daemon under `prlimit --as`, as with LimitAS= in a unit."""
-    workdir = short_tmpdir()
-    cfg = merge(base_config(workdir), config)
     command = ["prlimit", f"--as={ADDRESS_SPACE_LIMIT}", sys.executable, "-m", "cortexd"]
-    proc, notify, config_path, log_path = spawn(workdir, cfg, command=command)
-    d = DaemonProcess(
-        proc=proc,
-        socket_path=cfg["server"]["socket_path"],
-        config_path=config_path,
-        state_dir=cfg["state_dir"],
-        workdir=workdir,
-        notify=notify,
-        log_path=log_path,
-    )
-    try:
-        notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
-        yield d
-    finally:
-        d.stop()
-        notify.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_daemon(config, command=command) as daemon:
+        yield daemon
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
