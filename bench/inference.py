@@ -2,7 +2,7 @@
 
 Run: `CORTEX_TEST_MODEL=… .venv/bin/python bench/inference.py [--rounds N] [--json]`.
 
-What it measures (issue 4), all on this machine in the same run:
+What it measures, all on this machine in the same run:
 
 - tokens/s, time to first token and total time for the same prompts and
   greedy settings through the daemon (client-observed, streaming over the

@@ -404,7 +404,7 @@ def settle(daemon: Running, min_uptime: float) -> dict[str, Any]:
 
 
 def aims(figures: dict[str, Any]) -> list[Aim]:
-    """Each aim from the issue beside the measured figure."""
+    """Each aim beside the measured figure."""
     out: list[Aim] = []
     by = {(c["method"], c["clients"]): c for c in figures["cells"]}
     for method in METHODS:

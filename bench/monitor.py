@@ -1,4 +1,4 @@
-"""Monitor and alert benchmarks (issue: monitor, doctor and the alert manager).
+"""Monitor and alert benchmarks: check cycle cost, event-loop lag, alert queries and updates.
 
 Measures, on this machine:
 

@@ -1,4 +1,4 @@
-"""Notification and metrics benchmarks (issue: notifications, metrics, health endpoints).
+"""Notification and metrics benchmarks: outbox throughput and metrics scrape cost.
 
 Measures, on this machine:
 

@@ -11,7 +11,7 @@ import orjson
 
 @dataclass(frozen=True, slots=True)
 class Aim:
-    """One aim from the issue: a figure, its bound, and which side of it is good."""
+    """One aim: a figure, its bound, and which side of it is good."""
 
     name: str
     value: float
