@@ -20,7 +20,7 @@ CHECKS_WAIT = 630.0  # the daemon bounds checks.run at 600 s
 DOCTOR_OK, DOCTOR_WARN, DOCTOR_FAIL, DOCTOR_UNKNOWN = 0, 1, 2, 3
 DOCTOR_LABELS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 COLOURS = {"PASS": "32", "WARN": "33", "FAIL": "31", "ERROR": "35", "SKIP": "2"}
-HEALTH_COLOURS = {"healthy": "32", "degraded": "33", "critical": "31", "unknown": "2"}
+HEALTH_COLOURS = {"healthy": "32", "degraded": "33", "unhealthy": "31"}
 
 
 def _pct(value: Any) -> str:

@@ -10,19 +10,24 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import psutil
 
 from cortexd.monitor.check import CheckResult, Status, worst
 
+# The seed's /health words. `health`, `cortexctl health --json` and the HTTP
+# /health endpoint all use them, so one host reads the same everywhere.
 OVERALL = {
     Status.PASS: "healthy",
     Status.SKIP: "healthy",
     Status.WARN: "degraded",
     Status.ERROR: "degraded",
-    Status.FAIL: "critical",
+    Status.FAIL: "unhealthy",
 }
+# No result yet says nothing good: degraded, not healthy.
+NO_RESULTS = "degraded"
 
 
 def _details(results: dict[str, CheckResult], check_id: str) -> dict[str, Any]:
@@ -57,8 +62,10 @@ def build_health(
     overall = worst(statuses) if statuses else Status.SKIP
     stale = [r.check_id for r in results.values() if r.stale]
     return {
-        "status": OVERALL[overall] if statuses else "unknown",
-        "timestamp": now,
+        "status": OVERALL[overall] if statuses else NO_RESULTS,
+        "timestamp": datetime.fromtimestamp(now, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
         "host": socket.gethostname(),
         "uptime_seconds": round(now - psutil.boot_time(), 1),
         "cpu": {
@@ -87,7 +94,7 @@ def build_health(
             "active": alerts.get("active", 0),
             "by_severity": alerts.get("active_by_severity", {}),
         },
-        "checks": {r.check_id: r.status.value for r in results.values()},
+        "checks": {r.check_id: r.status.value.lower() for r in results.values()},
         "stale_checks": stale,
         # The original daemon's flat fields, kept for its clients.
         "cpu_usage_percent": cpu.get("usage_percent"),

@@ -101,8 +101,15 @@ def test_health_and_ready_documents(http_daemon: tuple[DaemonProcess, int, Path]
     assert doc["timestamp"].endswith("Z")
     assert doc["checks"]
     # Checks keep finishing meanwhile: each one /health named is one `health` knows.
-    assert set(doc["checks"]) <= set(d.call("health")["checks"])
+    full = d.call("health")
+    assert set(doc["checks"]) <= set(full["checks"])
     assert set(doc["checks"].values()) <= {"pass", "warn", "fail", "skip", "error"}
+    # `cortexctl health --json` shows the method's document: a superset of
+    # /health in the same words, not a second vocabulary.
+    assert full["status"] in ("healthy", "degraded", "unhealthy")
+    assert full["timestamp"].endswith("Z")
+    assert set(full["checks"].values()) <= {"pass", "warn", "fail", "skip", "error"}
+    assert set(doc) - {"alerts", "stale_checks"} <= set(full)
 
 
 def test_the_textfile_is_written_whole(http_daemon: tuple[DaemonProcess, int, Path]) -> None:
