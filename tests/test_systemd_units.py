@@ -324,6 +324,11 @@ def _cgroup2_mount() -> Path | None:
 def _trial_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root (namespaces, mounts)"
+    for where in (REPO, Path(sys.prefix)):
+        if where.resolve().is_relative_to("/tmp"):
+            # The unit's PrivateTmp= gives the service its own /tmp, so an
+            # entry point installed there cannot start under the real unit.
+            return f"{where} is under /tmp, which the unit's PrivateTmp= hides from the service"
     if Path("/run/systemd/system").exists():
         return "PID 1 is systemd here: test the installed units (make install) instead"
     if not SYSTEMD_BINARY.exists():
