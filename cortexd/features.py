@@ -38,7 +38,7 @@ def install_features(daemon: Daemon) -> None:
     install_healing(daemon, alerts, repair)
     from cortexd.plugins.methods import install as install_plugins
 
-    install_plugins(daemon, monitor, repair.hooks)
+    install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
     from cortexd.logs.methods import install as install_logs
 
     install_logs(daemon)

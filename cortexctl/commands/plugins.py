@@ -142,19 +142,43 @@ COMMANDS = {{"hello": hello}}
 '''
 
 NOTIFIER_CODE = '''\
-"""{name}: a Cortex notifier plugin (loaded once the notifier offers an action registry).
+"""{name}: a Cortex notifier plugin.
 
-`send(event)` gets the alert event; return normally on success, raise on failure.
+It adds the action type `{name}` (plugin.yaml `action_type`) to the alert
+rules (/etc/cortex/alerts.yaml):
+
+    alerts:
+      - name: everything
+        actions:
+          - type: {name}
+            path: /var/log/cortex-alerts.jsonl
+
+`send(event, options)` runs in a worker process the daemon kills at the
+plugin timeout; `options` are the action's keys from the rules file (those
+plugin.yaml `action_options` declares). Return normally on success (the
+value is recorded as the answer); raise to fail the attempt, which is then
+retried with backoff and finally dead-lettered with your error.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
-def send(event: dict[str, Any]) -> None:
-    """Deliver one alert event."""
-    print(f"alert: {{event.get('title')}}")
+def send(event: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """Append the event as one JSON line to the file `options["path"]`."""
+    alert = event["alert"]
+    line = {{
+        "kind": event["kind"],
+        "severity": alert["severity"],
+        "title": alert["title"],
+        "host": alert.get("host"),
+        "notification_id": event.get("notification_id"),
+    }}
+    with open(options["path"], "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\\n")
+    return {{"written": options["path"]}}
 '''
 
 TEST_CHECK = '''\
@@ -206,9 +230,35 @@ def test_hello_has_a_default() -> None:
     assert load().COMMANDS["hello"]({}) == {"greeting": "Hello, World!"}"""
 
 NOTIFIER_TESTS = """\
-def test_send_accepts_an_event(capsys) -> None:
-    load().send({"title": "disk full"})
-    assert "disk full" in capsys.readouterr().out"""
+import json
+
+import pytest
+
+EVENT = {
+    "kind": "firing",
+    "alert": {"severity": "ERROR", "title": "disk full", "host": "web1"},
+    "notification_id": 7,
+}
+
+
+def test_send_appends_the_event(tmp_path) -> None:
+    target = tmp_path / "alerts.jsonl"
+    assert load().send(EVENT, {"path": str(target)}) == {"written": str(target)}
+    load().send(EVENT, {"path": str(target)})
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["title"] == "disk full" and lines[0]["notification_id"] == 7
+
+
+def test_send_fails_when_it_cannot_write(tmp_path) -> None:
+    with pytest.raises(OSError):
+        load().send(EVENT, {"path": str(tmp_path / "missing" / "alerts.jsonl")})"""
+
+NOTIFIER_MANIFEST = """\
+action_type: {name}
+action_options:
+  path: required
+"""
 
 
 def scaffold(directory: str, name: str, kind: str, author: str) -> list[str]:
@@ -224,7 +274,8 @@ def scaffold(directory: str, name: str, kind: str, author: str) -> list[str]:
     files = {
         "plugin.yaml": MANIFEST.format(
             name=name, description=f"the {name} {kind} plugin", author=author, kind=kind
-        ),
+        )
+        + (NOTIFIER_MANIFEST.format(name=name) if kind == "notifier" else ""),
         "__init__.py": code.format(name=name),
         os.path.join("tests", "test_plugin.py"): TEST_CHECK.format(
             name=name, kind=kind, module=name.replace("-", "_"), body=body

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.notify import store
+from cortexd.notify.actions import ActionTypes
 from cortexd.notify.notifier import DAY, Notifier
 from cortexd.notify.send import DeliveryFailed
 from cortexd.notify.store import MIGRATIONS
@@ -146,9 +147,12 @@ def notify_methods(notifier: Notifier) -> list[Method]:
 
 
 def install(daemon: Daemon, alerts: AlertManager) -> Notifier:
-    """Build the notifier on `<state_dir>/notify.db`, add it and its methods."""
+    """Build the notifier on `<state_dir>/notify.db`, add it and its methods.
+
+    Its `action_types` is where notifier plugins add theirs.
+    """
     db = Database(os.path.join(daemon.config.state_dir, "notify.db"), MIGRATIONS)
-    notifier = Notifier(db, daemon.config, alerts)
+    notifier = Notifier(db, daemon.config, alerts, action_types=ActionTypes())
     daemon.components.append(notifier)
     daemon.registry.add(notify_methods(notifier))
     return notifier

@@ -15,6 +15,8 @@ between the alert's commit and its entry's) are queued at start. Every
 request carries the entry id (`X-Cortex-Notification-Id`) so a receiver can
 drop a repeat. Firing alerts sent to an Alertmanager are
 re-sent every `notify.alertmanager_resend_seconds` so they do not expire.
+Action types added at run time (notifier plugins, `cortexd.notify.actions`)
+go through the same outbox; only the attempt itself is theirs.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Alert, ListFilter
 from cortexd.config.schema import Config, NotifyConfig
 from cortexd.notify import store
+from cortexd.notify.actions import ActionTypes
 from cortexd.notify.payloads import ALERTMANAGER_LIFETIME_FACTOR, build
-from cortexd.notify.rules import Action, Rules, load_rules
+from cortexd.notify.rules import ACTION_TYPES, Action, Rules, load_rules
 from cortexd.notify.send import Answer, DeliveryFailed, deliver
 from cortexd.notify.throttle import Throttle
 from cortexd.protocol import ConfigError, NotFound
@@ -73,8 +76,11 @@ class Notifier:
         *,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        action_types: ActionTypes | None = None,
     ) -> None:
         self.db = db
+        self.action_types = ActionTypes() if action_types is None else action_types
+        self.rules_errors: list[str] = []
         self.config: NotifyConfig = config.notify
         self.alerts = alerts
         self.clock = clock
@@ -100,7 +106,9 @@ class Notifier:
 
     async def start(self, tg: TaskGroup) -> None:
         """Load the rules (ConfigError if invalid), open the outbox, start delivery."""
-        self.rules = await anyio.to_thread.run_sync(load_rules, self.config.rules_path)
+        self.rules = await anyio.to_thread.run_sync(
+            load_rules, self.config.rules_path, self.action_types
+        )
         await self.db.open()
         requeued = await self.db.run(store.requeue_interrupted)
         if requeued:
@@ -112,6 +120,7 @@ class Notifier:
         tg.start_soon(self._housekeeping)
         tg.start_soon(self._keepalive)
         self.alerts.listeners.append(self.on_alert)
+        self.action_types.listeners.append(self._types_changed)
         self._state = "running"
         log.info(
             "%d rules, %d actions from %s; %d notifications pending",
@@ -130,12 +139,21 @@ class Notifier:
         if self._tg is not None:
             self._tg.start_soon(self._reload_rules)
 
+    def _types_changed(self) -> None:
+        # A plugin added or removed an action type: check the rules against the new set.
+        if self._tg is not None and self.action_types.settled and self._state == "running":
+            self._tg.start_soon(self._reload_rules)
+
     async def _reload_rules(self) -> None:
         try:
-            self.rules = await anyio.to_thread.run_sync(load_rules, self.config.rules_path)
+            self.rules = await anyio.to_thread.run_sync(
+                load_rules, self.config.rules_path, self.action_types
+            )
         except ConfigError as exc:
+            self.rules_errors = list(exc.errors)
             log.error("notify rules not reloaded, keeping the old ones: %s", "; ".join(exc.errors))
             return
+        self.rules_errors = []
         log.info("notify: %d rules reloaded", len(self.rules.rules))
 
     async def stop(self) -> None:
@@ -143,6 +161,8 @@ class Notifier:
         self._state = "stopped"
         if self.on_alert in self.alerts.listeners:
             self.alerts.listeners.remove(self.on_alert)
+        if self._types_changed in self.action_types.listeners:
+            self.action_types.listeners.remove(self._types_changed)
         await self.db.close()
 
     def state(self) -> dict[str, Any]:
@@ -150,6 +170,8 @@ class Notifier:
             "state": self._state,
             "rules": len(self.rules.rules),
             "actions": sorted(self.rules.actions),
+            "action_types": [*ACTION_TYPES, *self.action_types.names()],
+            "rules_errors": list(self.rules_errors),
             "pending": self.pending,
             "inflight": len(self._inflight),
             "sent": sum(self.sent.values()),
@@ -333,6 +355,8 @@ class Notifier:
             DeliveryFailed: refused, failed or timed out. On cancellation the
                 worker thread is abandoned; its own socket timeout ends it.
         """
+        if action.type not in ACTION_TYPES:
+            return await self._send_added(action, event, entry_id)
         event = dict(event)
         if action.type == "alertmanager":
             event["sent_at"] = self.clock()
@@ -345,6 +369,30 @@ class Notifier:
             with anyio.fail_after(timeout + THREAD_GRACE):
                 return await anyio.to_thread.run_sync(
                     deliver, request, timeout, abandon_on_cancel=True, limiter=self._threads
+                )
+        except TimeoutError:
+            raise DeliveryFailed(f"no answer in {timeout:g}s") from None
+
+    async def _send_added(
+        self, action: Action, event: dict[str, Any], entry_id: int | str
+    ) -> Answer:
+        added = self.action_types.get(action.type)
+        if added is None:
+            raise DeliveryFailed(
+                f"action type {action.type!r} is not registered "
+                "(no loaded notifier plugin provides it)"
+            )
+        timeout = min(self.config.attempt_timeout_seconds, added.timeout)
+        try:
+            with anyio.fail_after(timeout + THREAD_GRACE):
+                return await anyio.to_thread.run_sync(
+                    added.send,
+                    action,
+                    event,
+                    entry_id,
+                    timeout,
+                    abandon_on_cancel=True,
+                    limiter=self._threads,
                 )
         except TimeoutError:
             raise DeliveryFailed(f"no answer in {timeout:g}s") from None

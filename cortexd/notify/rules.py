@@ -20,6 +20,11 @@ the way the monitor grades a check. Each action has a name (`name:`, or
 queue name of `dead-letter list --queue` and the argument of `notify test`.
 The file is validated whole: every problem is reported, naming the rule and
 the field.
+
+Besides the built-in types, an action may use a type registered at run time
+in an `ActionTypes` (a notifier plugin's); an unknown type is an error naming
+the known ones, except while the registering side has not loaded yet (see
+`cortexd.notify.actions`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from cortexd.alerts.model import Alert, Severity
+from cortexd.notify.actions import ActionTypes
 from cortexd.protocol import ConfigError
 
 ACTION_TYPES = ("webhook", "slack", "discord", "email", "pagerduty", "alertmanager")
@@ -135,7 +141,7 @@ class Rules:
         return list(chosen.values())
 
 
-def load_rules(path: str) -> Rules:
+def load_rules(path: str, types: ActionTypes | None = None) -> Rules:
     """Read and validate the rules file; a missing file means no rules.
 
     Raises:
@@ -155,10 +161,10 @@ def load_rules(path: str) -> Rules:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_rules(data, path)
+    return parse_rules(data, path, types)
 
 
-def parse_rules(data: Any, source: str = "<rules>") -> Rules:
+def parse_rules(data: Any, source: str = "<rules>", types: ActionTypes | None = None) -> Rules:
     """Validate already-parsed rules data. Raises ConfigError listing every problem."""
     if data is None:
         return Rules(source=source)
@@ -172,7 +178,7 @@ def parse_rules(data: Any, source: str = "<rules>") -> Rules:
     names: set[str] = set()
     action_names: set[str] = set()
     for index, item in enumerate(items):
-        rule = _rule(item, index, source, errors, names, action_names)
+        rule = _rule(item, index, source, errors, names, action_names, types)
         if rule is not None:
             rules.append(rule)
     if errors:
@@ -187,6 +193,7 @@ def _rule(
     errors: list[str],
     names: set[str],
     action_names: set[str],
+    types: ActionTypes | None,
 ) -> Rule | None:
     where = f"{source}: alerts[{index}]"
     if not isinstance(item, dict):
@@ -232,7 +239,7 @@ def _rule(
     actions: list[Action] = []
     seen_types: dict[str, int] = {}
     for position, raw in enumerate(raw_actions):
-        action = _action(raw, position, name, where, send_resolved, errors, seen_types)
+        action = _action(raw, position, name, where, send_resolved, errors, seen_types, types)
         if action is None:
             continue
         if action.name in action_names:
@@ -261,31 +268,31 @@ def _action(
     send_resolved: bool,
     errors: list[str],
     seen_types: dict[str, int],
+    types: ActionTypes | None,
 ) -> Action | None:
     field_prefix = f"actions[{position}]"
     if not isinstance(raw, dict):
         errors.append(f"{where}: field '{field_prefix}': an action must be a mapping")
         return None
     kind = raw.get("type")
-    if kind not in ACTION_TYPES:
-        errors.append(
-            f"{where}: field '{field_prefix}.type': must be one of {', '.join(ACTION_TYPES)}"
-        )
-        return None
-    allowed, required = _ACTION_KEYS[kind]
-    allowed = allowed | _COMMON_KEYS
     options = {k: v for k, v in raw.items() if k not in ("type", "name", "send_resolved")}
-    errors.extend(
-        f"{where}: field '{field_prefix}.{key}': unknown field for a {kind} action"
-        for key in options
-        if key not in allowed
-    )
-    errors.extend(
-        f"{where}: field '{field_prefix}.{key}': required for a {kind} action"
-        for key in sorted(required)
-        if options.get(key) in (None, "", [])
-    )
-    _check_values(kind, options, f"{where}: field '{field_prefix}", errors)
+    if kind in ACTION_TYPES:
+        allowed, required = _ACTION_KEYS[kind]
+        allowed = allowed | _COMMON_KEYS
+        errors.extend(
+            f"{where}: field '{field_prefix}.{key}': unknown field for a {kind} action"
+            for key in options
+            if key not in allowed
+        )
+        errors.extend(
+            f"{where}: field '{field_prefix}.{key}': required for a {kind} action"
+            for key in sorted(required)
+            if options.get(key) in (None, "", [])
+        )
+        _check_values(kind, options, f"{where}: field '{field_prefix}", errors)
+    elif not _added_type(kind, options, f"{where}: field '{field_prefix}", errors, types):
+        return None
+    kind = str(kind)
     seen_types[kind] = seen_types.get(kind, 0) + 1
     default_name = f"{rule}.{kind}" + (f"{seen_types[kind]}" if seen_types[kind] > 1 else "")
     name = raw.get("name", default_name)
@@ -299,6 +306,30 @@ def _action(
     if kind == "email" and isinstance(options.get("to"), str):
         options["to"] = [options["to"]]
     return Action(name, kind, options, rule, own_resolved)
+
+
+def _added_type(
+    kind: Any, options: dict[str, Any], prefix: str, errors: list[str], types: ActionTypes | None
+) -> bool:
+    """Validate an action of a registered (plugin) type; False when the type is unknown."""
+    added = types.get(kind) if types is not None and isinstance(kind, str) else None
+    if added is None:
+        if types is not None and not types.settled and isinstance(kind, str) and kind:
+            # Its plugin has not loaded yet; the rules are checked again once it has.
+            return True
+        known = [*ACTION_TYPES, *(types.names() if types is not None else [])]
+        errors.append(
+            f"{prefix}.type': must be one of {', '.join(known)} ({kind!r} is not a known type)"
+        )
+        return False
+    try:
+        problems = added.validate(options)
+    except Exception as exc:  # isolation boundary: a validator's bug is the rule's error
+        problems = [("", f"the {kind} action type could not check it: {exc}")]
+    for key, problem in problems:
+        field_name = f".{key}" if key else ""
+        errors.append(f"{prefix}{field_name}': {problem}")
+    return True
 
 
 def _check_values(kind: str, options: dict[str, Any], prefix: str, errors: list[str]) -> None:

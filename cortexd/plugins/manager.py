@@ -6,7 +6,10 @@ process what the module offers (importing it there, never in the daemon).
 A plugin that fails any step is marked `failed` with the reason and logged;
 the daemon goes on. Check plugins add checks to the monitor (same result
 type, same scheduler); command plugins add socket methods
-`plugin.<name>.<command>`; any plugin may register hooks. Enabled/disabled
+`plugin.<name>.<command>`; notifier plugins add an action type to the
+notifier (their manifest's `action_type`, default their name) whose `send`
+runs in a worker like everything else; any plugin may register hooks. A
+reload or a disable unregisters a plugin's action type first. Enabled/disabled
 choices persist in `<state_dir>/plugins.json`.
 """
 
@@ -24,6 +27,8 @@ from anyio.abc import TaskGroup
 
 from cortexd.config.schema import Config, PluginsConfig
 from cortexd.monitor.check import Check, CheckResult, Finding, Status
+from cortexd.notify.actions import ActionTypes, Send
+from cortexd.notify.send import Answer, DeliveryFailed
 from cortexd.plugins.hooks import HOOKS, HookRegistry
 from cortexd.plugins.manifest import Manifest, PluginError, check_trust, load_manifest
 from cortexd.plugins.runner import PluginCallFailed, call_plugin
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "plugins.json"
 MAX_PLUGINS = 256
 LOAD_CONCURRENCY = 4
+MAX_ANSWER_TEXT = 2048
 
 
 @dataclass(slots=True)
@@ -49,6 +55,7 @@ class Plugin:
     check: bool = False
     commands: list[str] = field(default_factory=list)
     hooks: dict[str, int] = field(default_factory=dict)
+    action_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         base = self.manifest.summary() if self.manifest else {"name": self.name}
@@ -60,6 +67,7 @@ class Plugin:
             "check_id": check_id(self.name) if self.check and self.status == "loaded" else None,
             "commands": [f"plugin.{self.name}.{c}" for c in self.commands],
             "hooks": dict(self.hooks),
+            "action_type": self.action_type if self.status == "loaded" else None,
         }
 
 
@@ -129,6 +137,7 @@ class PluginManager:
         *,
         refresh_checks: Callable[[], None] = lambda: None,
         euid: int | None = None,
+        action_types: ActionTypes | None = None,
     ) -> None:
         self.settings: PluginsConfig = config.plugins
         self.state_path = os.path.join(config.state_dir, STATE_FILE)
@@ -136,6 +145,10 @@ class PluginManager:
         self.hooks = hooks
         self.refresh_checks = refresh_checks
         self.euid = os.geteuid() if euid is None else euid
+        self.action_types = ActionTypes() if action_types is None else action_types
+        # The rules may name our action types before the first load registers them.
+        self.action_types.hold()
+        self._held = True
         self.plugins: dict[str, Plugin] = {}
         self._lock = anyio.Lock()
         self._state = "starting"
@@ -143,8 +156,11 @@ class PluginManager:
     # -- lifecycle -------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
-        if self.settings.enabled:
-            await self.reload()
+        try:
+            if self.settings.enabled:
+                await self.reload()
+        finally:
+            self._release()
         await self.hooks.run("startup", {})
         self._state = "running" if self.settings.enabled else "disabled"
 
@@ -157,7 +173,14 @@ class PluginManager:
         # Checks still finishing during shutdown must not start plugin code any more.
         for plugin in self.plugins.values():
             self.hooks.remove_owner(f"plugin {plugin.name}")
+            self.action_types.unregister_owner(f"plugin {plugin.name}")
+        self._release()
         self._state = "stopped"
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self.action_types.release()
 
     def state(self) -> dict[str, Any]:
         statuses: dict[str, int] = {}
@@ -178,26 +201,35 @@ class PluginManager:
     async def reload(self) -> dict[str, Any]:
         """Unload every plugin and load the directory again; returns `list()`."""
         async with self._lock:
-            for plugin in self.plugins.values():
-                self.hooks.remove_owner(f"plugin {plugin.name}")
-            found = await anyio.to_thread.run_sync(self._scan)
-            disabled = await anyio.to_thread.run_sync(self._read_disabled)
-            limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
-            async with anyio.create_task_group() as tg:
-                for plugin in found.values():
-                    tg.start_soon(self._load_guarded, plugin, disabled, limiter)
-            found = _by_name(found)
-            self.plugins = found
+            # Held while reloading: the notifier checks its rules once, at the end.
+            self.action_types.hold()
+            try:
+                return await self._reload()
+            finally:
+                self.action_types.release()
+
+    async def _reload(self) -> dict[str, Any]:
+        for plugin in self.plugins.values():
+            self.hooks.remove_owner(f"plugin {plugin.name}")
+            self.action_types.unregister_owner(f"plugin {plugin.name}")
+        found = await anyio.to_thread.run_sync(self._scan)
+        disabled = await anyio.to_thread.run_sync(self._read_disabled)
+        limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
+        async with anyio.create_task_group() as tg:
             for plugin in found.values():
-                if plugin.status == "loaded":
-                    self._wire(plugin)
-            self.refresh_checks()
-            for plugin in found.values():
-                if plugin.status == "loaded":
-                    await self.hooks.run("plugin_loaded", {"plugin": plugin.to_dict()})
-            loaded = sum(p.status == "loaded" for p in found.values())
-            log.info("%d of %d plugins loaded from %s", loaded, len(found), self.settings.directory)
-            return self.listing()
+                tg.start_soon(self._load_guarded, plugin, disabled, limiter)
+        found = _by_name(found)
+        self.plugins = found
+        for plugin in found.values():
+            if plugin.status == "loaded":
+                self._wire(plugin)
+        self.refresh_checks()
+        for plugin in found.values():
+            if plugin.status == "loaded":
+                await self.hooks.run("plugin_loaded", {"plugin": plugin.to_dict()})
+        loaded = sum(p.status == "loaded" for p in found.values())
+        log.info("%d of %d plugins loaded from %s", loaded, len(found), self.settings.directory)
+        return self.listing()
 
     def _scan(self) -> dict[str, Plugin]:
         directory = self.settings.directory
@@ -235,13 +267,6 @@ class PluginManager:
         if {plugin.name, os.path.basename(plugin.directory)} & disabled:
             plugin.status = "disabled"
             return
-        if plugin.manifest.plugin_type == "notifier":
-            plugin.status = "unsupported"
-            plugin.error = (
-                "notifier plugins need an action registry the notifier does not offer yet"
-            )
-            log.warning("plugin %s: %s", plugin.name, plugin.error)
-            return
         try:
             described = await anyio.to_thread.run_sync(
                 call_plugin,
@@ -262,6 +287,9 @@ class PluginManager:
             plugin.status, plugin.error = "failed", "a check plugin must define check(settings)"
         elif kind == "command" and not plugin.commands:
             plugin.status, plugin.error = "failed", "a command plugin must define COMMANDS"
+        elif kind == "notifier" and not described.get("send"):
+            plugin.status = "failed"
+            plugin.error = "a notifier plugin must define send(event, options)"
         else:
             plugin.status = "loaded"
             log.info("plugin %s %s loaded", plugin.name, plugin.manifest.version)
@@ -280,6 +308,42 @@ class PluginManager:
             name = f"plugin.{plugin.name}.{command}"
             if not self.registry.known(name):
                 self.registry.add([self._command_method(plugin.name, command, name)])
+        if plugin.manifest.plugin_type == "notifier":
+            self._wire_notifier(plugin, plugin.manifest)
+
+    def _wire_notifier(self, plugin: Plugin, manifest: Manifest) -> None:
+        owner = f"plugin {plugin.name}"
+        try:
+            self.action_types.register_action_type(
+                manifest.action_type,
+                _option_validator(manifest.action_options),
+                self._notifier_send(plugin.name, manifest.main_path),
+                owner=owner,
+                timeout=self.settings.timeout_seconds,
+            )
+        except ValueError as exc:
+            self.hooks.remove_owner(owner)
+            plugin.status, plugin.error = "failed", str(exc)
+            log.error("plugin %s not loaded: %s", plugin.name, exc)
+            return
+        plugin.action_type = manifest.action_type
+
+    def _notifier_send(self, plugin_name: str, main: str) -> Send:
+        timeout = self.settings.timeout_seconds
+
+        def send(action: Any, event: dict[str, Any], entry_id: int | str, limit: float) -> Answer:
+            args = {
+                "event": {**event, "notification_id": entry_id, "action": action.name},
+                "options": dict(action.options),
+            }
+            try:
+                result = call_plugin(main, "send", args, min(timeout, limit))
+            except PluginCallFailed as exc:
+                raise DeliveryFailed(f"plugin {plugin_name}: {exc}") from None
+            text = "" if result is None else orjson.dumps(result).decode()[:MAX_ANSWER_TEXT]
+            return Answer(0, text)
+
+        return send
 
     def _hook_handler(self, main: str, hook: str) -> Any:
         timeout = self.settings.timeout_seconds
@@ -388,6 +452,25 @@ def _by_name(found: dict[str, Plugin]) -> dict[str, Plugin]:
             continue
         out[plugin.name] = plugin
     return out
+
+
+def _option_validator(
+    declared: dict[str, bool] | None,
+) -> Callable[[Any], list[tuple[str, str]]]:
+    """Check a rule's action options against a notifier manifest's `action_options`."""
+
+    def validate(options: Any) -> list[tuple[str, str]]:
+        if declared is None:
+            return []
+        problems = [(k, "unknown field for this action type") for k in options if k not in declared]
+        problems.extend(
+            (k, "required for this action type")
+            for k, required in sorted(declared.items())
+            if required and options.get(k) in (None, "", [])
+        )
+        return problems
+
+    return validate
 
 
 def _plain(command: str) -> bool:

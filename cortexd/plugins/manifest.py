@@ -1,5 +1,9 @@
 """A plugin's `plugin.yaml`, the trust rules for its files, and its version range.
 
+Notifier plugins may name the action type they add (`action_type`, default:
+the plugin's name) and the options a rule's action of that type takes
+(`action_options: {key: required|optional}`; without it any options pass).
+
 Trust: a root daemon runs plugin code as root, so as root a plugin loads
 only when its directory and every file in it are owned by root and not
 writable by group or others; the error names the first offending file.
@@ -43,6 +47,9 @@ class Manifest:
     directory: str
     settings: dict[str, Any] = field(default_factory=dict)
     interval_seconds: float = 60.0
+    action_type: str = ""
+    # Option key -> required; None when the plugin accepts any options.
+    action_options: dict[str, bool] | None = None
 
     @property
     def main_path(self) -> str:
@@ -165,6 +172,7 @@ def load_manifest(directory: str) -> Manifest:
     interval = data.get("interval_seconds", 60.0)
     if not isinstance(interval, int | float) or isinstance(interval, bool) or interval < 1:
         raise PluginError(f"{path}: `interval_seconds` must be a number of at least 1")
+    action_type, action_options = _notifier_fields(data, path, name, plugin_type)
     return Manifest(
         name=name,
         version=_text(data, "version", "0.0.0"),
@@ -176,4 +184,26 @@ def load_manifest(directory: str) -> Manifest:
         directory=directory,
         settings=settings,
         interval_seconds=float(interval),
+        action_type=action_type,
+        action_options=action_options,
     )
+
+
+def _notifier_fields(
+    data: dict[str, Any], path: str, name: str, plugin_type: str
+) -> tuple[str, dict[str, bool] | None]:
+    if plugin_type != "notifier":
+        return "", None
+    action_type = _text(data, "action_type", name)
+    if not NAME.match(action_type):
+        raise PluginError(
+            f"{path}: action_type {action_type!r} must be lower-case letters, digits, - or _"
+        )
+    raw = data.get("action_options")
+    if raw is None:
+        return action_type, None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and v in ("required", "optional") for k, v in raw.items()
+    ):
+        raise PluginError(f"{path}: `action_options` must map option names to required|optional")
+    return action_type, {k: v == "required" for k, v in raw.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cortexd.monitor.scheduler import Monitor
+from cortexd.notify.actions import ActionTypes
 from cortexd.plugins.hooks import HookRegistry
 from cortexd.plugins.manager import PluginManager
 from cortexd.server import Call, Method, Param
@@ -59,10 +60,20 @@ def plugin_methods(manager: PluginManager) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, monitor: Monitor, hooks: HookRegistry) -> PluginManager:
-    """Build the plugin manager; its checks join the monitor, its hooks `hooks`."""
+def install(
+    daemon: Daemon,
+    monitor: Monitor,
+    hooks: HookRegistry,
+    action_types: ActionTypes | None = None,
+) -> PluginManager:
+    """Build the plugin manager; its checks join the monitor, its hooks `hooks`,
+    its notifier plugins' action types `action_types` (the notifier's)."""
     manager = PluginManager(
-        daemon.config, daemon.registry, hooks, refresh_checks=monitor.refresh_checks
+        daemon.config,
+        daemon.registry,
+        hooks,
+        refresh_checks=monitor.refresh_checks,
+        action_types=action_types,
     )
     monitor.add_checks(manager.checks)
     monitor.before_check.append(manager.before_check)

@@ -1,7 +1,7 @@
 """The process plugin code runs in: `python -I worker.py` (standard library only).
 
 It reads one JSON request on stdin — the plugin's main file, an operation
-(`describe`, `check`, `command`, `hook`) and its arguments — imports the
+(`describe`, `check`, `command`, `hook`, `send`) and its arguments — imports the
 plugin, runs the operation and writes one JSON answer on stdout. What the
 plugin itself prints goes to stderr, so it cannot corrupt the answer. The
 daemon kills this process (its whole group) at the plugin's timeout, so a
@@ -13,6 +13,7 @@ Plugin module API:
     COMMANDS = {"name": function(params) -> JSON value}
     HOOKS = {"post_check": function(payload) -> value}  (pre_fix: False or a reason vetoes)
     HOOK_PRIORITIES = {"post_check": 10}
+    send(event, options) -> any JSON value  (notifier plugins; raise to fail the attempt)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _describe(module: Any) -> dict[str, Any]:
     priorities = getattr(module, "HOOK_PRIORITIES", {}) or {}
     return {
         "check": callable(getattr(module, "check", None)),
+        "send": callable(getattr(module, "send", None)),
         "commands": sorted(str(k) for k, v in commands.items() if callable(v)),
         "hooks": {str(k): int(priorities.get(k, 0)) for k, v in hooks.items() if callable(v)},
     }
@@ -56,6 +58,8 @@ def _run(request: dict[str, Any]) -> Any:
         return module.check(args.get("settings") or {})
     if op == "command":
         return module.COMMANDS[args["command"]](args.get("params") or {})
+    if op == "send":
+        return module.send(args.get("event") or {}, args.get("options") or {})
     if op == "hook":
         return module.HOOKS[args["hook"]](args.get("payload") or {})
     raise ValueError(f"unknown operation {op!r}")

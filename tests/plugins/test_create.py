@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -13,8 +14,11 @@ import pytest
 
 from cortexctl.cli import main as cortexctl
 from cortexd.config.schema import Config, PluginsConfig
+from cortexd.notify.actions import ActionTypes
+from cortexd.notify.rules import parse_rules
 from cortexd.plugins.hooks import HookRegistry
 from cortexd.plugins.manager import PluginManager
+from cortexd.protocol import ConfigError
 from cortexd.server import Registry
 
 
@@ -56,18 +60,35 @@ async def test_scaffolded_plugins_load_and_work(tmp_path: Path) -> None:
     base.mkdir()
     create(base, "my-check", "check")
     create(base, "my-command", "command")
+    create(base, "my-notifier", "notifier")
     config = Config(
         state_dir=str(tmp_path / "state"),
         plugins=PluginsConfig(directory=str(base), timeout_seconds=10),
     )
     registry = Registry()
-    manager = PluginManager(config, registry, HookRegistry(), euid=os.geteuid())
+    types = ActionTypes()
+    manager = PluginManager(config, registry, HookRegistry(), euid=os.geteuid(), action_types=types)
     async with anyio.create_task_group() as tg:
         await manager.start(tg)
     status = {p["name"]: p["status"] for p in manager.listing()["plugins"]}
-    assert status == {"my-check": "loaded", "my-command": "loaded"}
+    assert status == {"my-check": "loaded", "my-command": "loaded", "my-notifier": "loaded"}
     [check] = manager.checks(config)
     [finding] = await anyio.to_thread.run_sync(check.collect)
     assert finding.status is not None
     assert finding.status.value in ("PASS", "WARN")
     assert registry.known("plugin.my-command.hello")
+
+    # The notifier's action type checks rules and delivers through the worker.
+    target = tmp_path / "alerts.jsonl"
+    options: dict[str, str] = {"type": "my-notifier"}
+    rules = {"alerts": [{"name": "all", "actions": [options]}]}
+    with pytest.raises(ConfigError, match=r"actions\[0\]\.path': required"):
+        parse_rules(rules, types=types)
+    options["path"] = str(target)
+    action = parse_rules(rules, types=types).actions["all.my-notifier"]
+    added = types.get("my-notifier")
+    assert added is not None
+    event = {"kind": "firing", "alert": {"severity": "ERROR", "title": "disk full"}}
+    answer = await anyio.to_thread.run_sync(added.send, action, event, 5, 10.0)
+    assert str(target) in answer.text
+    assert json.loads(target.read_text())["title"] == "disk full"
