@@ -15,39 +15,31 @@ if TYPE_CHECKING:
 
 
 def install_features(daemon: Daemon) -> None:
-    """Build and register every optional capability for `daemon`."""
-    # Each capability adds one line here, e.g.:
-    #   from cortexd.inference.methods import install as install_inference
-    #   install_inference(daemon)
-    from cortexd.inference.methods import install as install_inference
+    """Build and register every optional capability for `daemon`.
 
-    install_inference(daemon)
+    Order matters where one feature feeds another: alerts before what raises
+    them, and metrics last, reading every other component at scrape time.
+    """
     from cortexd.alerts.methods import install as install_alerts
-    from cortexd.monitor.methods import install as install_monitor
-
-    alerts = install_alerts(daemon)
-    from cortexd.notify.methods import install as install_notify
-
-    notifier = install_notify(daemon, alerts)
-    monitor = install_monitor(daemon, alerts)
-    from cortexd.repair.methods import install as install_repair
-
-    repair = install_repair(daemon, monitor, alerts)
-    from cortexd.healing.methods import install as install_healing
-
-    install_healing(daemon, alerts, repair)
-    from cortexd.plugins.methods import install as install_plugins
-
-    install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
-    from cortexd.logs.methods import install as install_logs
-
-    install_logs(daemon)
-    from cortexd.metrics.methods import install as install_metrics
-
-    install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier)
     from cortexd.backup.methods import install as install_backup
-
-    install_backup(daemon)
+    from cortexd.healing.methods import install as install_healing
+    from cortexd.inference.methods import install as install_inference
+    from cortexd.logs.methods import install as install_logs
+    from cortexd.metrics.methods import install as install_metrics
+    from cortexd.monitor.methods import install as install_monitor
+    from cortexd.notify.methods import install as install_notify
+    from cortexd.plugins.methods import install as install_plugins
+    from cortexd.repair.methods import install as install_repair
     from cortexd.updates.methods import install as install_updates
 
-    install_updates(daemon)
+    install_inference(daemon)
+    alerts = install_alerts(daemon)
+    notifier = install_notify(daemon, alerts)
+    monitor = install_monitor(daemon, alerts)
+    repair = install_repair(daemon, monitor, alerts)
+    install_healing(daemon, alerts, repair)
+    install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
+    install_logs(daemon)
+    install_backup(daemon)
+    updates = install_updates(daemon)
+    install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)

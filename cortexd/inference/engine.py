@@ -518,6 +518,8 @@ class Engine:
             totals.add(completed=1)
         else:
             self._count_stop(reason)
+        if result.get("ttft_ms") is not None:
+            totals.observe_ttft(result["ttft_ms"] / 1000)
         totals.add(
             prompt_tokens=result["prompt_eval_count"],
             generated_tokens=result["eval_count"],

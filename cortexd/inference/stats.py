@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+# Seconds; a small model answers in tens of milliseconds, a queued request waits longer.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -26,6 +31,10 @@ class Totals:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     eval_seconds: float = 0.0
+    # Time to first token, as a histogram over TTFT_BUCKETS (cumulative at
+    # export time, like Prometheus's `le` buckets).
+    ttft_counts: list[int] = field(default_factory=lambda: [0] * (len(TTFT_BUCKETS) + 1))
+    ttft_sum: float = 0.0
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -34,6 +43,21 @@ class Totals:
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def observe_ttft(self, seconds: float) -> None:
+        """Record one request's time to first token (queue wait included)."""
+        index = bisect.bisect_left(TTFT_BUCKETS, seconds)
+        with self._lock:
+            self.ttft_counts[index] += 1
+            self.ttft_sum += seconds
+
+    def ttft_histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative `(le, count)` buckets ending with `+Inf`, and the sum of seconds."""
+        with self._lock:
+            counts, total = list(self.ttft_counts), self.ttft_sum
+        cumulative = list(itertools.accumulate(counts))
+        labels = [f"{b:g}" for b in TTFT_BUCKETS] + ["+Inf"]
+        return list(zip(labels, cumulative, strict=True)), total
 
     def snapshot(self) -> dict[str, Any]:
         rate = self.generated_tokens / self.eval_seconds if self.eval_seconds > 0 else 0.0

@@ -58,6 +58,21 @@ class _Snapshot(Collector):
         yield from self._alerts()
         yield from self._notify()
         yield from self._inference()
+        yield from self._updates()
+
+    def _updates(self) -> Iterator[Metric]:
+        updates = self.sources.updates
+        if updates is None:
+            return
+        state = updates.state()
+        applied = CounterMetricFamily(
+            "cortex_updates_applied",
+            "Confirmed package updates run through `update apply`, by result.",
+            labels=("result",),
+        )
+        applied.add_metric(("success",), state.get("applied", 0))
+        applied.add_metric(("failure",), state.get("failed", 0))
+        yield applied
 
     def _requests(self) -> Iterator[Metric]:
         stats = self.sources.stats
@@ -168,6 +183,13 @@ class _Snapshot(Collector):
             "Time spent generating tokens.",
             value=engine.totals.eval_seconds,
         )
+        buckets, ttft_sum = engine.totals.ttft_histogram()
+        yield HistogramMetricFamily(
+            "cortex_inference_time_to_first_token_seconds",
+            "From a request's arrival to its first generated token (queue wait included).",
+            buckets=buckets,
+            sum_value=ttft_sum,
+        )
         yield GaugeMetricFamily(
             "cortex_inference_tokens_per_second",
             "Generated tokens per second of generation, since start.",
@@ -185,11 +207,13 @@ class Sources:
         alerts: Any = None,
         notifier: Any = None,
         engine: Any = None,
+        updates: HasState | None = None,
     ) -> None:
         self.stats = stats
         self.alerts = alerts
         self.notifier = notifier
         self.engine = engine
+        self.updates = updates
 
 
 class _Events(Collector):

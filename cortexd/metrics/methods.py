@@ -178,13 +178,20 @@ def metrics_methods(metrics: Metrics) -> list[Method]:
 
 
 def install(
-    daemon: Daemon, *, monitor: Monitor, alerts: AlertManager, notifier: Any = None
+    daemon: Daemon,
+    *,
+    monitor: Monitor,
+    alerts: AlertManager,
+    notifier: Any = None,
+    updates: Any = None,
 ) -> MetricsComponent:
     """Build the metrics on the daemon's own registry; add the component and `metrics`."""
     engine = next(
         (getattr(c, "engine", None) for c in daemon.components if c.name == "inference"), None
     )
-    sources = Sources(stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine)
+    sources = Sources(
+        stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine, updates=updates
+    )
     metrics = Metrics(sources)
     component = MetricsComponent(daemon, metrics, monitor, alerts)
     daemon.components.append(component)

@@ -11,6 +11,10 @@ from cortexd.protocol import InvalidParams, NotFound, QueueFull
 from tests.daemon import DaemonProcess
 from tests.inference.conftest import wait_for
 from tests.inference.helpers import COUNTING_PROMPT, Background
+from tests.metrics.helpers import promtool, sample
+
+TTFT_COUNT = "cortex_inference_time_to_first_token_seconds_count"
+TTFT_SUM = "cortex_inference_time_to_first_token_seconds_sum"
 
 PROMPT = "Why would a Linux disk fill up?"
 
@@ -66,6 +70,18 @@ def test_streaming_sends_the_text_as_it_is_generated(model_daemon: DaemonProcess
     assert "".join(texts) == result["text"]
     assert result["stop_reason"] == "length"
     assert result["eval_count"] == 40
+
+
+def test_time_to_first_token_reaches_prometheus(model_daemon: DaemonProcess) -> None:
+    before = sample(model_daemon.call("metrics")["text"], TTFT_COUNT) or 0
+    result = model_daemon.call(
+        "inference.generate", {"prompt": COUNTING_PROMPT, "max_tokens": 4, "temperature": 0}
+    )
+    text = model_daemon.call("metrics")["text"]
+    promtool(text)
+    assert sample(text, TTFT_COUNT) == before + 1
+    # The request's own TTFT lies inside the sum the histogram grew by.
+    assert (sample(text, TTFT_SUM) or 0) >= result["ttft_ms"] / 1000
 
 
 def test_stop_strings_end_the_answer_before_them(model_daemon: DaemonProcess) -> None:

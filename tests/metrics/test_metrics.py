@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,18 +12,8 @@ import pytest
 
 from cortexd.protocol import MethodNotFound
 from tests.daemon import DaemonProcess, running_daemon
+from tests.metrics.helpers import promtool, sample
 from tests.notify.helpers import free_port, poll
-
-PROMTOOL = shutil.which("promtool")
-
-
-def promtool(text: str) -> None:
-    if PROMTOOL is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; make deps)")
-    done = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
-    )
-    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
 
 
 def get(port: int, path: str) -> tuple[int, bytes, str]:
@@ -36,13 +24,6 @@ def get(port: int, path: str) -> tuple[int, bytes, str]:
         body = exc.read()
         exc.close()
         return exc.code, body, exc.headers["Content-Type"]
-
-
-def sample(text: str, prefix: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import pytest
 from cortexd.monitor.checks.packages import parse_simulation
 from cortexd.protocol import CortexError
 from tests.daemon import DaemonProcess, running_daemon
+from tests.metrics.helpers import promtool, sample
 
 WAIT = 60.0
 SIMULATION = """\
@@ -244,6 +245,11 @@ def test_confirmed_apply_snapshots_first_and_alerts(
     assert len(errors) == 1
     assert "exit 100" in errors[0]["title"]
     assert "returned an error code" in errors[0]["description"]
+    # Both confirmed runs are counted for Prometheus, by result.
+    text = daemon.call("metrics")["text"]
+    promtool(text)
+    assert sample(text, 'cortex_updates_applied_total{result="success"}') == 1
+    assert sample(text, 'cortex_updates_applied_total{result="failure"}') == 1
 
 
 def test_apply_is_single_flight(daemon_with_apt: DaemonProcess, apt: FakeApt) -> None:
