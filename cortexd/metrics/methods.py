@@ -113,8 +113,7 @@ class MetricsComponent:
     def ready(self) -> dict[str, bool]:
         """Whether the Unix socket accepts and the monitor runs."""
         server = self.daemon.server
-        # `_connections` is set once Server.serve accepts (see server/core.py).
-        socket_up = getattr(server, "_connections", None) is not None
+        socket_up = server.accepting
         socket_up = socket_up and not server.shutting_down and not self.daemon.stopping
         monitor_up = self.monitor.state().get("state") == "running"
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}

@@ -105,6 +105,11 @@ class Server:
         self._live: set[Connection] = set()
 
     @property
+    def accepting(self) -> bool:
+        """True once `serve` accepts connections, until the connections are closed."""
+        return self._connections is not None and not self._connections.cancel_scope.cancel_called
+
+    @property
     def inflight(self) -> int:
         """Requests running in their own task right now (inline ones never count)."""
         return self._inflight
