@@ -53,6 +53,7 @@ HOUSEKEEPING_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
 # A hung thread gets this much past its own socket timeout before we stop waiting.
 THREAD_GRACE = 2.0
+SETTLE_POLL = 0.05
 DAY = 86400.0
 SUMMARY_KEY = "daily_summary_date"
 
@@ -377,6 +378,11 @@ class Notifier:
         self, action: Action, event: dict[str, Any], entry_id: int | str
     ) -> Answer:
         added = self.action_types.get(action.type)
+        # A plugin reload unregisters its types for a moment: wait for it, not a failure.
+        with anyio.move_on_after(self.config.attempt_timeout_seconds):
+            while added is None and not self.action_types.settled:
+                await anyio.sleep(SETTLE_POLL)
+                added = self.action_types.get(action.type)
         if added is None:
             raise DeliveryFailed(
                 f"action type {action.type!r} is not registered "

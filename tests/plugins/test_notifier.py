@@ -21,7 +21,7 @@ from tests.notify.helpers import poll
 from tests.notify.test_daemon import NO_CHECKS
 from tests.plugins.conftest import write_plugin
 
-PLUGIN_TIMEOUT = 1.5
+PLUGIN_TIMEOUT = 5.0
 
 RECORDER = """
 import json
