@@ -171,10 +171,11 @@ class PluginManager:
     async def stop(self) -> None:
         await self.hooks.run("shutdown", {})
         # Checks still finishing during shutdown must not start plugin code any more.
+        # Held for good: the notifier must not re-check its rules against a shrinking set.
+        self.action_types.hold()
         for plugin in self.plugins.values():
             self.hooks.remove_owner(f"plugin {plugin.name}")
             self.action_types.unregister_owner(f"plugin {plugin.name}")
-        self._release()
         self._state = "stopped"
 
     def _release(self) -> None:

@@ -9,13 +9,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
+from cortexd.alerts.manager import AlertManager
+from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
+from cortexd.config.schema import AlertsConfig, Config
 from cortexd.notify.actions import ActionTypes
-from cortexd.notify.rules import parse_rules
-from cortexd.notify.send import Answer
+from cortexd.notify.notifier import Notifier
+from cortexd.notify.rules import Action, parse_rules
+from cortexd.notify.send import Answer, DeliveryFailed
+from cortexd.notify.store import MIGRATIONS
 from cortexd.protocol import ConfigError
+from cortexd.store import Database
 from tests.daemon import DaemonProcess, running_daemon
 from tests.notify.helpers import poll
 from tests.notify.test_daemon import NO_CHECKS
@@ -132,6 +139,9 @@ def test_a_notifier_plugin_receives_real_alerts_and_notify_test(
         assert str(got) in answer["answer"]
         titles = [line["event"]["alert"]["title"] for line in received(got)]
         assert titles[-1] == "test notification from cortexd"
+        assert d.stop() == 0
+        # Unloading the plugins at shutdown is no reason to complain about the rules.
+        assert "notify rules not reloaded" not in d.log()
 
 
 def test_raising_and_hanging_sends_fail_into_dead_letters(tmp_path: Path, plugin_dir: Path) -> None:
@@ -235,3 +245,29 @@ def test_rules_wait_for_types_announced_but_not_loaded() -> None:
     assert seen == [True]
     with pytest.raises(ConfigError):
         parse_rules(rules, types=types)
+
+
+async def test_a_delivery_waits_out_a_reload_of_the_action_types(tmp_path: Path) -> None:
+    types = ActionTypes()
+    types.hold()  # as a plugin reload does
+    alerts = AlertManager(
+        Database(str(tmp_path / "alerts.db"), ALERT_MIGRATIONS), AlertsConfig(), host="web1"
+    )
+    notifier = Notifier(
+        Database(str(tmp_path / "notify.db"), MIGRATIONS), Config(), alerts, action_types=types
+    )
+    action = Action("ops.record", "record", {}, "ops")
+
+    async def register_later() -> None:
+        await anyio.sleep(0.2)
+        types.register_action_type("record", lambda o: [], lambda *a: Answer(0, "late"))
+        types.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(register_later)
+        answer = await notifier.send(action, {}, 1)
+    assert answer.text == "late"
+
+    types.unregister_action_type("record")
+    with pytest.raises(DeliveryFailed, match="action type 'record' is not registered"):
+        await notifier.send(action, {}, 2)
