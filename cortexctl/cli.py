@@ -7,25 +7,13 @@ Exit codes: 0 success, 1 the daemon answered with an error, 2 bad usage,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
 from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
-from cortexctl.commands import (
-    alerts,
-    backup,
-    core,
-    healing,
-    inference,
-    logs,
-    monitor,
-    notify,
-    plugins,
-    repair,
-    update,
-)
 from cortexctl.output import Output
 from cortexd.protocol import CortexError, default_socket_path
 
@@ -47,20 +35,68 @@ exit codes: 0 ok, 1 daemon error, 2 usage, 3 cannot connect
 
 Command = Callable[[Client, argparse.Namespace, Output], int]
 
-# Each capability adds its commands in one module with a `register(sub)`.
+# Each capability adds its commands in one module with a `register(sub)`;
+# modules are registered in this order.
 COMMAND_MODULES = (
-    core,
-    monitor,
-    alerts,
-    inference,
-    logs,
-    repair,
-    healing,
-    plugins,
-    notify,
-    backup,
-    update,
+    "core",
+    "monitor",
+    "alerts",
+    "inference",
+    "logs",
+    "repair",
+    "healing",
+    "plugins",
+    "notify",
+    "backup",
+    "update",
 )
+# Which modules a top-level command needs. Only those are imported and
+# registered, so a command pays for its own parser, not for fifty others
+# (building every parser took a third of `cortexctl status`). Help, errors and
+# unknown words get every module. tests/test_cortexctl.py keeps this true.
+COMMAND_OWNERS: dict[str, tuple[str, ...]] = {
+    "ping": ("core",),
+    "version": ("core",),
+    "status": ("core",),
+    "config": ("core",),
+    "shutdown": ("core",),
+    "health": ("monitor",),
+    "doctor": ("monitor", "repair"),  # repair adds `doctor --fix`
+    "alerts": ("alerts",),
+    "ask": ("inference",),
+    "explain": ("inference",),
+    "inference": ("inference",),
+    "model": ("inference",),
+    "logs": ("logs",),
+    "repair": ("repair",),
+    "healing": ("healing",),
+    "plugins": ("plugins",),
+    "notify": ("notify",),
+    "dead-letter": ("notify",),
+    "backup": ("backup",),
+    "restore": ("backup",),
+    "update": ("update",),
+}
+_OPTIONS_WITH_VALUES = frozenset({"--socket", "--timeout"})
+
+
+def requested_command(argv: list[str]) -> str | None:
+    """The top-level command word in `argv`, skipping global options and their values."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _OPTIONS_WITH_VALUES:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def modules_for(argv: list[str] | None) -> tuple[str, ...]:
+    """The command modules to register for `argv` (all of them when in doubt)."""
+    command = requested_command(argv) if argv is not None else None
+    return COMMAND_OWNERS.get(command or "", COMMAND_MODULES)
 
 
 def _seconds(text: str) -> float:
@@ -73,8 +109,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command module's subcommands."""
+def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The argument parser with the subcommands of `modules` (default: all)."""
     parser = argparse.ArgumentParser(
         prog="cortexctl",
         description="Control and query the cortexd daemon.",
@@ -93,20 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"reply timeout (default: {DEFAULT_TIMEOUT:g})",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    for name in COMMAND_MODULES:
+        if name in modules:
+            importlib.import_module(f"cortexctl.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring)."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(modules_for(words))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         code = int(exc.code or 0)
         # `doctor` is a monitoring plugin: its usage errors are UNKNOWN (3).
-        words = sys.argv[1:] if argv is None else argv
         return 3 if code == EXIT_USAGE and "doctor" in words else code
     out = Output(args.json, stdout or sys.stdout)
     run: Command = args.run

@@ -3,6 +3,8 @@ sync and async client libraries against a real daemon on a real socket."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import anyio
 import orjson
 import pytest
 
-from cortexctl import AsyncClient, Client, DaemonUnreachable
+from cortexctl import AsyncClient, Client, DaemonUnreachable, cli
 from cortexd.protocol import (
     Busy,
     CortexError,
@@ -350,3 +352,29 @@ def test_closed_stdout_is_not_an_error(shared_daemon: DaemonProcess) -> None:
     assert "Traceback" not in result.stderr
     assert "BrokenPipe" not in result.stderr
     assert result.stdout.strip() == "rc=0"
+
+
+def test_every_command_is_mapped_to_the_modules_that_build_it() -> None:
+    # The CLI registers only the modules a command needs; a command missing
+    # from the map, or mapped to the wrong module, would be "invalid choice".
+    owners: dict[str, list[str]] = {}
+    for name in cli.COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"cortexctl.commands.{name}").register(sub)
+        for command in sub.choices:
+            owners.setdefault(command, []).append(name)
+    assert set(owners) == set(cli.COMMAND_OWNERS)
+    for command, names in owners.items():
+        assert set(names) <= set(cli.COMMAND_OWNERS[command]), command
+    for command in cli.COMMAND_OWNERS:
+        parser = cli.build_parser(cli.modules_for(["--json", command]))
+        with pytest.raises(SystemExit) as shown:
+            parser.parse_args([command, "--help"])
+        assert shown.value.code == 0
+
+
+def test_doctor_keeps_its_fix_flag_when_built_alone() -> None:
+    words = ["--socket", "/nonexistent", "doctor", "--fix"]
+    assert cli.requested_command(words) == "doctor"
+    args = cli.build_parser(cli.modules_for(words)).parse_args(words)
+    assert args.fix is True
