@@ -111,6 +111,7 @@ class BackupService:
 
     def state(self) -> dict[str, Any]:
         return {
+            "state": "restoring" if self._restoring.locked() else "running",
             "schedule": self.config.schedule,
             "last_backup": self.last_backup,
             "last_upkeep": self.last_upkeep,

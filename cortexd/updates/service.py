@@ -78,6 +78,7 @@ class UpdateService:
     def state(self) -> dict[str, Any]:
         cache = self._cache
         return {
+            "state": "applying" if self._apply_lock.locked() else "running",
             "applying": self._apply_lock.locked(),
             "applied": self.applied,
             "failed": self.failed,
