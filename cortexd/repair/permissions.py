@@ -83,7 +83,37 @@ def _existing(roots: Sequence[str]) -> list[str]:
     return [r for r in dict.fromkeys(roots) if r and os.path.lexists(r)]
 
 
-class WorldWritable(Check):
+class _TreeCheck(Check):
+    """A check over the files under the Cortex roots: which of them have `_bad`."""
+
+    problem = ""  # how a found path is described, e.g. "world-writable"
+    fine = ""  # the PASS message
+    found_status = Status.FAIL
+
+    def __init__(self, roots: Sequence[str], owner: int) -> None:
+        self.roots = tuple(roots)
+        self.owner = owner
+
+    def _bad(self, found: Problem) -> bool:
+        raise NotImplementedError
+
+    def collect(self) -> list[Finding]:
+        roots = _existing(self.roots)
+        if not roots:
+            return [Finding("no Cortex directories here", status=Status.SKIP)]
+        bad = [p.path for p in problems(roots, self.owner) if self._bad(p)]
+        if bad:
+            return [
+                Finding(
+                    f"{len(bad)} {self.problem}: {', '.join(bad[:5])}",
+                    status=self.found_status,
+                    details={"paths": bad[:MAX_LISTED], "roots": roots},
+                )
+            ]
+        return [Finding(self.fine, status=Status.PASS, details={"paths": [], "roots": roots})]
+
+
+class WorldWritable(_TreeCheck):
     id = "cortex_world_writable"
     name = "World-writable Cortex files"
     category = "security"
@@ -91,32 +121,14 @@ class WorldWritable(Check):
     description = "files anyone can write under the Cortex config, state and runtime dirs"
     interval = 600.0
     fix_id = "remove_world_write"
+    problem = "world-writable"
+    fine = "nothing world-writable"
 
-    def __init__(self, roots: Sequence[str], owner: int) -> None:
-        self.roots = tuple(roots)
-        self.owner = owner
-
-    def collect(self) -> list[Finding]:
-        roots = _existing(self.roots)
-        if not roots:
-            return [Finding("no Cortex directories here", status=Status.SKIP)]
-        bad = [p.path for p in problems(roots, self.owner) if p.world_writable]
-        if bad:
-            return [
-                Finding(
-                    f"{len(bad)} world-writable: {', '.join(bad[:5])}",
-                    status=Status.FAIL,
-                    details={"paths": bad[:MAX_LISTED], "roots": roots},
-                )
-            ]
-        return [
-            Finding(
-                "nothing world-writable", status=Status.PASS, details={"paths": [], "roots": roots}
-            )
-        ]
+    def _bad(self, found: Problem) -> bool:
+        return found.world_writable
 
 
-class CortexPermissions(Check):
+class CortexPermissions(_TreeCheck):
     id = "cortex_permissions"
     name = "Cortex ownership"
     category = "security"
@@ -124,29 +136,12 @@ class CortexPermissions(Check):
     description = "Cortex files owned by another user or writable by their group"
     interval = 600.0
     fix_id = "reset_cortex_permissions"
+    problem = "with a foreign owner or group-write"
+    fine = "owners and modes ok"
+    found_status = Status.WARN
 
-    def __init__(self, roots: Sequence[str], owner: int) -> None:
-        self.roots = tuple(roots)
-        self.owner = owner
-
-    def collect(self) -> list[Finding]:
-        roots = _existing(self.roots)
-        if not roots:
-            return [Finding("no Cortex directories here", status=Status.SKIP)]
-        bad = [p.path for p in problems(roots, self.owner) if p.foreign_owner or p.group_writable]
-        if bad:
-            return [
-                Finding(
-                    f"{len(bad)} with a foreign owner or group-write: {', '.join(bad[:5])}",
-                    status=Status.WARN,
-                    details={"paths": bad[:MAX_LISTED], "roots": roots},
-                )
-            ]
-        return [
-            Finding(
-                "owners and modes ok", status=Status.PASS, details={"paths": [], "roots": roots}
-            )
-        ]
+    def _bad(self, found: Problem) -> bool:
+        return found.foreign_owner or found.group_writable
 
 
 def _chmod_step(path: str, mode: int) -> Step:
