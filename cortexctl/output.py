@@ -29,3 +29,14 @@ class Output:
         width = max((len(k) for k, _ in rows), default=0)
         for key, value in rows:
             self.line(f"{key:<{width}}  {value}")
+
+
+def ago(seconds: float | None, missing: str = "-") -> str:
+    """An age as people say it: `3d ago`, `5h ago`, `12m ago`, `40s ago`."""
+    if seconds is None:
+        return missing
+    whole = max(0, int(seconds))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if whole >= size:
+            return f"{whole // size}{unit} ago"
+    return f"{whole}s ago"

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cortexctl.client import Client
-from cortexctl.output import Output
+from cortexctl.output import Output, ago
 
 EXIT_OK = 0
 SEVERITY_COLOURS = {"INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
@@ -32,13 +32,7 @@ def label(text: str) -> tuple[str, str]:
 
 
 def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+    return ago(None if ts is None else time.time() - ts)
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:

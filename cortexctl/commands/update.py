@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cortexctl.client import Client
-from cortexctl.output import Output
+from cortexctl.output import Output, ago
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -24,15 +24,6 @@ def _box(title: str, rows: list[str]) -> list[str]:
     return [*lines, "╰" + "─" * inner + "╯"]
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
-
-
 def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
     result = client.call("updates.check", {"force": args.force}, timeout=LONG_TIMEOUT)
     if out.as_json:
@@ -46,7 +37,7 @@ def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
         f"Package updates: {counts['total']}",
         f"Security: {counts['security']}",
         f"Reboot required: {'Yes' if result['reboot_required'] else 'No'}",
-        f"Package lists refreshed: {_age(result['lists_age_seconds'])}",
+        f"Package lists refreshed: {ago(result['lists_age_seconds'], 'never')}",
         f"Checked: {time.strftime('%Y-%m-%d %H:%M', time.localtime(result['checked_at']))}"
         + (" (cached)" if result["cached"] else ""),
     ]
