@@ -1,8 +1,10 @@
 """The typed, frozen configuration: one dataclass per section.
 
-Field metadata carries validation bounds (`min`, `max`) and whether a change
-needs a restart (`restart`). The loader reads these; nothing else keeps a
-parallel table of keys.
+Field metadata carries validation bounds (`min`, `max`), whether a change
+needs a restart (`restart`), and whether the key names something root
+executes, loads or reads (`root_only`): such keys change only by root editing
+the file, never through a socket method. The loader reads these; nothing
+else keeps a parallel table of keys.
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ BackupSchedule = Literal["off", "daily"]
 
 
 def _bound(
-    lo: float | None = None, hi: float | None = None, *, restart: bool = False
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    restart: bool = False,
+    root_only: bool = False,
 ) -> dict[str, Any]:
-    return {"min": lo, "max": hi, "restart": restart}
+    return {"min": lo, "max": hi, "restart": restart, "root_only": root_only}
+
+
+def _root_only(*, restart: bool = False) -> dict[str, Any]:
+    """Metadata of a key that names a program, code or a file root reads."""
+    return _bound(restart=restart, root_only=True)
 
 
 def default_state_dir() -> str:
@@ -65,7 +76,7 @@ class MonitorConfig:
 
 @dataclass(frozen=True, slots=True)
 class InferenceConfig:
-    model_path: str = field(default="", metadata=_bound(restart=True))
+    model_path: str = field(default="", metadata=_root_only(restart=True))
     n_ctx: int = field(default=2048, metadata=_bound(16, 1 << 20, restart=True))
     n_threads: int = field(default=0, metadata=_bound(0, 1024, restart=True))
     n_batch: int = field(default=512, metadata=_bound(1, 1 << 16, restart=True))
@@ -92,7 +103,7 @@ class AlertsConfig:
 
 @dataclass(frozen=True, slots=True)
 class NotifyConfig:
-    rules_path: str = "/etc/cortex/alerts.yaml"
+    rules_path: str = field(default="/etc/cortex/alerts.yaml", metadata=_root_only())
     instance: str = ""
     cooldown_seconds: float = field(default=300.0, metadata=_bound(0, 7 * 86400))
     rate_limit_per_minute: int = field(default=30, metadata=_bound(1, 100_000))
@@ -114,7 +125,7 @@ class MetricsConfig:
     http_enabled: bool = field(default=False, metadata=_bound(restart=True))
     http_host: str = field(default="127.0.0.1", metadata=_bound(restart=True))
     http_port: int = field(default=9109, metadata=_bound(1, 65535, restart=True))
-    textfile_path: str = ""
+    textfile_path: str = field(default="", metadata=_root_only())
     textfile_interval_seconds: float = field(default=60.0, metadata=_bound(1, 86400))
 
 
@@ -123,9 +134,9 @@ class RepairConfig:
     auto_fix_safe: bool = False
     command_timeout: float = field(default=900.0, metadata=_bound(1, 7200))
     journal_max_size: str = "500M"
-    root: str = "/"
-    config_dir: str = "/etc/cortex"
-    runtime_dir: str = "/run/cortex"
+    root: str = field(default="/", metadata=_root_only())
+    config_dir: str = field(default="/etc/cortex", metadata=_root_only())
+    runtime_dir: str = field(default="/run/cortex", metadata=_root_only())
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +157,7 @@ class HealingConfig:
 @dataclass(frozen=True, slots=True)
 class PluginsConfig:
     enabled: bool = True
-    directory: str = "/etc/cortex/plugins"
+    directory: str = field(default="/etc/cortex/plugins", metadata=_root_only())
     timeout_seconds: float = field(default=10.0, metadata=_bound(0.1, 600))
 
 
@@ -165,7 +176,7 @@ class CheckSettings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None
-    data_path: str = ""
+    data_path: str = field(default="", metadata=_root_only())
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +220,8 @@ class UpdatesConfig:
     rollback_retention_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
     backup_before_update: bool = True
     apply_timeout_seconds: float = field(default=3600.0, metadata=_bound(10, 86400))
-    apt_command: tuple[str, ...] = ("apt-get",)
-    apt_lists_dir: str = "/var/lib/apt/lists"
+    apt_command: tuple[str, ...] = field(default=("apt-get",), metadata=_root_only())
+    apt_lists_dir: str = field(default="/var/lib/apt/lists", metadata=_root_only())
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +237,7 @@ class BackupConfig:
 class Config:
     """Everything the daemon is configured with; built once per load, never mutated."""
 
-    state_dir: str = field(default_factory=default_state_dir, metadata=_bound(restart=True))
+    state_dir: str = field(default_factory=default_state_dir, metadata=_root_only(restart=True))
     server: ServerConfig = field(default_factory=ServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
