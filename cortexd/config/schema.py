@@ -59,6 +59,7 @@ class ServerConfig:
     max_connections: int = field(default=1024, metadata=_bound(1, 65536, restart=True))
     max_inflight_per_connection: int = field(default=64, metadata=_bound(1, 4096))
     shutdown_timeout: float = field(default=10.0, metadata=_bound(0.0, 600))
+    max_batch_members: int = field(default=100, metadata=_bound(1, 10000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,11 @@ One task per connection reads newline-delimited requests. Cheap `inline`
 methods are answered from the reading task; every other request runs in its
 own task so answers go out as they finish, matched by `id`. A connection may
 have at most `max_inflight_per_connection` requests running; past that the
-reader stops reading, which pushes back on that client alone. Every write has
-a deadline: a client that stops reading loses its connection, nobody else
-waits for it.
+reader stops reading, which pushes back on that client alone. A batch (a JSON
+array of requests) is dispatched member by member under the same limit, and
+its answers go out together, as one array, once the last member finished.
+Every write has a deadline: a client that stops reading loses its connection,
+nobody else waits for it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from cortexd.protocol import (
     Busy,
     CortexError,
     InternalError,
+    InvalidRequest,
     PermissionDenied,
     ShuttingDown,
     Timeout,
     TooLarge,
 )
+from cortexd.server.batch import BatchAnswers
 from cortexd.server.call import Call, Peer
-from cortexd.server.framing import NEWLINE, BadFrame, dumps, parse_request
+from cortexd.server.framing import NEWLINE, BadFrame, check_request, dumps, parse_request
 from cortexd.server.registry import Method, Registry
 from cortexd.server.stats import UNKNOWN_METHOD, ServerStats
 
@@ -324,6 +328,46 @@ class Connection:
         except BadFrame as bad:
             await self._send_error(bad.req_id, bad.error, UNKNOWN_METHOD, started)
             return
+        if isinstance(request, list):
+            await self._on_batch(request, tasks, started)
+            return
+        await self._dispatch(request, tasks, started)
+
+    async def _on_batch(self, members: list[Any], tasks: TaskGroup, started: float) -> None:
+        """Dispatch each member of a batch; `BatchAnswers` sends the answers as one array."""
+        limit = self.server.config.max_batch_members
+        if len(members) > limit:
+            error = InvalidRequest(
+                f"a batch of {len(members)} requests is over the limit of {limit}; "
+                "split it into smaller batches",
+                limit=limit,
+                members=len(members),
+            )
+            await self._send_error(None, error, UNKNOWN_METHOD, started)
+            return
+        batch = BatchAnswers(len(members), self._write)
+        for index, member in enumerate(members):
+            try:
+                request = check_request(member)
+            except BadFrame as bad:
+                # Answers to a batch come in any order, often under `"id": null`:
+                # the position tells the client which member was wrong.
+                error = InvalidRequest(f"batch member {index}: {bad.error.message}", member=index)
+                await self._send_error(bad.req_id, error, UNKNOWN_METHOD, started, batch=batch)
+            else:
+                await self._dispatch(request, tasks, started, batch)
+            # Inline members are answered without awaiting anything: a long
+            # batch of them must not starve the other connections.
+            if index % _LINES_PER_YIELD == _LINES_PER_YIELD - 1:
+                await anyio.lowlevel.checkpoint()
+
+    async def _dispatch(
+        self,
+        request: dict[str, Any],
+        tasks: TaskGroup,
+        started: float,
+        batch: BatchAnswers | None = None,
+    ) -> None:
         req_id = request.get("id")
         notify = "id" not in request
         name = request["method"]
@@ -338,7 +382,7 @@ class Connection:
                 self._deny(method)
             params = method.bind(request.get("params"))
         except CortexError as exc:
-            await self._send_error(req_id, exc, label, started, notify=notify)
+            await self._send_error(req_id, exc, label, started, notify=notify, batch=batch)
             return
         call = Call(
             method=method.name,
@@ -350,12 +394,12 @@ class Connection:
             _sender=None if notify else self._send_stream,
         )
         if method.inline:
-            await self._answer(method, call, notify, started, inline=True)
+            await self._answer(method, call, notify, started, batch, inline=True)
             return
         await self._slots.acquire()
         self._pending += 1
         server._begin()
-        tasks.start_soon(self._run, method, call, notify, started)
+        tasks.start_soon(self._run, method, call, notify, started, batch)
 
     def _deny(self, method: Method) -> None:
         peer = self.peer
@@ -372,16 +416,25 @@ class Connection:
             uid=peer.uid,
         )
 
-    async def _run(self, method: Method, call: Call, notify: bool, started: float) -> None:
+    async def _run(
+        self, method: Method, call: Call, notify: bool, started: float, batch: BatchAnswers | None
+    ) -> None:
         try:
-            await self._answer(method, call, notify, started, inline=False)
+            await self._answer(method, call, notify, started, batch, inline=False)
         finally:
             self._pending -= 1
             self.server._end()
             self._slots.release()
 
     async def _answer(
-        self, method: Method, call: Call, notify: bool, started: float, *, inline: bool
+        self,
+        method: Method,
+        call: Call,
+        notify: bool,
+        started: float,
+        batch: BatchAnswers | None,
+        *,
+        inline: bool,
     ) -> None:
         deadline = method.timeout or self.server.config.request_timeout
         try:
@@ -391,9 +444,11 @@ class Connection:
                 with anyio.fail_after(deadline):
                     result = await method.handler(call)
         except TimeoutError:
-            await self._send_error(call.id, Timeout(deadline), method.name, started, notify=notify)
+            await self._send_error(
+                call.id, Timeout(deadline), method.name, started, notify=notify, batch=batch
+            )
         except CortexError as exc:
-            await self._send_error(call.id, exc, method.name, started, notify=notify)
+            await self._send_error(call.id, exc, method.name, started, notify=notify, batch=batch)
         except Exception:  # isolation boundary: a handler bug answers INTERNAL_ERROR
             rid = call.request_id
             log.exception(
@@ -402,10 +457,14 @@ class Connection:
             error = InternalError(
                 f"internal error in {method.name} (request_id {rid})", request_id=rid
             )
-            await self._send_error(call.id, error, method.name, started, notify=notify)
+            await self._send_error(call.id, error, method.name, started, notify=notify, batch=batch)
         else:
             self.server.stats.record(method.name, None, time.perf_counter() - started)
-            if not notify:
+            if batch is not None:
+                await batch.done(
+                    None if notify else {"jsonrpc": JSONRPC, "id": call.id, "result": result}
+                )
+            elif not notify:
                 await self._write(dumps({"jsonrpc": JSONRPC, "id": call.id, "result": result}))
 
     def _is_admin(self) -> bool:
@@ -424,12 +483,16 @@ class Connection:
         started: float | None = None,
         *,
         notify: bool = False,
+        batch: BatchAnswers | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started if started is not None else 0.0
         self.server.stats.record(label, exc.code.name, elapsed)
-        if notify:
-            return
-        await self._write(dumps({"jsonrpc": JSONRPC, "id": req_id, "error": exc.to_error()}))
+        if batch is not None:
+            await batch.done(
+                None if notify else {"jsonrpc": JSONRPC, "id": req_id, "error": exc.to_error()}
+            )
+        elif not notify:
+            await self._write(dumps({"jsonrpc": JSONRPC, "id": req_id, "error": exc.to_error()}))
 
     async def _write(self, data: bytes) -> None:
         """Send one frame; a client that stops reading past the write deadline is cut off."""

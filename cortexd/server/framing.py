@@ -28,8 +28,8 @@ class BadFrame(Exception):
         self.req_id = req_id
 
 
-def dumps(message: dict[str, Any]) -> bytes:
-    """Encode one outgoing frame, newline included."""
+def dumps(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """Encode one outgoing frame (a message, or a batch's answers), newline included."""
     return orjson.dumps(message) + NEWLINE
 
 
@@ -38,12 +38,17 @@ def valid_id(value: Any) -> bool:
     return value is None or (not isinstance(value, bool) and isinstance(value, str | int | float))
 
 
-def parse_request(line: bytes) -> dict[str, Any]:
-    """Decode one frame into a request object.
+def parse_request(line: bytes) -> dict[str, Any] | list[Any]:
+    """Decode one frame into a request object, or the members of a batch.
+
+    A batch comes back as its raw, non-empty list of members: each is
+    checked on its own with `check_request`, since one bad member gets its
+    own error and the others still run (JSON-RPC 2.0 §6).
 
     Raises:
         BadFrame: carrying ParseError (not UTF-8, not JSON, nested too deep)
-            or InvalidRequest (JSON that is not a single request object).
+            or InvalidRequest (JSON that is neither a request object nor a
+            non-empty array).
     """
     try:
         text = line.decode("utf-8")
@@ -57,10 +62,20 @@ def parse_request(line: bytes) -> dict[str, Any]:
         raise BadFrame(
             ParseError(f"request is not valid JSON: {exc.msg} at position {exc.pos}")
         ) from None
-    if isinstance(request, list):
-        raise BadFrame(
-            InvalidRequest("batch requests are not supported; send one request per line")
-        )
+    if type(request) is list:
+        if not request:
+            raise BadFrame(InvalidRequest("an empty batch: send at least one request"))
+        return request
+    return check_request(request)
+
+
+def check_request(request: Any) -> dict[str, Any]:
+    """Check one decoded request object (a whole frame, or a member of a batch).
+
+    Raises:
+        BadFrame: carrying InvalidRequest, with the request's id when it had
+            a valid one.
+    """
     if not isinstance(request, dict):
         raise BadFrame(InvalidRequest("a request must be a JSON object"))
     req_id = request.get("id")

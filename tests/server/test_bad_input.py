@@ -92,7 +92,6 @@ def test_parse_errors(shared_daemon: DaemonProcess, payload: bytes) -> None:
 
 # (payload, id the answer must carry)
 INVALID_CASES: dict[str, tuple[bytes, Any]] = {
-    "batch array": (b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]\n', None),
     "empty array": (b"[]\n", None),
     "number": (b"42\n", None),
     "string": (b'"ping"\n', None),
