@@ -5,6 +5,8 @@
 files of the versions it replaces (`updates.backup_before_update`), then runs
 apt — simulated (`-s`) unless confirmed — streaming apt's output, and raises
 an INFO alert on success or an ERROR alert with the output's tail on failure.
+A client that leaves cancels a simulated apply at once; a confirmed one, once
+it has begun changing things, runs to its end (`status` shows it meanwhile).
 `rollback` puts a snapshot's configuration back and reloads; it never
 touches the live state database (what was written since is kept), shows how
 the installed packages differ, and with `packages` reinstalls the saved
@@ -68,6 +70,7 @@ class UpdateService:
         self._cache: dict[str, Any] | None = None
         self._check_lock = anyio.Lock()
         self._apply_lock = anyio.Lock()
+        self._applying: dict[str, Any] = {}
         self.applied = 0
         self.failed = 0
 
@@ -80,6 +83,7 @@ class UpdateService:
         return {
             "state": "applying" if self._apply_lock.locked() else "running",
             "applying": self._apply_lock.locked(),
+            "apply": self._applying if self._apply_lock.locked() else None,
             "applied": self.applied,
             "failed": self.failed,
             "last_check": cache["checked_at"] if cache else None,
@@ -215,14 +219,24 @@ class UpdateService:
     ) -> dict[str, Any]:
         """Upgrade pending packages (simulated unless `confirm`).
 
+        Cancelled (the client left, the deadline passed) before a confirmed
+        run takes its snapshot, or at any point of a simulated one, the apply
+        stops at once and frees the lock; the package-list read it may be
+        waiting for only reads, so it is left to finish alone. From the
+        snapshot of a confirmed run on, cancellation waits for the end: dpkg
+        must not be stopped half-way, and the outcome is still alerted.
+
         Raises:
             Busy: another apply is running.
             Unavailable: apt cannot tell what is pending.
         """
         if self._apply_lock.locked():
-            raise Busy("an update is already being applied")
+            raise Busy(self._busy_message())
         async with self._apply_lock:
-            upgrades, _age, problem = await anyio.to_thread.run_sync(self.apt.pending)
+            self._applying = {"since": self.clock(), "confirmed": confirm, "packages": None}
+            upgrades, _age, problem = await anyio.to_thread.run_sync(
+                self.apt.pending, abandon_on_cancel=True
+            )
             if problem:
                 raise Unavailable(f"cannot list pending updates: {problem}")
             chosen = [
@@ -238,25 +252,38 @@ class UpdateService:
             if not chosen:
                 result.update(returncode=0, output_tail=[], message="nothing to upgrade")
                 return result
+            self._applying["packages"] = [u.package for u in chosen]
             await progress({"phase": "planned", "packages": result["packages"]})
-            if confirm and self.config.backup_before_update:
-                replacing = [
-                    Installed(u.package, u.current, "") for u in chosen if u.current is not None
-                ]
-                arch = await anyio.to_thread.run_sync(self._arches)
-                replacing = [
-                    Installed(i.package, i.version, arch.get(i.package, "")) for i in replacing
-                ]
-                meta = await self.snapshot("before update apply", replacing)
-                result["snapshot"] = meta["id"]
-                await progress({"phase": "snapshot", "snapshot": meta["id"]})
-            argv = self.apt.upgrade_command([u.package for u in chosen], simulate=not confirm)
-            code, tail = await self._run(argv, progress)
-            result.update(returncode=code, output_tail=tail)
-            self._cache = None
-            if confirm:
-                await self._report(code, chosen, tail, result["snapshot"])
+            with anyio.CancelScope(shield=confirm):
+                if confirm and self.config.backup_before_update:
+                    replacing = [
+                        Installed(u.package, u.current, "") for u in chosen if u.current is not None
+                    ]
+                    arch = await anyio.to_thread.run_sync(self._arches)
+                    replacing = [
+                        Installed(i.package, i.version, arch.get(i.package, "")) for i in replacing
+                    ]
+                    meta = await self.snapshot("before update apply", replacing)
+                    result["snapshot"] = meta["id"]
+                    await progress({"phase": "snapshot", "snapshot": meta["id"]})
+                argv = self.apt.upgrade_command([u.package for u in chosen], simulate=not confirm)
+                code, tail = await self._run(argv, progress)
+                result.update(returncode=code, output_tail=tail)
+                self._cache = None
+                if confirm:
+                    await self._report(code, chosen, tail, result["snapshot"])
             return result
+
+    def _busy_message(self) -> str:
+        current = self._applying
+        kind = "confirmed" if current.get("confirmed") else "simulated"
+        packages = current.get("packages")
+        what = f"{len(packages)} package(s)" if packages is not None else "listing packages"
+        elapsed = max(0.0, self.clock() - current.get("since", self.clock()))
+        return (
+            f"an update is already being applied ({kind}, {what}, for {elapsed:.0f} s);"
+            " `status` shows it under components.updates.apply"
+        )
 
     def _arches(self) -> dict[str, str]:
         return {i.package: i.arch for i in self.apt.installed()}
