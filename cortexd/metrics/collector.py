@@ -32,6 +32,7 @@ from cortexd import __version__
 from cortexd.alerts.model import Alert
 from cortexd.server import ServerStats
 
+PROCESS_PREFIX = "process_"
 CHECK_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -273,7 +274,9 @@ class Metrics:
         Gauge("cortex_start_time_seconds", "When the daemon started.", registry=self.registry).set(
             clock()
         )
-        ProcessCollector(namespace="cortex", registry=self.registry)
+        # The standard process_* names (no prefix), as every Prometheus client
+        # exports them: dashboards and alerts written for them work unchanged.
+        ProcessCollector(registry=self.registry)
         self.registry.register(_Snapshot(sources))
 
     async def on_check(self, result: CheckRun) -> None:
@@ -296,14 +299,18 @@ class Metrics:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
 
-    async def render_async(self) -> bytes:
+    async def render_async(self, *, process: bool = True) -> bytes:
         """`render()`, with only the collection on the loop.
 
         Collectors read state the loop owns, so they run here; the text
         formatting, about three quarters of the cost, runs in a worker thread
-        on the collected (immutable) families.
+        on the collected (immutable) families. `process=False` leaves out the
+        `process_*` families: in node_exporter's textfile collector they would
+        clash with node_exporter's own process metrics.
         """
-        families = list(self.registry.collect())
+        families = [
+            f for f in self.registry.collect() if process or not f.name.startswith(PROCESS_PREFIX)
+        ]
         return await anyio.to_thread.run_sync(generate_latest, _Collected(families))
 
 

@@ -133,7 +133,7 @@ class MetricsComponent:
     async def write_textfile(self) -> None:
         """Write the exposition to `metrics.textfile_path` atomically (temp file + rename)."""
         path = self.config.textfile_path
-        data = await self.metrics.render_async()
+        data = await self.metrics.render_async(process=False)
         try:
             await anyio.to_thread.run_sync(_atomic_write, path, data)
             self.textfile_writes += 1
