@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+import warnings
 from collections.abc import MutableMapping
 
 import sdnotify
@@ -17,32 +19,35 @@ import sdnotify
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
-    """Sends sd_notify state lines; a no-op when systemd did not ask for them."""
+    """Sends sd_notify state lines; a no-op when systemd did not ask for them.
+
+    `environ` stands in for the process environment in tests. The address is
+    only ever taken from the real one: sdnotify reads it from there, and a
+    stand-in mapping never makes the notifier send anywhere.
+    """
 
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        address = env.get("NOTIFY_SOCKET", "")
-        self.enabled = bool(address)
-        self._notifier: sdnotify.SystemdNotifier | None = None
-        if self.enabled:
-            # sdnotify's constructor connects a blocking socket to the address
-            # in os.environ (and leaks it when that is unset); we give it our
-            # own non-blocking socket to the address in `env` instead.
-            notifier = sdnotify.SystemdNotifier.__new__(sdnotify.SystemdNotifier)
-            notifier.debug = False
-            notifier.socket = _connect(address)
-            self._notifier = notifier
+        self._systemd: sdnotify.SystemdNotifier | None = None
+        if env is os.environ and env.get("NOTIFY_SOCKET"):
+            self._systemd = _systemd_notifier(env["NOTIFY_SOCKET"])
+        self.enabled = self._systemd is not None
         self.watchdog_seconds = _watchdog_seconds(env)
-        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        for key in NOTIFY_ENV:
             env.pop(key, None)
 
     def send(self, *lines: str) -> None:
         """Send `lines` as one datagram (e.g. `"READY=1", "STATUS=serving"`)."""
-        if self._notifier is not None:
-            self._notifier.notify("\n".join(lines))
+        if self._systemd is not None:
+            # sd_notify speaks UTF-8, and sdnotify encodes as Latin-1 (dropping
+            # the whole message on any other character): hand it text whose
+            # Latin-1 bytes are the UTF-8 ones, so a STATUS= with a non-ASCII
+            # path cannot cost a READY=1.
+            self._systemd.notify("\n".join(lines).encode("utf-8").decode("latin-1"))
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
@@ -51,7 +56,13 @@ class Notifier:
         self.send(f"STATUS={status}")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1", "STATUS=reloading configuration")
+        """RELOADING=1 with the CLOCK_MONOTONIC time it began, as Type=notify-reload asks.
+
+        systemd (253 and later) uses MONOTONIC_USEC to tell this reload from
+        one it asked for earlier; READY=1 ends it.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading configuration")
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=shutting down")
@@ -61,30 +72,29 @@ class Notifier:
 
     def close(self) -> None:
         """Close the notification socket; later sends do nothing."""
-        if self._notifier is not None:
-            if self._notifier.socket is not None:
-                self._notifier.socket.close()
-            self._notifier = None
+        if self._systemd is not None:
+            if self._systemd.socket is not None:
+                self._systemd.socket.close()
+            self._systemd = None
 
 
-def _connect(address: str) -> socket.socket | None:
-    """A non-blocking datagram socket connected to `address` (`@name` is abstract).
+def _systemd_notifier(address: str) -> sdnotify.SystemdNotifier | None:
+    """sdnotify's notifier for the address in the environment, or None if unreachable.
 
-    Non-blocking because the sends happen on the event loop: if systemd's
-    queue is full a notification is dropped (sdnotify swallows the error),
-    which beats stalling every client. None when the address cannot be
-    reached; sdnotify then sends nothing.
+    Its socket is made non-blocking because the sends happen on the event
+    loop: if systemd's queue is full a notification is dropped (sdnotify
+    swallows the error), which beats stalling every client.
     """
-    target = "\0" + address[1:] if address.startswith("@") else address
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(target)
-    except OSError as exc:
-        log.warning("cannot reach NOTIFY_SOCKET %s: %s", address, exc)
-        sock.close()
+    # A connect that fails leaves sdnotify's socket to the garbage collector,
+    # whose ResourceWarning would name no culprit; ours says what happened.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        notifier = sdnotify.SystemdNotifier()
+    if notifier.socket is None:
+        log.warning("cannot reach NOTIFY_SOCKET %s; systemd will not hear from the daemon", address)
         return None
-    sock.setblocking(False)
-    return sock
+    notifier.socket.setblocking(False)
+    return notifier
 
 
 def _watchdog_seconds(env: MutableMapping[str, str]) -> float | None:
