@@ -38,8 +38,11 @@ _SCALARS: dict[int, str] = {
 _STRING = 8
 _ARRAY = 9
 
-# ggml tensor types: id -> (elements per block, bytes per block). Unknown types
-# only weaken the truncation check to "the last tensor starts inside the file".
+# ggml tensor types: id -> (elements per block, bytes per block), as the linked
+# libggml's ggml_blck_size/ggml_type_size give them (tests/inference/
+# test_gguf_types.py holds the two together). Ids ggml retired are left out.
+# Unknown types only weaken the truncation check to "the last tensor starts
+# inside the file".
 _TENSOR_TYPES: dict[int, tuple[int, int]] = {
     0: (1, 4),
     1: (1, 2),
@@ -73,6 +76,9 @@ _TENSOR_TYPES: dict[int, tuple[int, int]] = {
     34: (256, 54),
     35: (256, 66),
     39: (32, 17),
+    40: (64, 36),
+    41: (128, 18),
+    42: (64, 18),
 }
 
 
