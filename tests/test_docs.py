@@ -11,7 +11,10 @@ key, a method or an error without documenting it fails here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +33,8 @@ from cortexd.config.loader import FLAT_ALIASES
 from cortexd.protocol import ErrorCode
 from cortexd.server import Method
 from tests.daemon import DaemonProcess
+from tests.protocol_examples import Example, compare_frames, examples
+from tests.protocol_world import World, example_world
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -314,7 +319,9 @@ def test_each_method_section_has_access_aliases_params_and_example(methods: list
             assert f"`{alias}`" in body, f"{method.name}: alias {alias} not documented"
         for param in method.params:
             assert f"`{param.name}`" in body, f"{method.name}: param {param.name} not documented"
-        assert "socat - UNIX-CONNECT:" in body, f"{method.name}: no socat example"
+        assert re.search(r"socat (-t \d+ )?- UNIX-CONNECT:", body), (
+            f"{method.name}: no socat example"
+        )
         assert f'"method":"{method.name}"' in body or any(
             f'"method":"{alias}"' in body for alias in method.aliases
         ), f"{method.name}: the example does not call it"
@@ -377,3 +384,76 @@ def test_documented_make_targets_exist() -> None:
     for doc in (README, CONFIG_MD, PROTOCOL_MD):
         for target in re.findall(r"`make ([a-z][\w-]*)", doc.read_text()):
             assert target in targets, f"{doc.name} mentions make {target}, which does not exist"
+
+
+# -- the socat examples of docs/protocol.md, run as printed ------------------------------
+
+# A server-side id (an upload, an inference request) lives only in the daemon that
+# handed it out: an example naming one can only be told NOT_FOUND, naming that id.
+SERVER_SIDE_ID = re.compile(r"\b[0-9a-f]{16}\b")
+
+
+def run_order(found: list[Example]) -> list[Example]:
+    """Document order, except that the examples calling `shutdown` come last, a denied one first."""
+    stops = [e for e in found if e.method == "shutdown"]
+    stops.sort(key=lambda e: not any(isinstance(f, dict) and "error" in f for f in e.printed))
+    return [e for e in found if e.method != "shutdown"] + stops
+
+
+@contextlib.contextmanager
+def precondition(world: World, example: Example) -> Iterator[None]:
+    """What an example's printed answer assumes beyond the world: a reload of a bad file."""
+    errors = [
+        f["error"]["data"]["name"] for f in example.printed if isinstance(f, dict) and "error" in f
+    ]
+    if "CONFIG_ERROR" not in errors:
+        yield
+        return
+    path = Path(world.daemon.config_path)
+    good = path.read_text()
+    path.write_text(good + "server:\n  request_timeout: -1\n  idle_timeout: lots\n")
+    try:
+        yield
+    finally:
+        path.write_text(good)
+
+
+def example_problems(example: Example, done: subprocess.CompletedProcess[str]) -> list[str]:
+    if done.returncode != 0:
+        return [f"exit status {done.returncode}: {done.stderr.strip()[-500:]}"]
+    try:
+        actual = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    except ValueError as exc:
+        return [f"printed something that is not JSON lines ({exc}): {done.stdout[:500]!r}"]
+    named = set(SERVER_SIDE_ID.findall(example.command))
+    if named and len(actual) == 1 and "error" in actual[0]:
+        error = actual[0]["error"]
+        if error["data"]["name"] == "NOT_FOUND" and any(i in json.dumps(error) for i in named):
+            return []
+    problems = compare_frames(example.printed, actual)
+    return [*problems, f"the daemon printed: {done.stdout[:1500]}"] if problems else []
+
+
+def test_the_examples_are_found() -> None:
+    found = examples(PROTOCOL_MD)
+    assert len(found) > 60
+    assert {"ping", "status", "inference.chat", "updates.apply"} <= {e.method for e in found}
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_every_socat_example_in_the_protocol_runs_as_printed() -> None:
+    if os.getuid() != 0:
+        pytest.skip("root-only: a journald of its own, setpriv to nobody, root-owned plugins")
+    assert os.path.isfile(INSTALLED_MODEL), f"{INSTALLED_MODEL} is missing: run `make model`"
+    found = examples(PROTOCOL_MD)
+    failures: list[str] = []
+    with example_world(found, INSTALLED_MODEL) as world:
+        for example in run_order(found):
+            with precondition(world, example):
+                done = world.run(example)
+            problems = example_problems(example, done)
+            if problems:
+                failures.append(f"{example}\n    " + "\n    ".join(problems))
+    assert not failures, f"{len(failures)} of {len(found)} examples differ:\n" + "\n".join(failures)
