@@ -384,3 +384,17 @@ async def test_a_client_that_leaves_cancels_its_batch() -> None:
         await conn.aclose()
         await s.wait_until(lambda: s.server.inflight == 0)
         assert (await (await s.connect()).request("fast"))["result"] == {"fast": True}
+
+
+async def test_while_draining_each_member_is_judged_on_its_own() -> None:
+    async with serving() as s:
+        conn = await s.connect()
+        s.server.stop_accepting()
+        batch = [
+            {"jsonrpc": "2.0", "id": "f", "method": "fast"},
+            {"jsonrpc": "2.0", "id": "s", "method": "slow", "params": {"seconds": 0.01}},
+        ]
+        await conn.send(orjson.dumps(batch) + b"\n")
+        by_id = {a["id"]: a for a in await recv_frame(conn)}
+        assert by_id["f"]["result"] == {"fast": True}
+        assert by_id["s"]["error"]["data"] == {"name": "SHUTTING_DOWN"}
