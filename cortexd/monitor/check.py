@@ -117,6 +117,11 @@ class Check(ABC):
     description: str = ""
     enabled: bool = True
     first_run_delay: float = 0.0
+    # What the instance was built from beyond the settings the monitor changes
+    # in place (interval, timeout, thresholds, enabled). A reload that builds
+    # an equal value keeps the running instance and the state it holds (e.g.
+    # cpu_usage's 5-minute window); None: always take the new instance.
+    built_from: object = None
 
     @abstractmethod
     def collect(self) -> list[Finding]:

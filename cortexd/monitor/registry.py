@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -67,8 +68,26 @@ def build_checks(config: Config) -> list[Check]:
         apply_settings(check, settings)
         if check_id == "cve_scan" and not config.monitor.enable_cve_scanning:
             check.enabled = False
+        # The factories read nothing but `settings`; what apply_settings sets
+        # changes in place on reload.
+        check.built_from = _built_from(settings)
         checks.append(check)
     return checks
+
+
+def _built_from(settings: CheckSettings) -> CheckSettings:
+    """`settings` without what apply_settings sets: the part a reload must rebuild for."""
+    return dataclasses.replace(
+        settings,
+        enabled=True,
+        interval_seconds=None,
+        timeout_seconds=None,
+        warning=None,
+        warning_clear=None,
+        critical=None,
+        critical_clear=None,
+        samples=None,
+    )
 
 
 def apply_settings(check: Check, settings: CheckSettings) -> None:

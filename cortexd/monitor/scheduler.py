@@ -7,6 +7,12 @@ its own). A timeout or an exception is that check's ERROR, never the
 daemon's: a check that stays ERROR three runs in a row raises one WARNING
 alert about itself. A run of a check already running waits for that run
 instead of starting a second one.
+
+A reload (of the config or of the plugins) keeps the running instance of
+every check built from unchanged settings, with what it holds (cpu_usage's
+5-minute window); graded levels, error counts and alerts are kept for every
+check that still exists. A changed interval takes effect at once: the next
+run is at the earlier of the old due time and now plus the new interval.
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ class Monitor:
         alerts: AlertManager,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self._build = build
         self.alerts = alerts
         self.clock = clock
+        self.monotonic = monotonic
         # Other features add checks (repair, plugins) and watch runs (hooks).
         self._sources: list[Builder] = []
         self.before_check: list[Callable[[Check], Awaitable[None]]] = []
@@ -82,14 +90,9 @@ class Monitor:
         self._state = "running"
 
     def apply_config(self, config: Config) -> None:
-        """Take new intervals, thresholds and lists; graded levels carry over."""
+        """Take new intervals, thresholds and lists; unchanged checks keep their state."""
         self.config = config
-        self.checks = self._built(config)
-        for (check_id, _), tracker in self._trackers.items():
-            check = self.checks.get(check_id)
-            if check is not None and check.thresholds is not None:
-                tracker.thresholds = check.thresholds
-        self._due = {k: v for k, v in self._due.items() if k in self.checks}
+        self._install(self._built(config))
 
     def add_checks(self, source: Builder) -> None:
         """Let another feature contribute checks, built now and again on each reload."""
@@ -98,8 +101,30 @@ class Monitor:
 
     def refresh_checks(self) -> None:
         """Rebuild the checks of every source (e.g. after plugins were reloaded)."""
-        self.checks = self._built(self.config)
-        self._due = {k: v for k, v in self._due.items() if k in self.checks}
+        self._install(self._built(self.config))
+
+    def _install(self, built: dict[str, Check]) -> None:
+        now = self.monotonic()
+        installed: dict[str, Check] = {}
+        for check_id, new in built.items():
+            old = self.checks.get(check_id)
+            check = new
+            if old is not None:
+                old_interval = old.interval
+                if _same_build(old, new):
+                    old.interval, old.timeout = new.interval, new.timeout
+                    old.thresholds, old.enabled = new.thresholds, new.enabled
+                    check = old
+                due = self._due.get(check_id)
+                if due is not None and check.interval != old_interval:
+                    self._due[check_id] = min(due, now + check.interval)
+            installed[check_id] = check
+        self.checks = installed
+        for (check_id, _), tracker in self._trackers.items():
+            found = installed.get(check_id)
+            if found is not None and found.thresholds is not None:
+                tracker.thresholds = found.thresholds
+        self._due = {k: v for k, v in self._due.items() if k in installed}
 
     def _built(self, config: Config) -> dict[str, Check]:
         checks = {c.id: c for c in self._build(config)}
@@ -157,17 +182,25 @@ class Monitor:
 
     # -- scheduling ------------------------------------------------------
 
+    def due_checks(self) -> list[Check]:
+        """The checks whose time has come; each one's next run is set an interval on."""
+        now = self.monotonic()
+        due_now = []
+        for check in list(self.checks.values()):
+            due = self._due.setdefault(check.id, now + check.first_run_delay)
+            if due <= now and check.id not in self._running:
+                self._due[check.id] = now + check.interval
+                due_now.append(check)
+        return due_now
+
     async def _loop(self) -> None:
         while True:
-            now = time.monotonic()
-            for check in list(self.checks.values()):
-                due = self._due.setdefault(check.id, now + check.first_run_delay)
-                if due <= now and check.id not in self._running:
-                    self._due[check.id] = now + check.interval
-                    assert self._tg is not None
-                    self._tg.start_soon(self._scheduled, check)
+            assert self._tg is not None
+            for check in self.due_checks():
+                self._tg.start_soon(self._scheduled, check)
+            now = self.monotonic()
             upcoming = min(self._due.values(), default=now + MAX_IDLE)
-            await anyio.sleep(max(0.01, min(MAX_IDLE, upcoming - time.monotonic())))
+            await anyio.sleep(max(0.01, min(MAX_IDLE, upcoming - now)))
 
     async def _scheduled(self, check: Check) -> None:
         try:
@@ -333,6 +366,12 @@ class Monitor:
                 description=_message(graded, overall),
                 annotations={"consecutive_errors": count},
             )
+
+
+def _same_build(old: Check, new: Check) -> bool:
+    return (
+        type(old) is type(new) and old.built_from is not None and old.built_from == new.built_from
+    )
 
 
 def _own(labels: dict[str, str]) -> dict[str, str]:

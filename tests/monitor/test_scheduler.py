@@ -268,3 +268,110 @@ async def test_a_findings_own_severity_wins_even_info(alerts: AlertManager) -> N
     await monitor_of([check], alerts).run_check(check)
     (alert,) = await everything(alerts)
     assert alert["severity"] == "INFO"
+
+
+class Ticks:
+    """A monotonic clock the test steps by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Windowed(Check):
+    """Holds state between runs, like cpu_usage's window; built from `source`."""
+
+    category = "test"
+
+    def __init__(self, check_id: str, interval: float, source: object = "same") -> None:
+        self.id = self.name = check_id
+        self.interval = interval
+        self.built_from = source
+        self.samples: list[float] = []
+
+    def collect(self) -> list[Finding]:
+        self.samples.append(len(self.samples))
+        return [Finding(f"{len(self.samples)} samples", status=Status.PASS)]
+
+
+def scheduled(monitor: Monitor) -> list[str]:
+    return [c.id for c in monitor.due_checks()]
+
+
+async def test_a_shortened_interval_takes_effect_at_once(alerts: AlertManager) -> None:
+    ticks = Ticks()
+    current: list[Check] = [Windowed("probe", 600), Windowed("other", 600)]
+    monitor = Monitor(Config(), lambda c: current, alerts, clock=alerts.clock, monotonic=ticks)
+    assert scheduled(monitor) == ["probe", "other"]  # at start-up
+    ticks.now += 10
+    assert scheduled(monitor) == []
+    current[:] = [Windowed("probe", 5), Windowed("other", 900)]
+    monitor.apply_config(Config())
+    # min(old due, now + new interval): 5 s from the reload, not 600 from the last run.
+    ticks.now += 4.9
+    assert scheduled(monitor) == []
+    ticks.now += 0.1
+    assert scheduled(monitor) == ["probe"]
+    ticks.now += 5
+    assert scheduled(monitor) == ["probe"]
+    # A longer interval never delays the run that was already due sooner.
+    ticks.now = 1000 + 599
+    assert "other" not in scheduled(monitor)
+    ticks.now += 1
+    assert "other" in scheduled(monitor)
+
+
+async def test_a_reload_keeps_the_state_of_unchanged_checks(alerts: AlertManager) -> None:
+    ticks = Ticks()
+    kept, rebuilt = Windowed("kept", 10), Windowed("rebuilt", 10, source="a")
+    current: list[Check] = [kept, rebuilt]
+    monitor = Monitor(Config(), lambda c: current, alerts, clock=alerts.clock, monotonic=ticks)
+    for check in (kept, rebuilt):
+        await monitor.run_check(check)
+        await monitor.run_check(check)
+    fresh_kept = Windowed("kept", 20)
+    fresh_kept.thresholds = Thresholds(50, 40, 60, 55, samples=1)
+    current[:] = [fresh_kept, Windowed("rebuilt", 10, source="b")]
+    monitor.apply_config(Config())
+    assert monitor.checks["kept"] is kept
+    assert kept.samples == [0, 1]  # its state survived the reload
+    assert kept.interval == 20 and kept.thresholds == fresh_kept.thresholds
+    assert monitor.checks["rebuilt"] is not rebuilt  # built from other settings
+    # The same holds for a reload of another source (plugins.reload).
+    monitor.refresh_checks()
+    assert monitor.checks["kept"] is kept
+
+
+async def test_cpu_usage_keeps_its_window_across_a_config_reload(alerts: AlertManager) -> None:
+    from cortexd.config.schema import AlertsConfig, ChecksConfig, CheckSettings
+    from cortexd.monitor.checks.metrics import CpuUsage
+    from cortexd.monitor.registry import build_checks
+
+    monitor = Monitor(Config(), build_checks, alerts, clock=alerts.clock)
+    cpu = monitor.checks["cpu_usage"]
+    assert isinstance(cpu, CpuUsage)
+    await monitor.run_check(cpu)
+    first = cpu._samples[0]
+    other = dataclasses.replace(Config(), alerts=AlertsConfig(coalesce_seconds=5))
+    monitor.apply_config(other)
+    assert monitor.checks["cpu_usage"] is cpu
+    await monitor.run_check(monitor.checks["cpu_usage"])
+    assert cpu._samples[0] == first and len(cpu._samples) == 3  # the window goes on
+    stricter = dataclasses.replace(
+        other,
+        checks=ChecksConfig(
+            cpu_usage=CheckSettings(warning=85, warning_clear=75, interval_seconds=2)
+        ),
+    )
+    monitor.apply_config(stricter)
+    assert monitor.checks["cpu_usage"] is cpu
+    assert cpu.interval == 2
+    assert cpu.thresholds is not None and cpu.thresholds.warning == 85
+    moved = dataclasses.replace(
+        stricter, checks=ChecksConfig(disk_space=CheckSettings(exclude=("/boot",)))
+    )
+    disk = monitor.checks["disk_space"]
+    monitor.apply_config(moved)
+    assert monitor.checks["disk_space"] is not disk  # built from other settings
