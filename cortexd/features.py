@@ -41,5 +41,5 @@ def install_features(daemon: Daemon) -> None:
     install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
     install_logs(daemon)
     install_backup(daemon)
-    updates = install_updates(daemon)
+    updates = install_updates(daemon, monitor.pending)
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)

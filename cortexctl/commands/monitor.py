@@ -9,6 +9,7 @@ be reached, or a usage error).
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any, NoReturn
 
 from cortexctl.client import DEFAULT_TIMEOUT, Client
@@ -43,6 +44,24 @@ def _level(out: Output, text: str, value: Any, warn: float, crit: float) -> str:
         return text
     colour = "31" if value >= crit else "33" if value >= warn else "32"
     return out.paint(text, colour)
+
+
+def _clock(when: Any) -> str:
+    return "?" if when is None else time.strftime("%H:%M", time.localtime(when))
+
+
+def _updates(updates: dict[str, Any]) -> str:
+    """The `updates` row: the figures, or why there are none yet."""
+    state = updates.get("state", "checked")
+    if state == "not_checked":
+        return f"not checked yet (first check at {_clock(updates.get('next_check_at'))})"
+    if state == "changed":
+        return f"packages changed at {_clock(updates.get('changed_at'))}; checking again shortly"
+    if state == "unavailable":
+        return f"unknown: {updates.get('problem')}"
+    if state == "disabled":
+        return "not checked (apt_updates is disabled)"
+    return f"{updates['pending']} pending, {updates['security']} security"
 
 
 def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -85,8 +104,7 @@ def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
     rows.append(("uptime", f"{h['uptime_seconds'] / 3600:.1f} h"))
     failed = h["failed_units"]
     rows.append(("failed units", "unknown" if failed is None else ", ".join(failed) or "none"))
-    updates = h["updates"]
-    rows.append(("updates", f"{updates['pending']} pending, {updates['security']} security"))
+    rows.append(("updates", _updates(h["updates"])))
     rows.append(("alerts", f"{h['alerts']['active']} active"))
     out.table(rows)
     if h["stale_checks"]:

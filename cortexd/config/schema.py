@@ -223,6 +223,7 @@ class UpdatesConfig:
     apply_timeout_seconds: float = field(default=3600.0, metadata=_bound(10, 86400))
     apt_command: tuple[str, ...] = field(default=("apt-get",), metadata=_root_only())
     apt_lists_dir: str = field(default="/var/lib/apt/lists", metadata=_root_only())
+    dpkg_status_path: str = field(default="/var/lib/dpkg/status", metadata=_root_only())
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 Built from the results the scheduler already holds (no extra probing), so a
 `health` call is cheap. After a restart the results persisted at shutdown
-are served, marked `stale`, until each check has run again.
+are served, marked `stale`, until each check has run again. Pending updates
+come from the shared scan (`Monitor.updates_view()`), the one `updates.check`
+answers from, so the two never disagree; with no scan that still holds they
+say why (not checked yet, the packages changed, apt cannot tell).
 """
 
 from __future__ import annotations
@@ -36,9 +39,17 @@ def _details(results: dict[str, CheckResult], check_id: str) -> dict[str, Any]:
 
 
 def build_health(
-    results: dict[str, CheckResult], alerts: dict[str, Any], now: float | None = None
+    results: dict[str, CheckResult],
+    alerts: dict[str, Any],
+    now: float | None = None,
+    *,
+    updates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The snapshot served by `health`; `alerts` is the alert manager's `state()`."""
+    """The snapshot served by `health`; `alerts` is the alert manager's `state()`.
+
+    `updates` is `Monitor.updates_view()`; without it the figures come from
+    the update checks' last results.
+    """
     now = time.time() if now is None else now
     cpu = _details(results, "cpu_usage")
     load = _details(results, "cpu_load")
@@ -48,8 +59,14 @@ def build_health(
     procs = _details(results, "process_count")
     zombies = _details(results, "zombie_processes")
     units = _details(results, "systemd_failed")
-    updates = _details(results, "apt_updates")
-    security = _details(results, "security_updates")
+    if updates is None:
+        pending = _details(results, "apt_updates")
+        updates = {
+            "pending": pending.get("pending"),
+            "security": _details(results, "security_updates").get(
+                "security", pending.get("security")
+            ),
+        }
     disks = [
         {k: v for k, v in item.items() if k not in ("labels",)}
         for item in _details(results, "disk_space").get("items", [])
@@ -86,10 +103,7 @@ def build_health(
         },
         "file_descriptors": fds or None,
         "failed_units": units.get("failed_units"),
-        "updates": {
-            "pending": updates.get("pending"),
-            "security": security.get("security", updates.get("security")),
-        },
+        "updates": updates,
         "alerts": {
             "active": alerts.get("active", 0),
             "by_severity": alerts.get("active_by_severity", {}),
@@ -101,6 +115,6 @@ def build_health(
         "memory_usage_percent": memory.get("used_percent"),
         "disk_usage_percent": (root or {}).get("used_percent", fullest),
         "pending_updates": updates.get("pending"),
-        "security_updates": security.get("security"),
+        "security_updates": updates.get("security"),
         "active_alerts": alerts.get("active", 0),
     }

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.monitor.check import Check, Status
+from cortexd.monitor.checks.commands import CommandRunner
 from cortexd.monitor.health import build_health
-from cortexd.monitor.registry import build_checks
+from cortexd.monitor.registry import build_checks, pending_updates
 from cortexd.monitor.scheduler import Monitor
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
@@ -22,7 +23,7 @@ def monitor_methods(monitor: Monitor) -> list[Method]:
     """The monitor's methods bound to `monitor`."""
 
     def health(call: Call) -> dict[str, Any]:
-        return build_health(monitor.results, monitor.alerts.state())
+        return build_health(monitor.results, monitor.alerts.state(), updates=monitor.updates_view())
 
     def checks_list(call: Call) -> dict[str, Any]:
         out = []
@@ -84,8 +85,13 @@ def _select(monitor: Monitor, ids: list[str] | None, category: str | None) -> li
 
 
 def install(daemon: Daemon, alerts: AlertManager) -> Monitor:
-    """Build the monitor, add it as a component and register its methods."""
-    monitor = Monitor(daemon.config, build_checks, alerts)
+    """Build the monitor, add it as a component and register its methods.
+
+    The monitor owns the daemon's one `PendingUpdates` (`monitor.pending`),
+    which the update module reads too.
+    """
+    pending = pending_updates(daemon.config, CommandRunner())
+    monitor = Monitor(daemon.config, lambda c: build_checks(c, pending), alerts, pending=pending)
     daemon.components.append(monitor)
     daemon.registry.add(monitor_methods(monitor))
     return monitor

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from cortexd.config.schema import CheckSettings, Config
 from cortexd.monitor.check import Check
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandRunner
+from cortexd.monitor.checks.commands import CommandRunner, Runner
+from cortexd.monitor.pending import PendingUpdates
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,13 @@ FOLLOW_MONITOR_INTERVAL = frozenset(
 )
 
 
-def _factories(runner: CommandRunner) -> dict[str, Factory]:
+def _factories(runner: CommandRunner, pending: PendingUpdates) -> dict[str, Factory]:
     """Check id → how to build it from its settings, in the order `doctor` lists them.
 
     The command checks share one runner (so stopping the monitor ends all of
-    their child processes) and the two update checks share one simulation.
+    their child processes) and the two update checks the daemon's one
+    `PendingUpdates`.
     """
-    simulation = packages.UpgradeSimulation(runner)
     return {
         "cpu_usage": lambda s: metrics.CpuUsage(),
         "cpu_load": lambda s: metrics.CpuLoad(),
@@ -42,8 +43,8 @@ def _factories(runner: CommandRunner) -> dict[str, Factory]:
         "process_count": lambda s: metrics.ProcessCount(),
         "systemd_failed": lambda s: system.SystemdFailed(runner),
         "apt_status": lambda s: packages.AptStatus(runner),
-        "apt_updates": lambda s: packages.AptUpdates(simulation),
-        "security_updates": lambda s: packages.SecurityUpdates(simulation),
+        "apt_updates": lambda s: packages.AptUpdates(pending),
+        "security_updates": lambda s: packages.SecurityUpdates(pending),
         "cve_scan": lambda s: packages.CveScan(data_path=s.data_path, runner=runner),
         "dependency_conflicts": lambda s: packages.DependencyConflicts(runner),
         "time_sync": lambda s: system.TimeSync(),
@@ -53,14 +54,34 @@ def _factories(runner: CommandRunner) -> dict[str, Factory]:
         "network_connectivity": lambda s: system.NetworkConnectivity(
             s.targets if s.targets is not None else system.DEFAULT_TARGETS
         ),
-        "reboot_required": lambda s: system.RebootRequired(),
+        "reboot_required": lambda s: system.RebootRequired(reboot_flag_path(s)),
     }
 
 
-def build_checks(config: Config) -> list[Check]:
-    """Every built-in check with its configured interval, timeout and thresholds."""
+def reboot_flag_path(settings: CheckSettings) -> str:
+    """The reboot flag `reboot_required` and `updates.check` read (`data_path` moves it)."""
+    return settings.data_path or system.REBOOT_FLAG
+
+
+def pending_updates(config: Config, runner: Runner) -> PendingUpdates:
+    """The daemon's one upgrade simulation, with the apt settings of `updates`."""
+    return PendingUpdates(
+        runner,
+        apt_command=config.updates.apt_command,
+        lists_dir=config.updates.apt_lists_dir,
+        dpkg_status=config.updates.dpkg_status_path,
+    )
+
+
+def build_checks(config: Config, pending: PendingUpdates | None = None) -> list[Check]:
+    """Every built-in check with its configured interval, timeout and thresholds.
+
+    `pending` is the daemon's shared simulation (a new one when not given).
+    """
+    runner = CommandRunner()
+    pending = pending or pending_updates(config, runner)
     checks: list[Check] = []
-    for check_id, factory in _factories(CommandRunner()).items():
+    for check_id, factory in _factories(runner, pending).items():
         settings: CheckSettings = getattr(config.checks, check_id)
         check = factory(settings)
         if check_id in FOLLOW_MONITOR_INTERVAL:

@@ -13,6 +13,11 @@ every check built from unchanged settings, with what it holds (cpu_usage's
 5-minute window); graded levels, error counts and alerts are kept for every
 check that still exists. A changed interval takes effect at once: the next
 run is at the earlier of the old due time and now plus the new interval.
+
+The pending-updates scan (`PendingUpdates`) is the monitor's too: a light
+look every few seconds notices when dpkg's status or the package lists
+changed, and once they have been quiet for a while the two update checks run
+again, so `health` never serves figures the system has moved past.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity, fingerprint
 from cortexd.config.schema import Config
 from cortexd.monitor.check import Check, CheckResult, Finding, Status, worst
+from cortexd.monitor.checks.commands import CommandRunner
+from cortexd.monitor.pending import PendingUpdates, Stamp
 from cortexd.monitor.thresholds import LevelTracker
 from cortexd.protocol import CortexError
 
@@ -41,6 +48,12 @@ SNAPSHOT_KEY = "monitor.results"
 # Threads of checks that ran past their timeout keep running until their own
 # subprocess timeouts end them; this bounds how many such threads can pile up.
 THREADS_PER_SLOT = 4
+UPDATE_CHECKS = ("apt_updates", "security_updates")
+# How often the package files are looked at (two stat calls), and how long
+# they must stay unchanged after a change before the update checks run again
+# (an apt run changes dpkg's status many times over minutes).
+PACKAGE_WATCH_SECONDS = 5.0
+PACKAGE_SETTLE_SECONDS = 10.0
 
 Builder = Callable[[Config], list[Check]]
 
@@ -58,12 +71,14 @@ class Monitor:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        pending: PendingUpdates | None = None,
     ) -> None:
         self.config = config
         self._build = build
         self.alerts = alerts
         self.clock = clock
         self.monotonic = monotonic
+        self.pending = pending or PendingUpdates(clock=clock)
         # Other features add checks (repair, plugins) and watch runs (hooks).
         self._sources: list[Builder] = []
         self.before_check: list[Callable[[Check], Awaitable[None]]] = []
@@ -80,6 +95,9 @@ class Monitor:
         self._tg: TaskGroup | None = None
         self._state = "starting"
         self.runs = 0
+        self._package_stamp: Stamp | None = None
+        self._packages_quiet_since = monotonic()
+        self._rescanned_for: float | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -87,11 +105,17 @@ class Monitor:
         self._tg = tg
         await self._load_snapshot()
         tg.start_soon(self._loop)
+        tg.start_soon(self._watch_packages)
         self._state = "running"
 
     def apply_config(self, config: Config) -> None:
         """Take new intervals, thresholds and lists; unchanged checks keep their state."""
         self.config = config
+        self.pending.configure(
+            apt_command=config.updates.apt_command,
+            lists_dir=config.updates.apt_lists_dir,
+            dpkg_status=config.updates.dpkg_status_path,
+        )
         self._install(self._built(config))
 
     def add_checks(self, source: Builder) -> None:
@@ -150,6 +174,8 @@ class Monitor:
         self._state = "stopped"
         for check in self.checks.values():
             check.close()
+        if isinstance(self.pending.runner, CommandRunner):
+            self.pending.runner.kill_all()
         payload = orjson.dumps([r.to_dict() for r in self.results.values()])
         try:
             await self.alerts.put_blob(SNAPSHOT_KEY, payload)
@@ -193,6 +219,13 @@ class Monitor:
                 due_now.append(check)
         return due_now
 
+    def next_run(self, check_id: str) -> float | None:
+        """When `check_id` runs next (wall time), once the scheduler has placed it."""
+        due = self._due.get(check_id)
+        if due is None:
+            return None
+        return self.clock() + max(0.0, due - self.monotonic())
+
     async def _loop(self) -> None:
         while True:
             assert self._tg is not None
@@ -201,6 +234,69 @@ class Monitor:
             now = self.monotonic()
             upcoming = min(self._due.values(), default=now + MAX_IDLE)
             await anyio.sleep(max(0.01, min(MAX_IDLE, upcoming - now)))
+
+    # -- pending updates ---------------------------------------------------
+
+    async def _watch_packages(self) -> None:
+        while True:
+            await anyio.sleep(PACKAGE_WATCH_SECONDS)
+            try:
+                stamp = await anyio.to_thread.run_sync(self.pending.look, limiter=self._threads)
+            except Exception:  # isolation boundary: the look is retried next round
+                log.exception("looking at the package files failed")
+                continue
+            self.packages_seen(stamp)
+
+    def packages_seen(self, stamp: Stamp) -> None:
+        """Note the package files' stamp; rerun the update checks once they settled.
+
+        The checks run once per invalidation, so a scan that keeps failing is
+        retried at the checks' own interval, not at every look.
+        """
+        now = self.monotonic()
+        if stamp != self._package_stamp:
+            self._package_stamp = stamp
+            self._packages_quiet_since = now
+        changed_at = self.pending.invalid_since
+        if (
+            self.pending.latest is None
+            and changed_at is not None
+            and changed_at != self._rescanned_for
+            and now - self._packages_quiet_since >= PACKAGE_SETTLE_SECONDS
+        ):
+            self._rescanned_for = changed_at
+            for check_id in UPDATE_CHECKS:
+                if check_id in self._due:
+                    self._due[check_id] = min(self._due[check_id], now)
+
+    def updates_view(self) -> dict[str, Any]:
+        """What `health` says about pending updates: the shared scan, or why there is none."""
+        scan = self.pending.latest
+        view: dict[str, Any] = {
+            "pending": None,
+            "security": None,
+            "state": "checked",
+            "checked_at": None,
+            "next_check_at": None,
+            "changed_at": None,
+            "problem": None,
+        }
+        if scan is not None:
+            view["checked_at"] = scan.checked_at
+            if scan.problem is not None:
+                return {**view, "state": "unavailable", "problem": scan.problem}
+            return {**view, "pending": len(scan.upgrades), "security": len(scan.security)}
+        checks = [self.checks[i] for i in UPDATE_CHECKS if i in self.checks]
+        if not any(c.enabled for c in checks):
+            return {**view, "state": "disabled"}
+        runs = [t for t in (self.next_run(c.id) for c in checks if c.enabled) if t is not None]
+        view["next_check_at"] = min(runs, default=None)
+        if self.pending.failure is not None:
+            return {**view, "state": "unavailable", "problem": self.pending.failure}
+        changed_at = self.pending.invalid_since
+        if changed_at is not None:
+            return {**view, "state": "changed", "changed_at": changed_at}
+        return {**view, "state": "not_checked"}
 
     async def _scheduled(self, check: Check) -> None:
         try:

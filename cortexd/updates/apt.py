@@ -1,8 +1,8 @@
 """apt and dpkg as the update module uses them: simulate, refresh, upgrade, list.
 
 The pending-upgrade simulation and its parser are the monitor's
-(`UpgradeSimulation`, `parse_simulation`), so the `apt_updates` check and
-`updates.check` always agree. `updates.apt_command` replaces `apt-get` in
+(`cortexd.monitor.pending`), so the `apt_updates` check and `updates.check`
+always agree. `updates.apt_command` replaces `apt-get` in
 every command, which is how tests (and packagers with a wrapper) inject
 their own. When systemd is PID 1, commands that change packages run in a
 transient unit (`systemd-run --wait --pipe`), outside the daemon's sandbox.
@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cortexd.monitor.checks.commands import CommandResult
-from cortexd.monitor.checks.packages import APT_LISTS, Upgrade, UpgradeSimulation
+from cortexd.monitor.pending import APT_LISTS, Upgrade, simulate
 
 DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"
 APT_ARCHIVES = "/var/cache/apt/archives"
-REBOOT_FLAG = "/run/reboot-required"
 LIST_TIMEOUT = 120.0
 REFRESH_TIMEOUT = 600.0
 
@@ -57,40 +56,26 @@ class Apt:
         *,
         lists_dir: str = APT_LISTS,
         archives_dir: str = APT_ARCHIVES,
-        reboot_flag: str = REBOOT_FLAG,
         run: Callable[[Sequence[str], float], CommandResult] = _run,
     ) -> None:
         self.apt_command = tuple(apt_command)
         self.lists_dir = lists_dir
         self.archives_dir = archives_dir
-        self.reboot_flag = reboot_flag
         self.run = run
 
     def _apt(self, argv: Sequence[str], timeout: float) -> CommandResult:
-        # The monitor's simulation names `apt-get`; swap in the configured command.
         if argv and argv[0] == "apt-get":
             argv = [*self.apt_command, *argv[1:]]
         return self.run(argv, timeout)
 
     def pending(self) -> tuple[list[Upgrade], float | None, str | None]:
-        """(upgrades, age of the package lists in seconds, why not) — blocking."""
-        found = UpgradeSimulation(self._apt, self.lists_dir, max_age=0.0).get()
-        if isinstance(found, tuple):
-            return found[0], found[1], None
-        return [], None, found.message
+        """(upgrades, age of the package lists in seconds, why not) — blocking, never cached."""
+        found = simulate(self.run, self.lists_dir, self.apt_command)
+        return list(found.upgrades), found.lists_age, found.problem
 
     def refresh(self) -> CommandResult:
         """`apt-get update` (downloads the package lists)."""
         return self._apt(["apt-get", "-q", "update"], REFRESH_TIMEOUT)
-
-    def reboot_required(self) -> tuple[bool, list[str]]:
-        if not os.path.exists(self.reboot_flag):
-            return False, []
-        try:
-            with open(f"{self.reboot_flag}.pkgs", encoding="utf-8") as fh:
-                return True, sorted({line.strip() for line in fh if line.strip()})
-        except OSError:
-            return True, []
 
     def installed(self) -> list[Installed]:
         """Every installed package with its version (dpkg-query)."""

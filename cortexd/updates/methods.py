@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from cortexd.monitor.pending import PendingUpdates
 from cortexd.server import Call, Method, Param
 from cortexd.updates.service import UpdateService
 
@@ -111,11 +112,15 @@ def update_methods(service: UpdateService) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon) -> UpdateService:
-    """Add the update service and its methods (after the alert manager)."""
+def install(daemon: Daemon, pending: PendingUpdates | None = None) -> UpdateService:
+    """Add the update service and its methods (after the alert manager).
+
+    `pending` is the monitor's upgrade scan, shared so `health` and
+    `updates.check` give one answer.
+    """
     from cortexd.logs.methods import find_alert_manager
 
-    service = UpdateService(daemon, find_alert_manager(daemon))
+    service = UpdateService(daemon, find_alert_manager(daemon), pending)
     daemon.components.append(service)
     daemon.registry.add(update_methods(service))
     return service

@@ -1,6 +1,10 @@
 """The update module: check, snapshot, apply and roll back (SPEC §12).
 
-`check` answers from a cache younger than `updates.check_interval_hours`.
+`check` answers from the daemon's one upgrade scan (`PendingUpdates`, which
+the monitor's update checks and `health` read too) while it is younger than
+`updates.check_interval_hours` and dpkg's status and the package lists are
+unchanged; a confirmed apply forgets it. The reboot flag is read afresh on
+every call.
 `apply` never runs twice at once (BUSY); it takes a snapshot with the .deb
 files of the versions it replaces (`updates.backup_before_update`), then runs
 apt — simulated (`-s`) unless confirmed — streaming apt's output, and raises
@@ -29,6 +33,9 @@ from cortexd.alerts import AlertManager, Severity
 from cortexd.backup.service import config_files, write_atomically
 from cortexd.config.schema import UpdatesConfig
 from cortexd.monitor.checks.packages import Upgrade
+from cortexd.monitor.checks.system import read_reboot_flag
+from cortexd.monitor.pending import PendingUpdates
+from cortexd.monitor.registry import reboot_flag_path
 from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.updates.apt import Apt, Installed
 from cortexd.updates.snapshots import Snapshots, package_changes
@@ -60,14 +67,24 @@ class UpdateService:
     name = "updates"
 
     def __init__(
-        self, daemon: Daemon, alerts: AlertManager, *, clock: Callable[[], float] = time.time
+        self,
+        daemon: Daemon,
+        alerts: AlertManager,
+        pending: PendingUpdates | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
         self.alerts = alerts
         self.clock = clock
+        self.pending = pending or PendingUpdates(
+            apt_command=self.config.apt_command,
+            lists_dir=self.config.apt_lists_dir,
+            dpkg_status=self.config.dpkg_status_path,
+            clock=clock,
+        )
         self.apt = Apt(self.config.apt_command, lists_dir=self.config.apt_lists_dir)
         self.snapshots = Snapshots(os.path.join(daemon.config.state_dir, "snapshots"), self.apt)
-        self._cache: dict[str, Any] | None = None
         self._check_lock = anyio.Lock()
         self._apply_lock = anyio.Lock()
         self._applying: dict[str, Any] = {}
@@ -79,15 +96,15 @@ class UpdateService:
         return self.daemon.config.updates
 
     def state(self) -> dict[str, Any]:
-        cache = self._cache
+        scan = self.pending.latest
         return {
             "state": "applying" if self._apply_lock.locked() else "running",
             "applying": self._apply_lock.locked(),
             "apply": self._applying if self._apply_lock.locked() else None,
             "applied": self.applied,
             "failed": self.failed,
-            "last_check": cache["checked_at"] if cache else None,
-            "pending": cache["counts"]["total"] if cache else None,
+            "last_check": scan.checked_at if scan else None,
+            "pending": len(scan.upgrades) if scan and scan.problem is None else None,
         }
 
     async def start(self, tg: TaskGroup) -> None:
@@ -96,6 +113,11 @@ class UpdateService:
     def apply_config(self, config: Any) -> None:
         self.apt = Apt(config.updates.apt_command, lists_dir=config.updates.apt_lists_dir)
         self.snapshots.apt = self.apt
+        self.pending.configure(
+            apt_command=config.updates.apt_command,
+            lists_dir=config.updates.apt_lists_dir,
+            dpkg_status=config.updates.dpkg_status_path,
+        )
 
     async def stop(self) -> None:
         """Nothing to flush: snapshots are complete once written."""
@@ -115,38 +137,39 @@ class UpdateService:
     # -- check -------------------------------------------------------------------
 
     async def check(self, *, force: bool = False) -> dict[str, Any]:
-        """Pending upgrades (security ones apart), reboot flag, package list age."""
+        """Pending upgrades (security ones apart), reboot flag, package list age.
+
+        Raises:
+            RuntimeError: apt failed (nothing is cached).
+        """
         async with self._check_lock:
-            now = self.clock()
-            cache = self._cache
-            max_age = self.config.check_interval_hours * HOUR
-            if cache is not None and not force and now - cache["checked_at"] < max_age:
-                return {**cache, "cached": True}
             refreshed = None
             if force:
                 done = await anyio.to_thread.run_sync(self.apt.refresh)
                 refreshed = done.returncode == 0
                 if not refreshed:
                     log.warning("apt-get update failed: %s", done.stderr.strip()[-300:])
-            upgrades, age, problem = await anyio.to_thread.run_sync(self.apt.pending)
-            reboot, reboot_packages = await anyio.to_thread.run_sync(self.apt.reboot_required)
-            security = [_upgrade(u) for u in upgrades if u.security]
-            result = {
-                "checked_at": now,
-                "cached": False,
-                "available": problem is None,
-                "problem": problem,
-                "lists_refreshed_at": None if age is None else now - age,
+            before = self.pending.latest
+            max_age = 0.0 if force else self.config.check_interval_hours * HOUR
+            scan = await anyio.to_thread.run_sync(self.pending.scan, max_age)
+            flag_path = reboot_flag_path(self.daemon.config.checks.reboot_required)
+            reboot = await anyio.to_thread.run_sync(read_reboot_flag, flag_path)
+            security = [_upgrade(u) for u in scan.security]
+            age = scan.lists_age
+            return {
+                "checked_at": scan.checked_at,
+                "cached": scan is before,
+                "available": scan.problem is None,
+                "problem": scan.problem,
+                "lists_refreshed_at": None if age is None else scan.checked_at - age,
                 "lists_age_seconds": age,
                 "lists_refresh_ok": refreshed,
-                "upgrades": [_upgrade(u) for u in upgrades if not u.security],
+                "upgrades": [_upgrade(u) for u in scan.upgrades if not u.security],
                 "security": security,
-                "counts": {"total": len(upgrades), "security": len(security)},
-                "reboot_required": reboot,
-                "reboot_packages": reboot_packages,
+                "counts": {"total": len(scan.upgrades), "security": len(security)},
+                "reboot_required": reboot.required,
+                "reboot_packages": list(reboot.packages),
             }
-            self._cache = result
-            return result
 
     # -- snapshots -----------------------------------------------------------------
 
@@ -269,8 +292,8 @@ class UpdateService:
                 argv = self.apt.upgrade_command([u.package for u in chosen], simulate=not confirm)
                 code, tail = await self._run(argv, progress)
                 result.update(returncode=code, output_tail=tail)
-                self._cache = None
                 if confirm:
+                    self.pending.invalidate("an update apply ran")
                     await self._report(code, chosen, tail, result["snapshot"])
             return result
 

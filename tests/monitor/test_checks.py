@@ -19,6 +19,7 @@ from cortexd.config.schema import ChecksConfig, CheckSettings, Config
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
 from cortexd.monitor.checks.commands import CommandResult, CommandRunner, Runner, run_command
+from cortexd.monitor.pending import PendingUpdates
 from cortexd.monitor.registry import build_checks
 
 DATA = Path(__file__).parent / "data"
@@ -116,11 +117,9 @@ def test_pending_updates_split_security_ones_from_the_real_simulation() -> None:
     parsed = packages.parse_simulation(done.stdout)
     assert len(parsed) == done.stdout.count("\nInst ") + done.stdout.startswith("Inst ")
     # The real simulation's output, run once, feeds both checks.
-    (updates,) = packages.AptUpdates(packages.UpgradeSimulation(recorded(done.stdout))).collect()
+    (updates,) = packages.AptUpdates(PendingUpdates(recorded(done.stdout))).collect()
     assert updates.details["pending"] == len(parsed)
-    (security,) = packages.SecurityUpdates(
-        packages.UpgradeSimulation(recorded(done.stdout))
-    ).collect()
+    (security,) = packages.SecurityUpdates(PendingUpdates(recorded(done.stdout))).collect()
     assert security.details["security"] == sum(u.security for u in parsed)
     if parsed:
         assert updates.status is Status.WARN
@@ -236,7 +235,7 @@ def test_one_simulation_serves_both_update_checks() -> None:
         calls.append(argv)
         return CommandResult(0, text, "")
 
-    shared = packages.UpgradeSimulation(runner)
+    shared = PendingUpdates(runner)
     (pending,) = packages.AptUpdates(shared).collect()
     (security,) = packages.SecurityUpdates(shared).collect()
     assert pending.details["pending"] == security.details["security"] == 1

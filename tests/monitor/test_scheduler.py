@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -321,6 +322,7 @@ async def test_a_shortened_interval_takes_effect_at_once(alerts: AlertManager) -
     assert "other" not in scheduled(monitor)
     ticks.now += 1
     assert "other" in scheduled(monitor)
+    assert monitor.next_run("other") == alerts.clock() + 900
 
 
 async def test_a_reload_keeps_the_state_of_unchanged_checks(alerts: AlertManager) -> None:
@@ -375,3 +377,54 @@ async def test_cpu_usage_keeps_its_window_across_a_config_reload(alerts: AlertMa
     disk = monitor.checks["disk_space"]
     monitor.apply_config(moved)
     assert monitor.checks["disk_space"] is not disk  # built from other settings
+
+
+async def test_changed_package_files_rerun_the_update_checks_once_settled(
+    alerts: AlertManager, tmp_path: Path
+) -> None:
+    from cortexd.monitor.checks.commands import CommandResult
+    from cortexd.monitor.checks.packages import AptUpdates, SecurityUpdates
+    from cortexd.monitor.pending import PendingUpdates
+    from cortexd.monitor.scheduler import PACKAGE_SETTLE_SECONDS
+
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "x_InRelease").write_text("")
+    status = tmp_path / "status"
+    status.write_text("")
+    line = "Inst libfoo1 [1.0-1] (1.0-2 Debian:12.8/stable [amd64])\n"
+    pending = PendingUpdates(
+        lambda argv, timeout: CommandResult(0, line, ""),
+        lists_dir=str(tmp_path / "lists"),
+        dpkg_status=str(status),
+        clock=alerts.clock,
+    )
+    ticks = Ticks()
+    checks: list[Check] = [AptUpdates(pending), SecurityUpdates(pending)]
+    monitor = Monitor(
+        Config(), lambda c: checks, alerts, clock=alerts.clock, monotonic=ticks, pending=pending
+    )
+    view = monitor.updates_view()
+    assert view["state"] == "not_checked" and view["next_check_at"] is None
+    assert scheduled(monitor) == []  # the package scans wait a little after start-up
+    assert view != monitor.updates_view()  # now placed: it says when
+    assert monitor.updates_view()["next_check_at"] == alerts.clock() + 30
+    ticks.now += 30
+    for check in monitor.due_checks():
+        await monitor.run_check(check)
+    assert monitor.updates_view()["pending"] == 1
+
+    st = status.stat()
+    os.utime(status, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))  # dpkg ran
+    monitor.packages_seen(pending.look())
+    view = monitor.updates_view()
+    assert view["state"] == "changed" and view["pending"] is None
+    assert view["changed_at"] == alerts.clock()
+    ticks.now += PACKAGE_SETTLE_SECONDS - 1
+    monitor.packages_seen(pending.look())
+    assert scheduled(monitor) == []  # still settling
+    ticks.now += 1
+    monitor.packages_seen(pending.look())
+    assert scheduled(monitor) == ["apt_updates", "security_updates"]
+    ticks.now += 60
+    monitor.packages_seen(pending.look())
+    assert scheduled(monitor) == []  # once per change, not at every look

@@ -4,40 +4,46 @@ apt and dpkg are only ever asked, never changed: `apt-get check` and the
 upgrade simulation run with `Debug::NoLocking` so a check never takes (or
 waits for) the package locks an administrator's apt run holds. Package
 lists are not downloaded here; `apt_updates` reports against the lists the
-system last fetched and says how old they are.
+system last fetched and says how old they are. The two update checks read
+the daemon's one `PendingUpdates` (cortexd.monitor.pending), as `health` and
+`updates.check` do.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
 from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
+from cortexd.monitor.pending import (
+    DPKG_DIR,
+    SIMULATION_TIMEOUT,
+    PendingUpdates,
+    Scan,
+)
 
-DPKG_DIR = "/var/lib/dpkg"
-APT_LISTS = "/var/lib/apt/lists"
+# Re-exported: the repair and update modules import them from here.
+from cortexd.monitor.pending import NO_LOCK as NO_LOCK
+from cortexd.monitor.pending import Upgrade as Upgrade
+from cortexd.monitor.pending import parse_simulation as parse_simulation
+
 LOCK_FILES = (
     "/var/lib/dpkg/lock-frontend",
     "/var/lib/dpkg/lock",
     "/var/lib/apt/lists/lock",
     "/var/cache/apt/archives/lock",
 )
-NO_LOCK = ("-o", "Debug::NoLocking=1")
-_LIST_SUFFIXES = ("Packages", "Packages.lz4", "Packages.gz", "Packages.xz", "InRelease", "Release")
-SIMULATION_TIMEOUT = 300.0
 # The package scans cost seconds of CPU; they first run a little after
 # start-up so a daemon that starts (or a test daemon that lives briefly)
 # serves quickly, then at their own interval.
 HEAVY_FIRST_RUN_DELAY = 30.0
-_INST = re.compile(
-    r"^Inst (?P<name>\S+) (?:\[(?P<old>[^\]]*)\] )?\((?P<new>\S+) (?P<origin>[^\[]*)"
-)
+# apt_updates and security_updates run together: the second reads the scan
+# the first made when it is this young (and dpkg has not changed since).
+SHARED_SCAN_SECONDS = 60.0
 
 
 def _no_apt() -> Finding | None:
@@ -163,88 +169,18 @@ class DependencyConflicts(Check):
 # -- pending updates ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    package: str
-    current: str | None
-    candidate: str
-    origin: str
-
-    @property
-    def security(self) -> bool:
-        return "security" in self.origin.lower()
-
-
-def parse_simulation(text: str) -> list[Upgrade]:
-    """Upgrades from `apt-get -s dist-upgrade` output (its `Inst` lines)."""
-    out = []
-    for line in text.splitlines():
-        found = _INST.match(line)
-        if found:
-            out.append(
-                Upgrade(
-                    found.group("name"),
-                    found.group("old"),
-                    found.group("new"),
-                    found.group("origin").strip(),
-                )
-            )
-    return out
-
-
-class UpgradeSimulation:
-    """One `apt-get -s dist-upgrade` shared by apt_updates and security_updates.
-
-    The simulation is the expensive part (a second of CPU or more); both
-    checks read the same run when it is younger than `max_age` seconds.
-    """
-
-    def __init__(
-        self, runner: Runner = run_command, lists_dir: str = APT_LISTS, max_age: float = 60.0
-    ) -> None:
-        self.runner = runner
-        self.lists_dir = lists_dir
-        self.max_age = max_age
-        self._lock = threading.Lock()
-        self._cached: tuple[float, tuple[list[Upgrade], float] | Finding] | None = None
-
-    def get(self) -> tuple[list[Upgrade], float] | Finding:
-        """(upgrades, age of the package lists in seconds), or a SKIP finding."""
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is not None and now - self._cached[0] < self.max_age:
-                return self._cached[1]
-            found = self._simulate()
-            self._cached = (time.monotonic(), found)
-            return found
-
-    def _simulate(self) -> tuple[list[Upgrade], float] | Finding:
-        if is_real(self.runner) and (skip := _no_apt()):
-            return skip
-        lists = [n for n in _listdir(self.lists_dir) if n.endswith(_LIST_SUFFIXES)]
-        if not lists:
-            return Finding(
-                "package lists were never downloaded (run apt-get update)", status=Status.SKIP
-            )
-        newest = max(os.stat(os.path.join(self.lists_dir, n)).st_mtime for n in lists)
-        done = self.runner(["apt-get", *NO_LOCK, "-s", "-q", "dist-upgrade"], SIMULATION_TIMEOUT)
-        if done.returncode != 0:
-            raise RuntimeError(f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}")
-        return parse_simulation(done.stdout), time.time() - newest
-
-
 class _Updates(Check):
     category = "packages"
     interval = 3600.0
     timeout = SIMULATION_TIMEOUT + 10
     first_run_delay = HEAVY_FIRST_RUN_DELAY
 
-    def __init__(self, simulation: UpgradeSimulation | None = None) -> None:
-        self.simulation = simulation or UpgradeSimulation()
-        self.runner = self.simulation.runner
+    def __init__(self, pending: PendingUpdates | None = None) -> None:
+        self.pending = pending or PendingUpdates()
+        self.runner = self.pending.runner
 
-    def pending(self) -> tuple[list[Upgrade], float] | Finding:
-        return self.simulation.get()
+    def scan(self) -> Scan:
+        return self.pending.scan(SHARED_SCAN_SECONDS)
 
 
 class AptUpdates(_Updates):
@@ -254,10 +190,10 @@ class AptUpdates(_Updates):
     description = "package upgrades available from the configured sources"
 
     def collect(self) -> list[Finding]:
-        found = self.pending()
-        if isinstance(found, Finding):
-            return [found]
-        upgrades, age = found
+        found = self.scan()
+        if found.problem is not None:
+            return [Finding(found.problem, status=Status.SKIP)]
+        upgrades, age = found.upgrades, found.lists_age
         details = {
             "pending": len(upgrades),
             "security": sum(u.security for u in upgrades),
@@ -284,11 +220,10 @@ class SecurityUpdates(_Updates):
     description = "pending upgrades that come from a security archive"
 
     def collect(self) -> list[Finding]:
-        found = self.pending()
-        if isinstance(found, Finding):
-            return [found]
-        upgrades, age = found
-        security = [u for u in upgrades if u.security]
+        found = self.scan()
+        if found.problem is not None:
+            return [Finding(found.problem, status=Status.SKIP)]
+        security, age = found.security, found.lists_age
         details = {
             "security": len(security),
             "packages": [f"{u.package} {u.candidate}" for u in security[:200]],

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
 from cortexd.monitor.check import Check, Finding, Status
@@ -303,6 +304,30 @@ class NetworkConnectivity(Check):
 # -- reboot_required ------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RebootFlag:
+    """Debian's reboot flag as it is now: set or not, the packages that set it, since when."""
+
+    required: bool
+    packages: tuple[str, ...] = ()
+    since: float | None = None
+
+
+def read_reboot_flag(flag: str = REBOOT_FLAG) -> RebootFlag:
+    """Read the flag file and its `.pkgs` list (blocking; never cached: it is a file test)."""
+    try:
+        since = os.stat(flag).st_mtime
+    except FileNotFoundError:
+        return RebootFlag(False)
+    packages: set[str] = set()
+    try:
+        with open(flag + ".pkgs", encoding="utf-8", errors="replace") as fh:
+            packages = {line.strip() for line in fh if line.strip()}
+    except OSError:  # the list is a courtesy; the flag alone says a reboot is due
+        pass
+    return RebootFlag(True, tuple(sorted(packages)), since)
+
+
 class RebootRequired(Check):
     id = "reboot_required"
     name = "Reboot required"
@@ -314,20 +339,14 @@ class RebootRequired(Check):
         self.flag = flag
 
     def collect(self) -> list[Finding]:
-        if not os.path.exists(self.flag):
+        found = read_reboot_flag(self.flag)
+        if not found.required:
             return [Finding("no reboot required", status=Status.PASS, details={"packages": []})]
-        packages: list[str] = []
-        try:
-            with open(self.flag + ".pkgs", encoding="utf-8", errors="replace") as fh:
-                packages = sorted({line.strip() for line in fh if line.strip()})
-        except FileNotFoundError:
-            pass
-        since = os.stat(self.flag).st_mtime
-        what = f" for {', '.join(packages)}" if packages else ""
+        what = f" for {', '.join(found.packages)}" if found.packages else ""
         return [
             Finding(
                 f"a reboot is required{what}",
                 status=Status.WARN,
-                details={"packages": packages, "since": since},
+                details={"packages": list(found.packages), "since": found.since},
             )
         ]
