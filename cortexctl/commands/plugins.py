@@ -1,8 +1,10 @@
 """`cortexctl plugins list [--available] | enable | disable | reload | call | create`.
 
-`create NAME --type T` needs no daemon: it writes a working plugin (manifest,
-module, tests) into a directory (default: the current one) to edit and then
-install under /etc/cortex/plugins.
+`create NAME --type T` writes a working plugin (manifest, module, tests)
+into the daemon's plugin directory (`plugins.directory`: asked of the
+daemon, or read from the config files when it does not answer) or into
+`--directory`. `list --available` shows the directory as it is now, also
+plugins not loaded yet.
 """
 
 from __future__ import annotations
@@ -13,16 +15,30 @@ import re
 import sys
 from typing import Any
 
-from cortexctl.client import Client
+from cortexctl.client import Client, DaemonUnreachable
 from cortexctl.output import Output
+from cortexd.protocol import CortexError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 RELOAD_WAIT = 130.0
-STATUS_COLOURS = {"loaded": "32", "failed": "31", "disabled": "2", "unsupported": "33"}
+STATUS_COLOURS = {
+    "loaded": "32",
+    "failed": "31",
+    "disabled": "2",
+    "unsupported": "33",
+    "found": "36",
+    "removed": "33",
+}
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 TYPES = ("check", "command", "notifier")
+ASK_TIMEOUT = 5.0
+# Where the daemon reads its configuration and the plugin directory it
+# defaults to (cortexd.config: SYSTEM_CONFIG, USER_CONFIG, plugins.directory).
+SYSTEM_CONFIG = "/etc/cortex/daemon.conf"
+USER_CONFIG = "~/.cortex/daemon.conf"
+DEFAULT_PLUGIN_DIR = "/etc/cortex/plugins"
 
 
 def _show(out: Output, result: dict[str, Any], available: bool) -> None:
@@ -44,10 +60,12 @@ def _show(out: Output, result: dict[str, Any], available: bool) -> None:
     hidden = len(plugins) - len(shown)
     if hidden:
         out.line(f"({hidden} more not loaded; --available shows them)")
+    if available and any(p["status"] in ("found", "removed") for p in shown):
+        out.line("(found and removed ones change at the next `sudo cortexctl plugins reload`)")
 
 
 def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("plugins.list")
+    result = client.call("plugins.list", {"scan": True} if args.available else None)
     if out.as_json:
         out.json(result)
     else:
@@ -89,6 +107,10 @@ author: {author}
 plugin_type: {kind}
 main: __init__.py
 cortex_version: ">=0.1.0"
+"""
+# What only each type reads: check plugins their schedule and settings,
+# notifier plugins the action type they add (command plugins nothing more).
+CHECK_MANIFEST = """\
 interval_seconds: 60
 settings:
   threshold: 10
@@ -145,7 +167,7 @@ NOTIFIER_CODE = '''\
 """{name}: a Cortex notifier plugin.
 
 It adds the action type `{name}` (plugin.yaml `action_type`) to the alert
-rules (/etc/cortex/alerts.yaml):
+rules (the file `notify.rules_path` names, /etc/cortex/alerts.yaml by default):
 
     alerts:
       - name: everything
@@ -266,16 +288,18 @@ def scaffold(directory: str, name: str, kind: str, author: str) -> list[str]:
 
     Raises:
         FileExistsError: the plugin directory exists already.
+        OSError: it cannot be written (e.g. PermissionError).
     """
     root = os.path.join(directory, name)
     os.makedirs(os.path.join(root, "tests"))
     code = {"check": CHECK_CODE, "command": COMMAND_CODE, "notifier": NOTIFIER_CODE}[kind]
     body = {"check": CHECK_TESTS, "command": COMMAND_TESTS, "notifier": NOTIFIER_TESTS}[kind]
+    extra = {"check": CHECK_MANIFEST, "command": "", "notifier": NOTIFIER_MANIFEST}[kind]
     files = {
         "plugin.yaml": MANIFEST.format(
             name=name, description=f"the {name} {kind} plugin", author=author, kind=kind
         )
-        + (NOTIFIER_MANIFEST.format(name=name) if kind == "notifier" else ""),
+        + extra.format(name=name),
         "__init__.py": code.format(name=name),
         os.path.join("tests", "test_plugin.py"): TEST_CHECK.format(
             name=name, kind=kind, module=name.replace("-", "_"), body=body
@@ -288,28 +312,80 @@ def scaffold(directory: str, name: str, kind: str, author: str) -> list[str]:
             handle.write(text)
         os.chmod(path, 0o644)
         written.append(path)
-    os.chmod(root, 0o755)
+    # A root daemon loads only files no one but root can write, whatever the umask.
+    for folder in (os.path.join(root, "tests"), root):
+        os.chmod(folder, 0o755)
     return written
+
+
+def _configured_directory(args: argparse.Namespace) -> tuple[str, str]:
+    """The daemon's `plugins.directory` and where it was learnt.
+
+    The daemon's answer first; without one, what it would read at start:
+    CORTEXD_PLUGINS__DIRECTORY, then ~/.cortex/daemon.conf, then
+    /etc/cortex/daemon.conf, then the built-in default.
+    """
+    try:
+        with Client(args.socket, timeout=min(args.timeout, ASK_TIMEOUT)) as client:
+            config = client.call("config.get", {"section": "plugins"})["config"]
+        return str(config["plugins"]["directory"]), "the daemon"
+    except (CortexError, DaemonUnreachable, TimeoutError, OSError, KeyError, TypeError):
+        pass
+    from_env = os.environ.get("CORTEXD_PLUGINS__DIRECTORY")
+    if from_env:
+        return from_env, "CORTEXD_PLUGINS__DIRECTORY"
+    for path in (os.path.expanduser(USER_CONFIG), SYSTEM_CONFIG):
+        found = _directory_in(path)
+        if found:
+            return found, path
+    return DEFAULT_PLUGIN_DIR, "the default"
+
+
+def _directory_in(path: str) -> str | None:
+    import yaml  # only here: other commands never pay for it
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return None
+    section = data.get("plugins") if isinstance(data, dict) else None
+    value = section.get("directory") if isinstance(section, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _create(client: Client | None, args: argparse.Namespace, out: Output) -> int:
     if not NAME.match(args.name):
         print("cortexctl: a plugin name is lower-case letters, digits, - or _", file=sys.stderr)
         return EXIT_USAGE
+    plugins_dir, source = _configured_directory(args)
+    directory = os.path.abspath(args.directory or plugins_dir)
+    target = os.path.join(directory, args.name)
     try:
-        files = scaffold(args.directory, args.name, args.type, args.author)
+        files = scaffold(directory, args.name, args.type, args.author)
     except FileExistsError:
-        target = os.path.join(args.directory, args.name)
         print(f"cortexctl: {target} exists already", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:
+        print(f"cortexctl: cannot write {target}: {exc.strerror}", file=sys.stderr)
+        if args.directory is None:
+            print(
+                f"hint: {directory} is the daemon's plugin directory (from {source}); "
+                "run as root, or create it elsewhere with --directory",
+                file=sys.stderr,
+            )
+        return EXIT_FAILED
     if out.as_json:
-        out.json({"files": files})
+        out.json({"files": files, "plugin_directory": plugins_dir, "from": source})
         return EXIT_OK
     for path in files:
         out.line(f"created {path}")
-    root = os.path.join(args.directory, args.name)
-    out.line(f"test it:    (cd {root} && python3 -m pytest -q tests)")
-    out.line(f"install it: sudo cp -r {root} /etc/cortex/plugins/ && sudo cortexctl plugins reload")
+    out.line(f"test it:    (cd {target} && python3 -m pytest -q tests)")
+    if os.path.realpath(directory) == os.path.realpath(plugins_dir):
+        out.line("load it:    sudo cortexctl plugins reload")
+    else:
+        out.line(f"install it: sudo cp -r {target} {plugins_dir}/ && sudo cortexctl plugins reload")
+    out.line(f"(plugin directory {plugins_dir}, from {source})")
     return EXIT_OK
 
 
@@ -349,7 +425,11 @@ def register(sub: Any) -> None:
     create = kinds.add_parser("create", help="scaffold a working plugin with its tests")
     create.add_argument("name")
     create.add_argument("--type", choices=TYPES, default="check", help="plugin type")
-    create.add_argument("--directory", "-d", default=".", help="where to create it")
+    create.add_argument(
+        "--directory",
+        "-d",
+        help="where to create it (default: the daemon's plugin directory)",
+    )
     create.add_argument("--author", default=os.environ.get("USER", "unknown"))
     create.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     create.set_defaults(run=_create, offline=True)

@@ -396,6 +396,35 @@ class PluginManager:
             "hooks": self.hooks.summary(),
         }
 
+    def on_disk(self) -> dict[str, Any]:
+        """`listing()` from the directory as it is now (blocking: reads it).
+
+        A plugin the last load did not see is `found` (its manifest read and
+        its files vetted, nothing imported; `plugins.reload` loads it) or
+        `failed` with the reason; one still loaded whose directory went is
+        `removed` until the next reload unloads it.
+        """
+        known = {p.directory: p for p in self.plugins.values()}
+        found = self._scan()
+        plugins = []
+        for plugin in found.values():
+            if plugin.directory in known:
+                plugins.append(known[plugin.directory].to_dict())
+                continue
+            try:
+                check_trust(plugin.directory, self.euid)
+                plugin.manifest = load_manifest(plugin.directory)
+                plugin.name = plugin.manifest.name
+            except PluginError as exc:
+                plugin.status, plugin.error = "failed", str(exc)
+            plugins.append(plugin.to_dict())
+        on_disk = {p.directory for p in found.values()}
+        for plugin in self.plugins.values():
+            if plugin.directory not in on_disk:
+                gone = f"{plugin.directory} is gone; `plugins reload` unloads it"
+                plugins.append({**plugin.to_dict(), "status": "removed", "error": gone})
+        return {**self.listing(), "plugins": plugins}
+
     async def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
         """Enable or disable a plugin by name (persisted), then reload.
 

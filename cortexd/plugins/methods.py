@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from cortexd.monitor.scheduler import Monitor
 from cortexd.notify.actions import ActionTypes
 from cortexd.plugins.hooks import HookRegistry
@@ -19,7 +21,9 @@ RELOAD_TIMEOUT = 120.0
 def plugin_methods(manager: PluginManager) -> list[Method]:
     """The plugins.* methods bound to `manager`."""
 
-    def listing(call: Call) -> dict[str, Any]:
+    async def listing(call: Call) -> dict[str, Any]:
+        if call.params["scan"]:
+            return await anyio.to_thread.run_sync(manager.on_disk)
         return manager.listing()
 
     async def enable(call: Call) -> dict[str, Any]:
@@ -33,7 +37,12 @@ def plugin_methods(manager: PluginManager) -> list[Method]:
 
     name = (Param("name", str, required=True),)
     return [
-        Method("plugins.list", listing, inline=True, summary="plugins found and their state"),
+        Method(
+            "plugins.list",
+            listing,
+            params=(Param("scan", bool, default=False),),
+            summary="plugins found and their state (scan: as the directory is now)",
+        ),
         Method(
             "plugins.enable",
             enable,

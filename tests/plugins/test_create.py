@@ -50,7 +50,9 @@ def test_the_scaffold_passes_its_own_tests(tmp_path: Path, kind: str) -> None:
 def test_creating_over_an_existing_plugin_fails(tmp_path: Path) -> None:
     create(tmp_path, "twice", "check")
     out = io.StringIO()
-    args = ["plugins", "create", "twice", "--directory", str(tmp_path)]
+    # No daemon here either (never the machine's own socket).
+    nobody = ["--socket", str(tmp_path / "none.sock")]
+    args = [*nobody, "plugins", "create", "twice", "--directory", str(tmp_path)]
     assert cortexctl(args, stdout=out) == 1
     assert cortexctl(["plugins", "create", "Bad Name", "-d", str(tmp_path)], stdout=out) == 2
 
