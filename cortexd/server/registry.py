@@ -20,6 +20,10 @@ Access = Literal["read", "admin", "journal"]
 Handler = Callable[["Call"], Awaitable[Any]]
 SyncHandler = Callable[["Call"], Any]
 _MISSING: Any = object()
+# Integers go to SQLite (and to C code) as 64-bit: anything outside is refused
+# here, once for every method, instead of failing deep inside as OverflowError.
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
 
 _TYPE_NAMES: dict[type, str] = {
     str: "a string",
@@ -57,6 +61,8 @@ class Param:
             )
         if self.kind is float:
             value = float(value)
+        elif self.kind is int and not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidParams(self.name, _out_of_range(value))
         if self.items is not None:
             for i, item in enumerate(value):
                 if not _is_kind(item, self.items):
@@ -65,6 +71,8 @@ class Param:
                         f"item {i} must be {_TYPE_NAMES.get(self.items, self.items.__name__)},"
                         f" got {_describe(item)}",
                     )
+                if self.items is int and not INT64_MIN <= item <= INT64_MAX:
+                    raise InvalidParams(self.name, f"item {i} {_out_of_range(item)}")
         if self.choices is not None and value not in self.choices:
             raise InvalidParams(
                 self.name, f"must be one of {', '.join(map(str, self.choices))}; got {value!r}"
@@ -82,6 +90,10 @@ def _is_kind(value: Any, kind: type) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
+
+
+def _out_of_range(value: int) -> str:
+    return f"must be between {INT64_MIN} and {INT64_MAX} (a 64-bit integer); got {value}"
 
 
 def _describe(value: Any) -> str:
