@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
+    from cortexd.config.restore import ConfigTarget
 
 
 def install_features(daemon: Daemon) -> None:
@@ -40,6 +41,15 @@ def install_features(daemon: Daemon) -> None:
     install_healing(daemon, alerts, repair)
     install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
     install_logs(daemon)
-    install_backup(daemon)
-    updates = install_updates(daemon, monitor.pending)
+    install_backup(daemon, lambda: restorable_config(daemon))
+    updates = install_updates(daemon, lambda: restorable_config(daemon), monitor.pending)
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
+
+
+def restorable_config(daemon: Daemon) -> list[ConfigTarget]:
+    """The files restore and update rollback may write back: the loaded config, the rules."""
+    from cortexd.config.restore import ConfigTarget, config_targets
+    from cortexd.notify.rootonly import root_only_options
+
+    rules = ConfigTarget(daemon.config.notify.rules_path, root_only_options, always_secret=True)
+    return config_targets(daemon.loaded.sources, [rules])

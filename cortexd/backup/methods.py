@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cortexd.backup.service import BackupService
+from cortexd.backup.service import BackupService, ConfigTargets
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
 
@@ -99,7 +99,9 @@ def backup_methods(service: BackupService) -> list[Method]:
         if digest != upload_sha.pop(current.id, None):
             service._drop(current)
             raise InvalidParams("upload_id", "the uploaded bytes do not match the sha256 given")
-        return await service.restore(current, with_config=call.params["config"])
+        return await service.restore(
+            current, with_config=call.params["config"], caller_uid=call.peer.uid
+        )
 
     upload_sha: dict[str, str] = {}
     upload_id = Param("upload_id", str, required=True)
@@ -157,9 +159,13 @@ def _append(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def install(daemon: Daemon) -> BackupService:
-    """Add the backup service (after every feature with a database) and its methods."""
-    service = BackupService(daemon)
+def install(daemon: Daemon, config_targets: ConfigTargets) -> BackupService:
+    """Add the backup service (after every feature with a database) and its methods.
+
+    `config_targets` names the files a restore may write back (see
+    `cortexd.config.restore`).
+    """
+    service = BackupService(daemon, config_targets)
     daemon.components.append(service)
     daemon.registry.add(backup_methods(service))
     return service

@@ -27,6 +27,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.backup import archive
+from cortexd.config.restore import (
+    ConfigTarget,
+    StagedFile,
+    may_change_root_only,
+    plan_config_restore,
+    write_config_files,
+)
 from cortexd.config.schema import BackupConfig
 from cortexd.protocol import Busy, NotFound, PermissionDenied
 from cortexd.store import Database
@@ -44,9 +51,16 @@ CONFIG_DIR = "/etc/cortex"
 MAX_CONFIG_FILES = 256
 
 
-def config_files(daemon: Daemon, config_dir: str = CONFIG_DIR) -> list[str]:
-    """The daemon's configuration: the files it loaded plus the files of /etc/cortex."""
-    found = [os.path.abspath(p) for p in daemon.loaded.sources]
+ConfigTargets = Callable[[], list[ConfigTarget]]
+
+
+def config_files(targets: list[ConfigTarget], config_dir: str = CONFIG_DIR) -> list[str]:
+    """What an archive or snapshot keeps: the configuration files, plus the files of /etc/cortex.
+
+    Only the `targets` are ever written back; the rest of /etc/cortex (plugins,
+    certificates) is kept for root to take out of the archive by hand.
+    """
+    found = [t.path for t in targets]
     if os.path.isdir(config_dir):
         for root, _dirs, names in os.walk(config_dir):
             for name in sorted(names):
@@ -76,11 +90,13 @@ class BackupService:
     def __init__(
         self,
         daemon: Daemon,
+        config_targets: ConfigTargets,
         *,
         config_dir: str = CONFIG_DIR,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
+        self.config_targets = config_targets
         self.config_dir = config_dir
         self.clock = clock
         self.uploads: dict[str, Upload] = {}
@@ -164,7 +180,7 @@ class BackupService:
         """Write a fresh archive to a temporary file; returns (path, manifest)."""
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
-        files = config_files(self.daemon, self.config_dir)
+        files = config_files(self.config_targets(), self.config_dir)
         with anyio.fail_after(BUILD_DEADLINE):
             manifest = await anyio.to_thread.run_sync(
                 lambda: archive.build(
@@ -266,38 +282,63 @@ class BackupService:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(upload.path)
 
-    async def restore(self, upload: Upload, *, with_config: bool) -> dict[str, Any]:
+    async def restore(
+        self, upload: Upload, *, with_config: bool, caller_uid: int
+    ) -> dict[str, Any]:
         """Verify the uploaded archive, back up the current state, then swap it in.
+
+        With `with_config`, the archived configuration files are checked
+        (`cortexd.config.restore`) before anything changes.
 
         Raises:
             ArchiveRejected: the archive failed verification (nothing changed).
+            RootOnlyChange: a caller other than root would change root-only
+                keys (nothing changed).
+            ConfigError: an archived daemon.conf does not validate (nothing changed).
         """
         if self._restoring.locked():
             raise Busy("a restore is already running")
         async with self._restoring:
             try:
-                return await self._restore(upload, with_config=with_config)
+                return await self._restore(upload, with_config=with_config, caller_uid=caller_uid)
             finally:
                 self._drop(upload)
 
-    async def _restore(self, upload: Upload, *, with_config: bool) -> dict[str, Any]:
+    async def _restore(
+        self, upload: Upload, *, with_config: bool, caller_uid: int
+    ) -> dict[str, Any]:
         staging = os.path.join(self._work_dir(), f"staging-{uuid.uuid4().hex[:8]}")
         try:
             manifest = await anyio.to_thread.run_sync(archive.verify, upload.path, staging)
+            plan = None
+            if with_config:
+                staged = [
+                    StagedFile(f.get("origin"), os.path.join(staging, f["name"]))
+                    for f in manifest["files"]
+                    if f["name"].startswith("config/")
+                ]
+                plan = await anyio.to_thread.run_sync(
+                    lambda: plan_config_restore(
+                        staged,
+                        self.config_targets(),
+                        privileged=may_change_root_only(caller_uid),
+                    )
+                )
             safety = await self.keep("pre-restore")
             log.warning("restoring a backup; the state before it is kept in %s", safety)
             restored = await self._swap_databases(staging, manifest)
             config_written: list[str] = []
-            if with_config:
-                config_written = await anyio.to_thread.run_sync(
-                    self._restore_config, staging, manifest
-                )
+            if plan is not None:
+                for skipped in plan.skipped:
+                    log.warning("restore: not writing %s: %s", skipped["origin"], skipped["reason"])
+                config_written = await anyio.to_thread.run_sync(write_config_files, plan)
                 if config_written:
                     await self.daemon.reload()
             self.restores += 1
             return {
                 "restored": restored,
                 "config_restored": config_written,
+                "config_skipped": plan.skipped if plan is not None else [],
                 "previous_state_backup": safety,
                 "archive_created": manifest.get("created"),
                 "archive_host": manifest.get("host"),
@@ -324,33 +365,6 @@ class BackupService:
                 if db is not None:
                     await _reopen(owner, db)
         return restored
-
-    def _restore_config(self, staging: str, manifest: dict[str, Any]) -> list[str]:
-        # Only back to where the daemon reads its configuration: an archive
-        # cannot name any other path to write.
-        allowed = {os.path.realpath(p) for p in config_files(self.daemon, self.config_dir)}
-        written = []
-        for entry in manifest["files"]:
-            origin = entry.get("origin")
-            if not entry["name"].startswith("config/") or not isinstance(origin, str):
-                continue
-            if os.path.realpath(origin) not in allowed and not origin.startswith(
-                self.config_dir + os.sep
-            ):
-                log.warning("restore: not writing %s (not a configuration path)", origin)
-                continue
-            write_atomically(os.path.join(staging, entry["name"]), origin, entry.get("mode"))
-            written.append(origin)
-        return written
-
-
-def write_atomically(source: str, target: str, mode: Any = None) -> None:
-    """Copy `source` over `target` through a temporary file and a rename."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.cortex-tmp"
-    shutil.copyfile(source, tmp)
-    os.chmod(tmp, mode if isinstance(mode, int) else 0o644)
-    os.replace(tmp, target)
 
 
 def _replace_db(source: str, target: str) -> None:

@@ -49,9 +49,10 @@ def default_state_dir() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    socket_path: str = field(default_factory=default_socket_path, metadata=_bound(restart=True))
-    socket_group: str = field(default="cortex", metadata=_bound(restart=True))
-    admin_group: str = "cortex-admin"
+    # Who may connect and who is an admin: root decides, never a socket caller.
+    socket_path: str = field(default_factory=default_socket_path, metadata=_root_only(restart=True))
+    socket_group: str = field(default="cortex", metadata=_root_only(restart=True))
+    admin_group: str = field(default="cortex-admin", metadata=_root_only())
     max_request_bytes: int = field(default=65536, metadata=_bound(256, 16 * 1024 * 1024))
     request_timeout: float = field(default=5.0, metadata=_bound(0.01, 3600))
     idle_timeout: float = field(default=300.0, metadata=_bound(0.1, 86400))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from cortexd.backup.service import ConfigTargets
 from cortexd.monitor.pending import PendingUpdates
 from cortexd.server import Call, Method, Param
 from cortexd.updates.service import UpdateService
@@ -48,7 +49,11 @@ def update_methods(service: UpdateService) -> list[Method]:
     async def rollback(call: Call) -> dict[str, Any]:
         p = call.params
         return await service.rollback(
-            p["id"], packages=p["packages"], confirm=p["confirm"], progress=call.stream
+            p["id"],
+            packages=p["packages"],
+            confirm=p["confirm"],
+            progress=call.stream,
+            caller_uid=call.peer.uid,
         )
 
     async def apply(call: Call) -> dict[str, Any]:
@@ -112,15 +117,18 @@ def update_methods(service: UpdateService) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, pending: PendingUpdates | None = None) -> UpdateService:
+def install(
+    daemon: Daemon, config_targets: ConfigTargets, pending: PendingUpdates | None = None
+) -> UpdateService:
     """Add the update service and its methods (after the alert manager).
 
-    `pending` is the monitor's upgrade scan, shared so `health` and
-    `updates.check` give one answer.
+    `config_targets` names the files a rollback may write back; `pending` is
+    the monitor's upgrade scan, shared so `health` and `updates.check` give
+    one answer.
     """
     from cortexd.logs.methods import find_alert_manager
 
-    service = UpdateService(daemon, find_alert_manager(daemon), pending)
+    service = UpdateService(daemon, find_alert_manager(daemon), config_targets, pending)
     daemon.components.append(service)
     daemon.registry.add(update_methods(service))
     return service

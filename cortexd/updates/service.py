@@ -30,7 +30,13 @@ from anyio.abc import TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
-from cortexd.backup.service import config_files, write_atomically
+from cortexd.backup.service import ConfigTargets, config_files
+from cortexd.config.restore import (
+    StagedFile,
+    may_change_root_only,
+    plan_config_restore,
+    write_config_files,
+)
 from cortexd.config.schema import UpdatesConfig
 from cortexd.monitor.checks.packages import Upgrade
 from cortexd.monitor.checks.system import read_reboot_flag
@@ -70,11 +76,13 @@ class UpdateService:
         self,
         daemon: Daemon,
         alerts: AlertManager,
+        config_targets: ConfigTargets,
         pending: PendingUpdates | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
+        self.config_targets = config_targets
         self.alerts = alerts
         self.clock = clock
         self.pending = pending or PendingUpdates(
@@ -174,7 +182,7 @@ class UpdateService:
     # -- snapshots -----------------------------------------------------------------
 
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
-        files = config_files(self.daemon)
+        files = config_files(self.config_targets())
         state_dir = self.daemon.config.state_dir
         meta = await anyio.to_thread.run_sync(
             lambda: self.snapshots.take(
@@ -185,11 +193,40 @@ class UpdateService:
         return meta
 
     async def rollback(
-        self, snap_id: str | None, *, packages: bool, confirm: bool, progress: Progress
+        self,
+        snap_id: str | None,
+        *,
+        packages: bool,
+        confirm: bool,
+        progress: Progress,
+        caller_uid: int,
     ) -> dict[str, Any]:
-        """Restore a snapshot's configuration; optionally reinstall its saved .debs."""
+        """Restore a snapshot's configuration; optionally reinstall its saved .debs.
+
+        The configuration goes back through `cortexd.config.restore`, as a
+        backup's does: only to the files the daemon reads, never changing a
+        root-only key for a caller other than root.
+
+        Raises:
+            NotFound: no such snapshot.
+            RootOnlyChange: the snapshot's configuration differs from the
+                current one in root-only keys and the caller is not root
+                (nothing was written).
+            ConfigError: the snapshot's daemon.conf does not validate.
+        """
         meta = await anyio.to_thread.run_sync(self.snapshots.get, snap_id)
-        written = await anyio.to_thread.run_sync(self._restore_config, meta)
+        root = self.snapshots.path(meta["id"])
+        staged = [
+            StagedFile(e.get("origin"), os.path.join(root, e["name"])) for e in meta["config"]
+        ]
+        plan = await anyio.to_thread.run_sync(
+            lambda: plan_config_restore(
+                staged, self.config_targets(), privileged=may_change_root_only(caller_uid)
+            )
+        )
+        for skipped in plan.skipped:
+            log.warning("rollback: not writing %s: %s", skipped["origin"], skipped["reason"])
+        written = await anyio.to_thread.run_sync(write_config_files, plan)
         reload = await self.daemon.reload() if written else None
         then = await anyio.to_thread.run_sync(self.snapshots.packages, meta["id"])
         installed = await anyio.to_thread.run_sync(self.apt.installed)
@@ -197,6 +234,7 @@ class UpdateService:
         result: dict[str, Any] = {
             "snapshot": meta["id"],
             "config_restored": written,
+            "config_skipped": plan.skipped,
             "restart_required": reload["restart_required"] if reload else [],
             "packages": changes,
         }
@@ -215,20 +253,6 @@ class UpdateService:
                     "output_tail": tail,
                 }
         return result
-
-    def _restore_config(self, meta: dict[str, Any]) -> list[str]:
-        # Only back to where the daemon reads its configuration now.
-        allowed = {os.path.realpath(p) for p in config_files(self.daemon)}
-        root = self.snapshots.path(meta["id"])
-        written = []
-        for entry in meta["config"]:
-            origin = entry["origin"]
-            if os.path.realpath(origin) not in allowed and not origin.startswith("/etc/cortex/"):
-                log.warning("rollback: not writing %s (not a configuration path)", origin)
-                continue
-            write_atomically(os.path.join(root, entry["name"]), origin, entry.get("mode"))
-            written.append(origin)
-        return written
 
     # -- apply ------------------------------------------------------------------------
 

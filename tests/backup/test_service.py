@@ -58,6 +58,7 @@ async def test_daily_backups_are_kept_and_pruned(tmp_path: Path) -> None:
         cfg = BackupConfig(schedule="daily", retention_days=2, upkeep_interval_hours=0)
         service = BackupService(
             _daemon(state, cfg, [Owner(db)]),
+            list,
             config_dir=str(tmp_path / "none"),
             clock=lambda: now[0],
         )
@@ -85,7 +86,7 @@ async def test_upkeep_checkpoints_and_vacuums(tmp_path: Path) -> None:
         wal = f"{db.path}-wal"
         assert _size(wal) > 0
         service = BackupService(
-            _daemon(state, BackupConfig(), [Owner(db)]), config_dir=str(tmp_path / "none")
+            _daemon(state, BackupConfig(), [Owner(db)]), list, config_dir=str(tmp_path / "none")
         )
         done = await service.upkeep(vacuum=True)
         assert done == ["things.db"]
