@@ -87,7 +87,7 @@ def _restore(client: Client, args: argparse.Namespace, out: Output) -> int:
         )
     result = client.call(
         "restore.commit",
-        {"upload_id": begun["upload_id"], "config": args.config},
+        {"upload_id": begun["upload_id"], "config": args.config, "foreign": args.foreign},
         timeout=TRANSFER_TIMEOUT,
     )
     if out.as_json:
@@ -96,6 +96,8 @@ def _restore(client: Client, args: argparse.Namespace, out: Output) -> int:
     out.line(f"restored: {', '.join(result['restored']) or 'no databases'}")
     if result["config_restored"]:
         out.line(f"configuration restored and reloaded: {', '.join(result['config_restored'])}")
+    for skipped in result.get("config_skipped", []):
+        out.line(f"not restored: {skipped['origin']} ({skipped['reason']})")
     out.line(f"the state before the restore is kept in {result['previous_state_backup']}")
     return EXIT_OK
 
@@ -116,14 +118,21 @@ def register(sub: Any) -> None:
         help="restore the daemon's state from a backup archive (admin)",
         epilog=(
             "The archive is verified first; a corrupt, truncated, tampered or foreign one is\n"
-            "refused. The current state is backed up under <state_dir>/backups before the\n"
-            "swap.\nexample:\n  sudo cortexctl restore /root/cortex-2026-11-20.tar.gz --config"
+            "refused, and one this host did not sign needs root and --foreign. The current\n"
+            "state is backed up under <state_dir>/backups before the swap.\nexamples:\n"
+            "  sudo cortexctl restore /root/cortex-2026-11-20.tar.gz --config\n"
+            "  sudo cortexctl restore /root/old-host.tar.gz --foreign"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     restore.add_argument("path", help="the archive to restore")
     restore.add_argument(
         "--config", action="store_true", help="also put the archived configuration back"
+    )
+    restore.add_argument(
+        "--foreign",
+        action="store_true",
+        help="accept an archive not signed by this host (another host's, or an old one; root)",
     )
     restore.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     restore.set_defaults(run=_restore)

@@ -2,21 +2,26 @@
 
 An archive is a gzip'd tar holding `manifest.json` first, then `state/<name>.db`
 (each an online copy made with SQLite's backup API, so it is consistent while
-the daemon writes) and `config/<n>` (a configuration file; the manifest names
-where it came from). The manifest lists every member with its size and
-SHA-256, and carries its own digest over that list.
+the daemon writes), `config/<n>` (a configuration file; the manifest names
+where it came from) and, in archives root asked for or the daemon keeps
+itself, `key/host.key` (the host key, see `hostkey`). The manifest lists
+every member with its size and SHA-256, carries a digest over that list, and
+is signed with the host key (HMAC-SHA256, `signature` and `key_id`).
 
 Verification refuses: anything that is not a gzip'd tar (corrupt, truncated),
 an archive without our manifest or of another format or newer version
 (foreign), a member whose bytes or size differ from the manifest, a member
-not listed or listed but missing (tampered), unsafe names, and a database
-that fails `PRAGMA integrity_check`. The checksums catch corruption and
-edits; they are not a signature — restoring is an admin act, and the archive
-should be kept where only admins can write it.
+not listed or listed but missing (tampered), unsafe names, a database that
+fails `PRAGMA integrity_check`, and an archive past the restore limits (total
+decompressed bytes, bytes per member, member count), counted while
+extracting so a small archive cannot fill the disk first. Whether an archive
+without this host's signature may be restored is the caller's decision,
+taken (through `on_unsigned`) before any member is extracted.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -26,20 +31,33 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from zlib import error as zlib_error
 
 import orjson
 
 from cortexd import __version__
+from cortexd.backup import hostkey
 from cortexd.protocol import CortexError, ErrorCode
 
 FORMAT = "cortex-backup"
-VERSION = 1
+# 2: signed manifests. Version 1 archives (unsigned) still verify, as foreign.
+VERSION = 2
 MANIFEST = "manifest.json"
-_MEMBER = re.compile(r"^(state/[A-Za-z0-9_.-]+\.db|config/\d+)$")
+KEY_MEMBER = "key/host.key"
+_MEMBER = re.compile(r"^(state/[A-Za-z0-9_.-]+\.db|config/\d+|key/host\.key)$")
 _READ = 1 << 20
+MAX_MANIFEST_BYTES = 1 << 20
+# What one archive may hold: the manifest, the databases, up to 256
+# configuration files (the daemon archives no more), the key.
+MAX_MEMBERS = 400
+MAX_CONFIG_MEMBER_BYTES = 4 << 20
+# tar's per-member header (with a possible long-name or pax header) and the
+# final padding, on top of the members' bytes, in the decompressed stream.
+_TAR_OVERHEAD_PER_MEMBER = 3 * 512
+_TAR_END = 20 * 512
 
 
 class ArchiveRejected(CortexError):
@@ -51,11 +69,26 @@ class ArchiveRejected(CortexError):
         super().__init__(f"backup archive refused: {reason}", reason=reason)
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigSource:
-    """A configuration file to archive, by its absolute path."""
+class ArchiveUnsigned(ArchiveRejected):
+    """The archive is not signed with this host's key (made elsewhere, or edited)."""
 
-    path: str
+
+@dataclass(frozen=True, slots=True)
+class RestoreLimits:
+    """How much one restore may extract: in all, per member, and how many members."""
+
+    total_bytes: int
+    members: int = MAX_MEMBERS
+    config_member_bytes: int = MAX_CONFIG_MEMBER_BYTES
+
+    def stream_bytes(self) -> int:
+        """The most the decompressed tar stream may hold for these limits."""
+        return (
+            self.total_bytes
+            + MAX_MANIFEST_BYTES
+            + (self.members + 1) * _TAR_OVERHEAD_PER_MEMBER
+            + _TAR_END
+        )
 
 
 def machine_id() -> str:
@@ -113,10 +146,14 @@ def build(
     *,
     max_bytes: int,
     kind: str = "manual",
+    key: bytes | None = None,
+    include_key: bool = False,
 ) -> dict[str, Any]:
     """Write an archive of `state_dir`'s databases and `config_files` to `target`.
 
-    Blocking (run it in a thread). Returns the manifest.
+    The manifest is signed with `key` (unsigned without one); `include_key`
+    adds the key itself as a member. Blocking (run it in a thread). Returns
+    the manifest.
 
     Raises:
         CortexError (TOO_LARGE): the archive would exceed `max_bytes`.
@@ -147,6 +184,11 @@ def build(
                     "sha256": sha256_file(real),
                 }
             )
+        if include_key and key is not None:
+            copy = os.path.join(work, "host.key")
+            hostkey.install(copy, key)
+            members.append((KEY_MEMBER, copy))
+            files.append({"name": KEY_MEMBER, "size": len(key), "sha256": sha256_file(copy)})
         created = time.time()
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -159,6 +201,9 @@ def build(
             "files": files,
             "digest": _manifest_digest(files),
         }
+        if key is not None:
+            manifest["key_id"] = hostkey.key_id(key)
+            manifest["signature"] = hostkey.sign(key, manifest)
         total = sum(f["size"] for f in files)
         if total > max_bytes:
             raise ArchiveTooLarge(total, max_bytes)
@@ -197,31 +242,55 @@ class ArchiveTooLarge(CortexError):
         )
 
 
-def verify(path: str, staging: str) -> dict[str, Any]:
+def verify(
+    path: str,
+    staging: str,
+    *,
+    limits: RestoreLimits,
+    key: bytes | None = None,
+    on_unsigned: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Check the archive at `path` and extract its members into `staging`.
 
-    Blocking. Returns the manifest; members land at `staging/<name>`.
+    `on_unsigned(manifest)` runs when the manifest is not signed with `key`,
+    before anything is extracted; it raises to refuse. Blocking. Returns the
+    manifest, with `signed` (by `key`) added; members land at `staging/<name>`.
 
     Raises:
-        ArchiveRejected: corrupt, truncated, foreign or tampered (see the module docstring).
+        ArchiveRejected: corrupt, truncated, foreign, tampered or past the
+            limits (see the module docstring); nothing past the limits was
+            written to `staging`.
     """
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
+        with (
+            open(path, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") as unzipped,
+            tarfile.open(fileobj=_Bounded(unzipped, limits.stream_bytes()), mode="r|") as tar,
+        ):
             first = tar.next()
             if first is None or first.name != MANIFEST or not first.isfile():
                 raise ArchiveRejected("not a cortex backup (no manifest.json first)")
             manifest = _load_manifest(tar, first)
+            manifest["signed"] = hostkey.signed_by(key, manifest)
+            if not manifest["signed"] and on_unsigned is not None:
+                on_unsigned(manifest)
             listed = {f["name"]: f for f in manifest["files"]}
+            _check_listed(listed, limits)
             found: set[str] = set()
+            total = 0
             while (member := tar.next()) is not None:
                 name = member.name
+                if len(found) >= limits.members:
+                    raise ArchiveRejected(f"more than {limits.members} members")
                 if not member.isfile() or not _MEMBER.match(name) or name in found:
                     raise ArchiveRejected(f"unexpected member {name!r}")
                 if name not in listed:
                     raise ArchiveRejected(f"member {name!r} is not in the manifest (tampered)")
+                _check_member_size(member, limits, total)
                 found.add(name)
+                total += member.size
                 _extract_checked(tar, member, listed[name], os.path.join(staging, name))
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib_error) as exc:
         if isinstance(exc, ArchiveRejected):
             raise
         raise ArchiveRejected(f"corrupt or truncated archive ({exc})") from None
@@ -234,8 +303,64 @@ def verify(path: str, staging: str) -> dict[str, Any]:
     return manifest
 
 
+def _check_listed(listed: dict[str, dict[str, Any]], limits: RestoreLimits) -> None:
+    """Refuse at once what the manifest itself says is past the limits."""
+    if len(listed) > limits.members:
+        raise ArchiveRejected(f"the manifest lists {len(listed)} members (limit {limits.members})")
+    claimed = sum(max(0, f["size"]) for f in listed.values())
+    if claimed > limits.total_bytes:
+        raise ArchiveRejected(_over_total(claimed, limits))
+
+
+def _check_member_size(member: tarfile.TarInfo, limits: RestoreLimits, so_far: int) -> None:
+    name = member.name
+    if name == KEY_MEMBER and member.size != hostkey.KEY_BYTES:
+        raise ArchiveRejected(f"{name}: {member.size} bytes, not {hostkey.KEY_BYTES}")
+    if name.startswith("config/") and member.size > limits.config_member_bytes:
+        raise ArchiveRejected(
+            f"{name}: {member.size} bytes, over the {limits.config_member_bytes} a "
+            "configuration file may have"
+        )
+    if so_far + member.size > limits.total_bytes:
+        raise ArchiveRejected(_over_total(so_far + member.size, limits))
+
+
+def _over_total(size: int, limits: RestoreLimits) -> str:
+    return f"it would extract {size} bytes, over backup.max_restore_bytes ({limits.total_bytes})"
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only stream that refuses to give more than `limit` bytes in all.
+
+    tarfile reads headers (pax headers included) into memory and skips over
+    member data by reading it; this bounds all of that, whatever the
+    headers claim, before it costs memory or disk.
+    """
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = len(view)
+        if self._left <= 0:
+            # One byte more tells a stream that ends exactly at the limit from a longer one.
+            if self._inner.read(1):
+                raise ArchiveRejected(f"the archive decompresses to more than {self._limit} bytes")
+            return 0
+        data = self._inner.read(min(want, self._left))
+        view[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
 def _load_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
-    if member.size > 1 << 20:
+    if member.size > MAX_MANIFEST_BYTES:
         raise ArchiveRejected("manifest too large")
     fh = tar.extractfile(member)
     assert fh is not None
@@ -246,7 +371,7 @@ def _load_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, A
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveRejected("not a cortex backup (foreign format)")
     version = manifest.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
         raise ArchiveRejected(f"made by a newer daemon (format version {version})")
     files = manifest.get("files")
     if not isinstance(files, list) or not all(

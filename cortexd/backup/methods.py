@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from cortexd.backup.service import BackupService, ConfigTargets
+from cortexd.config.restore import is_root_or_owner
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
 
@@ -45,7 +46,8 @@ def backup_methods(service: BackupService) -> list[Method]:
     """The backup and restore methods bound to `service`."""
 
     async def create(call: Call) -> dict[str, Any]:
-        path, manifest = await service.build("manual")
+        # The host key signs archives: it goes only to root, never to an admin.
+        path, manifest = await service.build("manual", include_key=is_root_or_owner(call.peer.uid))
         try:
             size = await anyio.to_thread.run_sync(os.path.getsize, path)
             digest = await anyio.to_thread.run_sync(_digest, path)
@@ -70,8 +72,7 @@ def backup_methods(service: BackupService) -> list[Method]:
         }
 
     def begin(call: Call) -> dict[str, Any]:
-        upload = service.begin_upload(call.params["size"], call.peer.uid)
-        upload_sha[upload.id] = call.params["sha256"]
+        upload = service.begin_upload(call.params["size"], call.peer.uid, call.params["sha256"])
         return {"upload_id": upload.id, "chunk_bytes": UPLOAD_CHUNK_BYTES}
 
     async def upload(call: Call) -> dict[str, Any]:
@@ -96,14 +97,20 @@ def backup_methods(service: BackupService) -> list[Method]:
                 "upload_id", f"incomplete upload: {current.received} of {current.size} bytes"
             )
         digest = await anyio.to_thread.run_sync(_digest, current.path)
-        if digest != upload_sha.pop(current.id, None):
+        if digest != current.sha256:
             service._drop(current)
             raise InvalidParams("upload_id", "the uploaded bytes do not match the sha256 given")
         return await service.restore(
-            current, with_config=call.params["config"], caller_uid=call.peer.uid
+            current,
+            with_config=call.params["config"],
+            caller_uid=call.peer.uid,
+            foreign=call.params["foreign"],
         )
 
-    upload_sha: dict[str, str] = {}
+    def abort(call: Call) -> dict[str, Any]:
+        upload = service.uploads.abort(call.params["upload_id"], call.peer.uid)
+        return {"aborted": upload.id, "owner_uid": upload.uid, "received": upload.received}
+
     upload_id = Param("upload_id", str, required=True)
     return [
         Method(
@@ -138,10 +145,22 @@ def backup_methods(service: BackupService) -> list[Method]:
         Method(
             "restore.commit",
             commit,
-            params=(upload_id, Param("config", bool, default=False)),
+            params=(
+                upload_id,
+                Param("config", bool, default=False),
+                Param("foreign", bool, default=False),
+            ),
             access="admin",
             timeout=TRANSFER_TIMEOUT,
             summary="verify the uploaded archive, back up the current state, swap it in",
+        ),
+        Method(
+            "restore.abort",
+            abort,
+            params=(upload_id,),
+            access="admin",
+            inline=True,
+            summary="drop an upload now (its owner or root)",
         ),
     ]
 

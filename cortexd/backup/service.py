@@ -4,6 +4,13 @@ The service knows the daemon's state directory, its configuration files and
 its components; it never opens a path a caller names. Archives it keeps
 itself (scheduled, pre-restore) live under `<state_dir>/backups`.
 
+Every archive's manifest is signed with the host key (`hostkey`), loaded or
+created when the service starts. A restore by anyone but root (or the
+daemon's own user) accepts only archives with this key's signature; root
+restores another one only when it says `foreign: true`. The key itself goes
+into archives root asks for and those kept under `<state_dir>/backups`, never
+into one streamed to an admin who is not root: with it, anyone could sign.
+
 Restore swaps databases only while their owners have them closed: each
 component holding a `Database` under the state directory is asked to close
 (`stop()`), the verified copies are moved into place with `os.replace` (an
@@ -26,16 +33,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from cortexd.backup import archive
+from cortexd.backup import archive, hostkey
+from cortexd.backup.uploads import Upload, Uploads
 from cortexd.config.restore import (
     ConfigTarget,
     StagedFile,
-    may_change_root_only,
+    is_root_or_owner,
     plan_config_restore,
     write_config_files,
 )
 from cortexd.config.schema import BackupConfig
-from cortexd.protocol import Busy, NotFound, PermissionDenied
+from cortexd.protocol import Busy, PermissionDenied, Unavailable
 from cortexd.store import Database
 
 if TYPE_CHECKING:
@@ -45,7 +53,10 @@ log = logging.getLogger(__name__)
 
 DAY = 86400.0
 HOUR = 3600.0
-UPLOAD_IDLE_SECONDS = 600.0
+# With `backup.max_restore_bytes: 0`, a restore may extract this many times
+# the present state, and never less than the floor (a new host's state is tiny).
+RESTORE_STATE_FACTOR = 4
+RESTORE_FLOOR_BYTES = 256 << 20
 BUILD_DEADLINE = 600.0
 CONFIG_DIR = "/etc/cortex"
 MAX_CONFIG_FILES = 256
@@ -70,18 +81,6 @@ def config_files(targets: list[ConfigTarget], config_dir: str = CONFIG_DIR) -> l
     return found
 
 
-class Upload:
-    """An archive arriving in chunks over the socket, written under the state dir."""
-
-    def __init__(self, path: str, size: int, uid: int, clock: Callable[[], float]) -> None:
-        self.id = uuid.uuid4().hex[:16]
-        self.path = path
-        self.size = size
-        self.uid = uid
-        self.received = 0
-        self.touched = clock()
-
-
 class BackupService:
     """A component: on-demand archives, restore, daily backups and upkeep."""
 
@@ -99,7 +98,9 @@ class BackupService:
         self.config_targets = config_targets
         self.config_dir = config_dir
         self.clock = clock
-        self.uploads: dict[str, Upload] = {}
+        self.uploads = Uploads(clock, lambda: self.config.upload_idle_seconds)
+        self.key: bytes | None = None
+        self.key_problem: str | None = None
         self._restoring = anyio.Lock()
         self.last_backup: float | None = None
         self.last_upkeep: float | None = None
@@ -133,18 +134,32 @@ class BackupService:
             "last_upkeep": self.last_upkeep,
             "uploads": len(self.uploads),
             "restores": self.restores,
+            "host_key": hostkey.key_id(self.key) if self.key is not None else None,
+            "host_key_problem": self.key_problem,
         }
 
     async def start(self, tg: TaskGroup) -> None:
         await anyio.to_thread.run_sync(self._clear_leftovers)
+        await self._load_key()
         tg.start_soon(self._loop)
+
+    async def _load_key(self) -> bytes | None:
+        """The host key, read or created once; None (and why in `key_problem`) if unusable."""
+        if self.key is None and self.key_problem is None:
+            try:
+                self.key = await anyio.to_thread.run_sync(hostkey.load_or_create, self.state_dir)
+            except (hostkey.HostKeyError, OSError) as exc:
+                # Backups cannot be signed, nor this host's archives recognised;
+                # everything else (and root's foreign restores) goes on.
+                self.key_problem = str(exc)
+                log.error("backup host key unusable, backups are off: %s", exc)
+        return self.key
 
     def apply_config(self, config: Any) -> None:
         """Settings are read through the daemon on each use."""
 
     async def stop(self) -> None:
-        for upload in list(self.uploads.values()):
-            self._drop(upload)
+        self.uploads.drop_all()
 
     def _clear_leftovers(self) -> None:
         shutil.rmtree(os.path.join(self.backups_dir, "tmp"), ignore_errors=True)
@@ -160,9 +175,7 @@ class BackupService:
     async def tick(self) -> None:
         """One round: expire idle uploads, take the daily backup, run upkeep when due."""
         now = self.clock()
-        for upload in list(self.uploads.values()):
-            if now - upload.touched > UPLOAD_IDLE_SECONDS:
-                self._drop(upload)
+        self.uploads.expire()
         cfg = self.config
         if cfg.schedule == "daily" and (self.last_backup is None or now - self.last_backup >= DAY):
             await self.scheduled_backup()
@@ -176,8 +189,20 @@ class BackupService:
 
     # -- archives -------------------------------------------------------------
 
-    async def build(self, kind: str = "manual") -> tuple[str, dict[str, Any]]:
-        """Write a fresh archive to a temporary file; returns (path, manifest)."""
+    async def build(
+        self, kind: str = "manual", *, include_key: bool = True
+    ) -> tuple[str, dict[str, Any]]:
+        """Write a fresh signed archive to a temporary file; returns (path, manifest).
+
+        `include_key` puts the host key in it: only for root and for the
+        archives kept in the state directory.
+
+        Raises:
+            Unavailable: the host key is unusable (see `state()`).
+        """
+        key = await self._load_key()
+        if key is None:
+            raise Unavailable(f"backups are off: the host key is unusable: {self.key_problem}")
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
         files = config_files(self.config_targets(), self.config_dir)
@@ -189,6 +214,8 @@ class BackupService:
                     files,
                     max_bytes=self.config.max_archive_bytes,
                     kind=kind,
+                    key=key,
+                    include_key=include_key,
                 )
             )
         return target, manifest
@@ -257,41 +284,52 @@ class BackupService:
 
     # -- restore ---------------------------------------------------------------
 
-    def begin_upload(self, size: int, uid: int) -> Upload:
-        if self.uploads:
-            raise Busy("another restore upload is in progress")
+    def begin_upload(self, size: int, uid: int, sha256: str) -> Upload:
+        """Start receiving an archive of `size` bytes (see `uploads`).
+
+        Raises:
+            Busy: another upload is in progress.
+            ArchiveTooLarge: over `backup.max_archive_bytes`.
+        """
         if size > self.config.max_archive_bytes:
             raise archive.ArchiveTooLarge(size, self.config.max_archive_bytes)
         path = os.path.join(self._work_dir(), f"upload-{uuid.uuid4().hex[:12]}.tar.gz")
+        upload = self.uploads.begin(path, size, uid, sha256)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        upload = Upload(path, size, uid, self.clock)
-        self.uploads[upload.id] = upload
         return upload
 
     def upload(self, upload_id: str, uid: int) -> Upload:
-        upload = self.uploads.get(upload_id)
-        if upload is None:
-            raise NotFound(f"no upload {upload_id!r}", id=upload_id)
-        if upload.uid != uid and uid != 0:
-            raise PermissionDenied("this upload belongs to another user")
-        upload.touched = self.clock()
-        return upload
+        """The upload, for its owner or root (NotFound, PermissionDenied)."""
+        return self.uploads.get(upload_id, uid)
 
     def _drop(self, upload: Upload) -> None:
-        self.uploads.pop(upload.id, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(upload.path)
+        self.uploads.drop(upload)
+
+    def restore_limits(self) -> archive.RestoreLimits:
+        """`backup.max_restore_bytes`, or with 0 a few times the present state."""
+        limit = self.config.max_restore_bytes
+        if limit <= 0:
+            present = _size_of(self.state_dir) + sum(
+                _file_size(t.path) for t in self.config_targets()
+            )
+            limit = max(RESTORE_STATE_FACTOR * present, RESTORE_FLOOR_BYTES)
+        return archive.RestoreLimits(total_bytes=limit)
 
     async def restore(
-        self, upload: Upload, *, with_config: bool, caller_uid: int
+        self, upload: Upload, *, with_config: bool, caller_uid: int, foreign: bool = False
     ) -> dict[str, Any]:
         """Verify the uploaded archive, back up the current state, then swap it in.
 
         With `with_config`, the archived configuration files are checked
-        (`cortexd.config.restore`) before anything changes.
+        (`cortexd.config.restore`) before anything changes. An archive not
+        signed with this host's key needs root (or the daemon's own user) and
+        `foreign`. The host key in an archive is never put back by a restore:
+        root copies it out by hand when that is what is wanted (docs/security.md).
 
         Raises:
             ArchiveRejected: the archive failed verification (nothing changed).
+            PermissionDenied: the archive is not signed by this host and the
+                caller is not root (nothing changed).
             RootOnlyChange: a caller other than root would change root-only
                 keys (nothing changed).
             ConfigError: an archived daemon.conf does not validate (nothing changed).
@@ -300,16 +338,38 @@ class BackupService:
             raise Busy("a restore is already running")
         async with self._restoring:
             try:
-                return await self._restore(upload, with_config=with_config, caller_uid=caller_uid)
+                return await self._restore(
+                    upload, with_config=with_config, caller_uid=caller_uid, foreign=foreign
+                )
             finally:
                 self._drop(upload)
 
     async def _restore(
-        self, upload: Upload, *, with_config: bool, caller_uid: int
+        self, upload: Upload, *, with_config: bool, caller_uid: int, foreign: bool
     ) -> dict[str, Any]:
         staging = os.path.join(self._work_dir(), f"staging-{uuid.uuid4().hex[:8]}")
+        privileged = is_root_or_owner(caller_uid)
+
+        def on_unsigned(manifest: dict[str, Any]) -> None:
+            why = _unsigned_reason(manifest, self.key)
+            if not privileged:
+                raise PermissionDenied(
+                    f"this archive {why}; only root may restore it, with foreign: true",
+                    reason=why,
+                )
+            if not foreign:
+                raise archive.ArchiveUnsigned(
+                    f"it {why}; to restore it anyway (root only) pass foreign: true "
+                    "(cortexctl restore --foreign)"
+                )
+
         try:
-            manifest = await anyio.to_thread.run_sync(archive.verify, upload.path, staging)
+            limits = await anyio.to_thread.run_sync(self.restore_limits)
+            manifest = await anyio.to_thread.run_sync(
+                lambda: archive.verify(
+                    upload.path, staging, limits=limits, key=self.key, on_unsigned=on_unsigned
+                )
+            )
             plan = None
             if with_config:
                 staged = [
@@ -321,7 +381,7 @@ class BackupService:
                     lambda: plan_config_restore(
                         staged,
                         self.config_targets(),
-                        privileged=may_change_root_only(caller_uid),
+                        privileged=privileged,
                     )
                 )
             safety = await self.keep("pre-restore")
@@ -342,7 +402,8 @@ class BackupService:
                 "previous_state_backup": safety,
                 "archive_created": manifest.get("created"),
                 "archive_host": manifest.get("host"),
-                "same_machine": manifest.get("machine_id") == archive.machine_id(),
+                "same_machine": _same_machine(manifest),
+                "signed_by_this_host": manifest["signed"],
             }
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(staging, ignore_errors=True))
@@ -365,6 +426,37 @@ class BackupService:
                 if db is not None:
                     await _reopen(owner, db)
         return restored
+
+
+def _unsigned_reason(manifest: dict[str, Any], key: bytes | None) -> str:
+    """Why an archive does not verify with `key`, in words."""
+    if not isinstance(manifest.get("signature"), str):
+        return "is not signed (made by a daemon before archives were signed)"
+    if key is not None and manifest.get("key_id") == hostkey.key_id(key):
+        return "carries a signature of this host that does not match (edited after it was made)"
+    host = manifest.get("host") or "an unknown host"
+    return f"is signed with another daemon's key (made on {host}, key {manifest.get('key_id')})"
+
+
+def _same_machine(manifest: dict[str, Any]) -> bool:
+    here = archive.machine_id()
+    return bool(here) and manifest.get("machine_id") == here
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _size_of(directory: str) -> int:
+    """The bytes of the files directly in `directory` (the databases and their journals)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    return sum(_file_size(os.path.join(directory, n)) for n in names)
 
 
 def _replace_db(source: str, target: str) -> None:

@@ -104,7 +104,7 @@ class RootOnlyChange(PermissionDenied):
         )
 
 
-def may_change_root_only(uid: int) -> bool:
+def is_root_or_owner(uid: int) -> bool:
     """Root, or the user a per-user daemon runs as (it executes nothing they could not)."""
     return uid in (0, os.geteuid())
 

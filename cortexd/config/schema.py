@@ -234,6 +234,9 @@ class BackupConfig:
     max_archive_bytes: int = field(default=1 << 30, metadata=_bound(4096, 1 << 40))
     upkeep_interval_hours: float = field(default=24.0, metadata=_bound(0.0, 8760))
     vacuum_interval_days: float = field(default=7.0, metadata=_bound(0.0, 3650))
+    # 0: four times the present state (databases and configuration), at least 256 MiB.
+    max_restore_bytes: int = field(default=0, metadata=_bound(0, 1 << 40))
+    upload_idle_seconds: float = field(default=600.0, metadata=_bound(1, 86400))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from cortexd.alerts import AlertManager, Severity
 from cortexd.backup.service import ConfigTargets, config_files
 from cortexd.config.restore import (
     StagedFile,
-    may_change_root_only,
+    is_root_or_owner,
     plan_config_restore,
     write_config_files,
 )
@@ -221,7 +221,7 @@ class UpdateService:
         ]
         plan = await anyio.to_thread.run_sync(
             lambda: plan_config_restore(
-                staged, self.config_targets(), privileged=may_change_root_only(caller_uid)
+                staged, self.config_targets(), privileged=is_root_or_owner(caller_uid)
             )
         )
         for skipped in plan.skipped:

@@ -76,7 +76,13 @@ def test_backup_while_writing_then_restore_into_a_fresh_daemon(tmp_path: Path) -
     with running_daemon() as target:
         assert alert_ids(target) == set()
         raise_alert(target, 99999)  # state that the restore replaces
+        # Another daemon's archive (its own host key signed it): root must say so.
         done = cortexctl(target, "restore", str(archive), "-y")
+        assert done.returncode == 1
+        assert "signed with another daemon's key" in done.stderr
+        assert "--foreign" in done.stderr
+        assert alert_ids(target) == {raise_alert(target, 99999)}
+        done = cortexctl(target, "restore", str(archive), "--foreign", "-y")
         assert done.returncode == 0, done.stderr
         assert "restored: alerts.db" in done.stdout
         restored = alert_ids(target)
