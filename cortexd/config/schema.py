@@ -61,6 +61,10 @@ class ServerConfig:
     max_inflight_per_connection: int = field(default=64, metadata=_bound(1, 4096))
     shutdown_timeout: float = field(default=10.0, metadata=_bound(0.0, 600))
     max_batch_members: int = field(default=100, metadata=_bound(1, 10000))
+    # 0: a quarter of max_connections. Admins (and root) are not limited per user.
+    max_connections_per_user: int = field(default=0, metadata=_bound(0, 65536))
+    # Kept for root and admins: a user holding connections cannot stop `shutdown`.
+    reserved_connections: int = field(default=8, metadata=_bound(0, 1024))
 
 
 @dataclass(frozen=True, slots=True)

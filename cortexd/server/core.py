@@ -9,6 +9,12 @@ array of requests) is dispatched member by member under the same limit, and
 its answers go out together, as one array, once the last member finished.
 Every write has a deadline: a client that stops reading loses its connection,
 nobody else waits for it.
+
+Connections are admitted by who asks (`Admission`): a uid that is not an
+admin may hold at most `server.max_connections_per_user`, and the last
+`server.reserved_connections` are kept for root and admins, so one user
+holding connections can neither lock the others out nor stop root's
+`shutdown`.
 """
 
 from __future__ import annotations
@@ -74,7 +80,11 @@ class Authorizer:
         """uid 0, the daemon's own user, or a member of the admin group."""
         # The daemon's own user is an admin of it: a per-user `make run`
         # daemon must obey the user who started it.
-        return peer.uid in (0, self._own_uid) or peer.in_group(self._admin_gid())
+        return self.is_root_or_owner(peer.uid) or peer.in_group(self._admin_gid())
+
+    def is_root_or_owner(self, uid: int) -> bool:
+        """uid 0 or the daemon's own user: an answer without reading the peer's groups."""
+        return uid == 0 or uid == self._own_uid
 
     def check(self, method: Method, peer: Peer) -> bool:
         """Whether `peer` may call `method`."""
@@ -85,6 +95,73 @@ class Authorizer:
         if method.access == "journal":
             return bool(self._journal_gids & peer.groups())
         return False
+
+
+class Admission:
+    """Who may open one more connection: per-uid counts, and room kept for admins.
+
+    The common case costs a dict lookup: the peer's groups are read (to tell
+    an admin) only when a non-root uid is at its own limit or the server is
+    into the reserved connections.
+    """
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+        self._held: dict[int, int] = {}
+
+    def held(self, uid: int) -> int:
+        """How many connections `uid` holds now."""
+        return self._held.get(uid, 0)
+
+    def opened(self, uid: int) -> None:
+        self._held[uid] = self._held.get(uid, 0) + 1
+
+    def closed(self, uid: int) -> None:
+        left = self._held.get(uid, 0) - 1
+        if left > 0:
+            self._held[uid] = left
+        else:
+            self._held.pop(uid, None)
+
+    def refusal(self, peer: Peer, open_now: int, config: ServerConfig) -> Busy | None:
+        """None to admit `peer`, else the BUSY error to send it."""
+        total = config.max_connections
+        if open_now >= total:
+            return Busy(
+                f"too many connections (limit {total}); try again later", limit=total, scope="all"
+            )
+        if self._authorizer.is_root_or_owner(peer.uid):
+            return None
+        per_user = per_user_limit(config)
+        reserved = reserved_connections(config)
+        held = self._held.get(peer.uid, 0)
+        if held < per_user and open_now < total - reserved:
+            return None
+        if self._authorizer.is_admin(peer):
+            return None
+        if held >= per_user:
+            return Busy(
+                f"too many connections from uid {peer.uid} (limit {per_user} per user); "
+                "close some or try again later",
+                limit=per_user,
+                scope="user",
+            )
+        return Busy(
+            f"too many connections ({open_now} of {total}; the last {reserved} are kept for "
+            "root and admins); try again later",
+            limit=total - reserved,
+            scope="reserved",
+        )
+
+
+def per_user_limit(config: ServerConfig) -> int:
+    """`server.max_connections_per_user`, or with 0 a quarter of `max_connections`."""
+    return config.max_connections_per_user or max(1, config.max_connections // 4)
+
+
+def reserved_connections(config: ServerConfig) -> int:
+    """`server.reserved_connections`, leaving at least one connection for anyone."""
+    return min(config.reserved_connections, config.max_connections - 1)
 
 
 class Server:
@@ -107,6 +184,7 @@ class Server:
         self._idle.set()
         self._connections: TaskGroup | None = None
         self._live: set[Connection] = set()
+        self.admission = Admission(authorizer)
 
     @property
     def accepting(self) -> bool:
@@ -181,15 +259,22 @@ class Server:
                 log.info("accepting connections again")
                 failing = False
             stats = self.stats
-            if stats.connections_open >= self.config.max_connections:
+            try:
+                peer = Peer.of(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+            except OSError:  # the client is gone already
+                await anyio.aclose_forcefully(stream)
+                continue
+            refusal = self.admission.refusal(peer, stats.connections_open, self.config)
+            if refusal is not None:
                 stats.connections_refused += 1
-                connections.start_soon(self._refuse, stream)
+                connections.start_soon(self._refuse, stream, refusal)
                 continue
             # Counted here, not in the handler, so a burst of accepts before
             # the handlers first run cannot overshoot the limit.
             stats.connections_open += 1
             stats.connections_total += 1
-            connections.start_soon(self._handle_connection, stream)
+            self.admission.opened(peer.uid)
+            connections.start_soon(self._handle_connection, stream, peer)
 
     async def _sweep_idle(self) -> None:
         """Close connections with nothing in flight and no traffic for `idle_timeout`.
@@ -206,17 +291,15 @@ class Server:
                 log.debug("closing idle connection", extra={"PEER_PID": conn.peer.pid})
                 conn.close_idle()
 
-    async def _refuse(self, stream: SocketStream) -> None:
-        limit = self.config.max_connections
-        error = Busy(f"too many connections (limit {limit}); try again later", limit=limit)
+    async def _refuse(self, stream: SocketStream, error: Busy) -> None:
         with anyio.move_on_after(_REFUSE_WRITE_TIMEOUT), contextlib.suppress(*_CLOSED):
             await stream.send(dumps({"jsonrpc": JSONRPC, "id": None, "error": error.to_error()}))
         await anyio.aclose_forcefully(stream)
 
-    async def _handle_connection(self, stream: SocketStream) -> None:
+    async def _handle_connection(self, stream: SocketStream, peer: Peer) -> None:
         try:
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            conn = Connection(self, stream, raw, Peer.of(raw))
+            conn = Connection(self, stream, raw, peer)
             self._live.add(conn)
             try:
                 await conn.run()
@@ -226,6 +309,7 @@ class Server:
             log.exception("connection handler failed")
         finally:
             self.stats.connections_open -= 1
+            self.admission.closed(peer.uid)
             await anyio.aclose_forcefully(stream)
 
     def _begin(self) -> None:

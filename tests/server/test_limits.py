@@ -42,7 +42,7 @@ async def test_excess_connections_get_busy_and_are_closed() -> None:
         frame = await third.recv()
         assert frame["id"] is None
         assert frame["error"]["code"] == -32008
-        assert frame["error"]["data"] == {"name": "BUSY", "limit": 2}
+        assert frame["error"]["data"] == {"name": "BUSY", "limit": 2, "scope": "all"}
         assert "too many connections" in frame["error"]["message"]
         assert await third.closed_by_server(within=10)
         assert served.stats.connections_refused == 1
