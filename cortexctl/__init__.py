@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cortexctl.client import Client, DaemonUnreachable
+from cortexctl.client import Client, DaemonUnreachable, UntrustedSocket
 
 if TYPE_CHECKING:
     from cortexctl.aio import AsyncClient
 
-__all__ = ["AsyncClient", "Client", "DaemonUnreachable"]
+__all__ = ["AsyncClient", "Client", "DaemonUnreachable", "UntrustedSocket"]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,11 @@ from cortexctl.client import (
     LOG_HINT,
     MAX_LINE,
     DaemonUnreachable,
+    UntrustedSocket,
+    check_directory,
+    check_peer,
     encode,
+    expected_owners,
     unreachable,
 )
 from cortexd.protocol import JSONRPC, CortexError, default_socket_path, error_from_wire
@@ -41,12 +45,21 @@ class AsyncClient:
         self._closed_error: Exception | None = None
 
     async def connect(self) -> None:
+        """Connect, after the same checks as `Client.connect` (directory, then peer)."""
+        owners, who = expected_owners(self.path)
+        check_directory(self.path, owners, who)
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.path, limit=MAX_LINE), self.timeout
             )
         except OSError as exc:
             raise unreachable(self.path, exc) from None
+        try:
+            check_peer(writer.get_extra_info("socket"), self.path, owners, who)
+        except UntrustedSocket:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
         self._closed_error = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 

@@ -4,6 +4,14 @@ Errors the daemon answers with are raised as the typed exceptions of
 `cortexd.protocol` (`QueueFull`, `PermissionDenied`, …); failing to reach the
 daemon at all is `DaemonUnreachable`. Only the standard library is
 imported, so command-line use stays fast.
+
+Before a byte is sent, the client checks whom it talks to (`check_directory`,
+`check_peer`): the socket's directory must belong to the expected user and
+not be writable by others, and the process answering must run as that user
+(SO_PEERCRED) — root for the system socket, the caller for a per-user one.
+Otherwise another local user could stand in for the daemon (a directory made
+in /tmp before ours) and receive what the caller sends. A mismatch is
+`UntrustedSocket`, which `cortexctl` reports with exit code 3.
 """
 
 from __future__ import annotations
@@ -14,11 +22,20 @@ import itertools
 import json
 import os
 import socket
+import stat
+import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from cortexd.protocol import JSONRPC, InvalidRequest, default_socket_path, error_from_wire
+from cortexd.protocol import (
+    DEFAULT_SYSTEM_SOCKET,
+    JSONRPC,
+    InvalidRequest,
+    default_socket_path,
+    error_from_wire,
+    user_runtime_dir,
+)
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
@@ -43,6 +60,77 @@ class DaemonUnreachable(Exception):
         self.path = path
         self.reason = reason
         self.hint = hint
+
+
+class UntrustedSocket(DaemonUnreachable):
+    """The socket's directory, or the process answering on it, is not the expected user's."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            path,
+            f"refused: {reason}; nothing was sent",
+            "another local user may be standing in for the daemon: check who owns the "
+            "socket's directory and the process listening on it (`ss -xlp`), or name the "
+            "right socket with --socket",
+        )
+
+
+def expected_owners(path: str) -> tuple[frozenset[int], str]:
+    """The uids that may own the socket's directory and serve on it, and their description.
+
+    The system socket is root's; a per-user socket (the caller's default) is the
+    caller's own; any other path named by --socket or CORTEX_SOCKET may be either.
+    """
+    uid = os.getuid()
+    if path == DEFAULT_SYSTEM_SOCKET:
+        return frozenset({0}), "root"
+    if uid != 0 and path == os.path.join(user_runtime_dir(uid), "cortex.sock"):
+        return frozenset({uid}), f"you (uid {uid})"
+    return frozenset({0, uid}), f"root or you (uid {uid})" if uid else "root"
+
+
+def check_directory(path: str, owners: frozenset[int], who: str) -> None:
+    """Refuse a socket whose directory another user owns or may write to.
+
+    A directory that does not exist is left to `connect` to report. In a
+    sticky directory writable by all (/tmp) the socket file's own owner
+    decides, since nobody else can replace it there.
+
+    Raises:
+        UntrustedSocket: naming the directory and its owner or mode.
+    """
+    parent = os.path.dirname(path) or "."
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return
+    if st.st_uid not in owners:
+        raise UntrustedSocket(path, f"its directory {parent} belongs to uid {st.st_uid}, not {who}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if not st.st_mode & stat.S_ISVTX:
+            raise UntrustedSocket(
+                path,
+                f"its directory {parent} is writable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o})",
+            )
+        try:
+            owner = os.lstat(path).st_uid
+        except OSError:
+            return
+        if owner not in owners:
+            raise UntrustedSocket(path, f"the socket belongs to uid {owner}, not {who}")
+
+
+def check_peer(sock: socket.socket, path: str, owners: frozenset[int], who: str) -> None:
+    """Refuse a connection whose server process does not run as an expected uid.
+
+    Raises:
+        UntrustedSocket: naming the uid that answered.
+    """
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    uid = int.from_bytes(raw[4:8], sys.byteorder)  # struct ucred: pid, uid, gid
+    if uid not in owners:
+        raise UntrustedSocket(path, f"the process answering on it runs as uid {uid}, not {who}")
 
 
 def _socket_group(path: str) -> str:
@@ -87,10 +175,22 @@ class Client:
         self._ids = itertools.count(1)
 
     def connect(self) -> None:
+        """Connect, after checking the socket's directory and then the peer.
+
+        Raises:
+            UntrustedSocket: the directory or the peer is not the expected user's.
+            DaemonUnreachable: the connection failed.
+        """
+        owners, who = expected_owners(self.path)
+        check_directory(self.path, owners, who)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
+            check_peer(sock, self.path, owners, who)
+        except UntrustedSocket:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             raise unreachable(self.path, exc) from None
