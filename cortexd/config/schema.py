@@ -96,6 +96,8 @@ class InferenceConfig:
 class DoctorConfig:
     max_parallel: int = field(default=4, metadata=_bound(1, 64, restart=True))
     timeout_seconds: float = field(default=30.0, metadata=_bound(0.1, 3600))
+    # A reader's checks.run re-runs a check at most this often; else its last result.
+    force_interval: float = field(default=60.0, metadata=_bound(0, 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,8 @@ class UpdatesConfig:
     apt_command: tuple[str, ...] = field(default=("apt-get",), metadata=_root_only())
     apt_lists_dir: str = field(default="/var/lib/apt/lists", metadata=_root_only())
     dpkg_status_path: str = field(default="/var/lib/dpkg/status", metadata=_root_only())
+    # A reader's forced check refreshes the package lists (as root) at most this often.
+    force_interval: float = field(default=300.0, metadata=_bound(0, 86400))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
@@ -19,7 +20,7 @@ from cortexd.repair.apt import (
     DpkgConfigure,
 )
 from cortexd.repair.manager import RepairManager
-from cortexd.repair.model import Fix
+from cortexd.repair.model import Fix, Plan
 from cortexd.repair.permissions import (
     CortexPermissions,
     RemoveWorldWrite,
@@ -31,6 +32,7 @@ from cortexd.repair.runner import FixRunner
 from cortexd.repair.store import MIGRATIONS
 from cortexd.repair.system import RestartUnit, VacuumJournal
 from cortexd.server import Call, Method, Param
+from cortexd.sharedwork import SharedWork
 from cortexd.store import Database
 
 if TYPE_CHECKING:
@@ -111,11 +113,24 @@ def repair_methods(manager: RepairManager) -> list[Method]:
             "transient_units": manager.runner.transient,
         }
 
+    # Planning runs apt-get check, dpkg --audit or systemctl as root: one plan
+    # per fix and target at a time, and for readers at most one per
+    # doctor.force_interval (the last plan, with its age, otherwise).
+    plans: SharedWork[Plan] = SharedWork(time.monotonic)
+
     async def fixes_plan(call: Call) -> dict[str, Any]:
         p = call.params
         fix = manager.fix_for(p["fix_id"], p["check_id"])
-        plan = await manager.plan(fix, p["target"])
-        return {"plan": plan.to_dict(), "fix": fix.summary()}
+        outcome = await plans.run(
+            (fix.id, p["target"]),
+            lambda: manager.plan(fix, p["target"]),
+            limited=not call.is_admin,
+            min_interval=manager.config.doctor.force_interval,
+        )
+        answer: dict[str, Any] = {"plan": outcome.value.to_dict(), "fix": fix.summary()}
+        if outcome.how == "cached":
+            answer.update(cached=True, age_seconds=round(outcome.age_seconds, 1))
+        return answer
 
     async def fixes_apply(call: Call) -> dict[str, Any]:
         p = call.params

@@ -37,7 +37,7 @@ def update_methods(service: UpdateService) -> list[Method]:
     """The `updates.*` methods bound to `service`."""
 
     async def check(call: Call) -> dict[str, Any]:
-        return await service.check(force=call.params["force"])
+        return await service.check(force=call.params["force"], limited=not call.is_admin)
 
     async def snapshot(call: Call) -> dict[str, Any]:
         return {"snapshot": await service.snapshot("requested")}

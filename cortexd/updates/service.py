@@ -4,7 +4,10 @@
 the monitor's update checks and `health` read too) while it is younger than
 `updates.check_interval_hours` and dpkg's status and the package lists are
 unchanged; a confirmed apply forgets it. The reboot flag is read afresh on
-every call.
+every call. A forced check (which runs `apt-get update` as root) is
+single-flight — one asked for while another runs joins it — and a reader gets
+at most one per `updates.force_interval`; past that, the latest answer with
+its age.
 `apply` never runs twice at once (BUSY); it takes a snapshot with the .deb
 files of the versions it replaces (`updates.backup_before_update`), then runs
 apt — simulated (`-s`) unless confirmed — streaming apt's output, and raises
@@ -43,6 +46,7 @@ from cortexd.monitor.checks.system import read_reboot_flag
 from cortexd.monitor.pending import PendingUpdates
 from cortexd.monitor.registry import reboot_flag_path
 from cortexd.protocol import Busy, Timeout, Unavailable
+from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed
 from cortexd.updates.snapshots import Snapshots, package_changes
 
@@ -94,6 +98,7 @@ class UpdateService:
         self.apt = Apt(self.config.apt_command, lists_dir=self.config.apt_lists_dir)
         self.snapshots = Snapshots(os.path.join(daemon.config.state_dir, "snapshots"), self.apt)
         self._check_lock = anyio.Lock()
+        self._forced: SharedWork[dict[str, Any]] = SharedWork(clock)
         self._apply_lock = anyio.Lock()
         self._applying: dict[str, Any] = {}
         self.applied = 0
@@ -144,12 +149,39 @@ class UpdateService:
 
     # -- check -------------------------------------------------------------------
 
-    async def check(self, *, force: bool = False) -> dict[str, Any]:
+    async def check(self, *, force: bool = False, limited: bool = False) -> dict[str, Any]:
         """Pending upgrades (security ones apart), reboot flag, package list age.
+
+        `force` refreshes the package lists first. With `limited` (a reader),
+        a forced check within `updates.force_interval` of the last one is
+        answered without a refresh instead (`force_limited`, `age_seconds`).
 
         Raises:
             RuntimeError: apt failed (nothing is cached).
         """
+        if not force:
+            return await self._check(force=False)
+        outcome = await self._forced.run(
+            "force",
+            lambda: self._check(force=True),
+            limited=limited,
+            min_interval=self.config.force_interval,
+        )
+        if outcome.how == "joined":
+            return {**outcome.value, "joined": True}
+        if outcome.how == "ran":
+            return outcome.value
+        # The latest scan (the forced one, or a newer scheduled one), reboot flag read afresh.
+        latest = await self._check(force=False)
+        return {
+            **latest,
+            "cached": True,
+            "age_seconds": round(max(0.0, self.clock() - latest["checked_at"]), 1),
+            "force_limited": True,
+            "next_force_in": round(self.config.force_interval - outcome.age_seconds, 1),
+        }
+
+    async def _check(self, *, force: bool) -> dict[str, Any]:
         async with self._check_lock:
             refreshed = None
             if force:
