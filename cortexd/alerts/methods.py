@@ -143,6 +143,14 @@ def alert_methods(manager: AlertManager) -> list[Method]:
         params = call.params
         if not params["matchers"]:
             raise InvalidParams("matchers", "at least one matcher is required")
+        cap = manager.config.max_silence_seconds
+        if params["duration_seconds"] > cap:
+            # A silence is easily forgotten: past the cap, alerts would go unheard for good.
+            raise InvalidParams(
+                "duration_seconds",
+                f"at most {cap:g} seconds ({cap / 86400:g} days, alerts.max_silence_seconds)",
+                limit=cap,
+            )
         try:
             created = await manager.add_silence(
                 params["matchers"], params["duration_seconds"], params["comment"], _who(call)

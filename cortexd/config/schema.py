@@ -107,6 +107,7 @@ class AlertsConfig:
     history_max: int = field(default=100_000, metadata=_bound(1, 10_000_000))
     coalesce_seconds: float = field(default=60.0, metadata=_bound(0, 86400))
     reopen_window_seconds: float = field(default=300.0, metadata=_bound(0, 86400))
+    max_silence_seconds: float = field(default=90 * 86400.0, metadata=_bound(60, 3650 * 86400))
 
 
 @dataclass(frozen=True, slots=True)
