@@ -30,7 +30,13 @@ from cortexd.monitor.check import Check, CheckResult, Finding, Status
 from cortexd.notify.actions import ActionTypes, Send
 from cortexd.notify.send import Answer, DeliveryFailed
 from cortexd.plugins.hooks import HOOKS, HookRegistry
-from cortexd.plugins.manifest import Manifest, PluginError, check_trust, load_manifest
+from cortexd.plugins.manifest import (
+    Manifest,
+    PluginError,
+    check_directory_trust,
+    check_trust,
+    load_manifest,
+)
 from cortexd.plugins.runner import PluginCallFailed, call_plugin
 from cortexd.protocol import NotFound, Unavailable
 from cortexd.server import Call, Method, Param, Registry
@@ -152,6 +158,8 @@ class PluginManager:
         self.plugins: dict[str, Plugin] = {}
         self._lock = anyio.Lock()
         self._state = "starting"
+        # Why the whole directory was refused (owner or mode), if it was.
+        self.directory_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -187,6 +195,13 @@ class PluginManager:
         statuses: dict[str, int] = {}
         for plugin in self.plugins.values():
             statuses[plugin.status] = statuses.get(plugin.status, 0) + 1
+        if self.directory_error is not None:
+            return {
+                "state": "failed",
+                "error": self.directory_error,
+                "directory": self.settings.directory,
+                "plugins": statuses,
+            }
         return {"state": self._state, "directory": self.settings.directory, "plugins": statuses}
 
     # -- loading -----------------------------------------------------------
@@ -213,6 +228,17 @@ class PluginManager:
         for plugin in self.plugins.values():
             self.hooks.remove_owner(f"plugin {plugin.name}")
             self.action_types.unregister_owner(f"plugin {plugin.name}")
+        try:
+            await anyio.to_thread.run_sync(
+                check_directory_trust, self.settings.directory, self.euid
+            )
+        except PluginError as exc:
+            self.directory_error = str(exc)
+            log.error("plugins not loaded: %s", exc)
+            self.plugins = {}
+            self.refresh_checks()
+            return self.listing()
+        self.directory_error = None
         found = await anyio.to_thread.run_sync(self._scan)
         disabled = await anyio.to_thread.run_sync(self._read_disabled)
         limiter = anyio.CapacityLimiter(LOAD_CONCURRENCY)
@@ -392,6 +418,7 @@ class PluginManager:
         return {
             "directory": self.settings.directory,
             "enabled": self.settings.enabled,
+            "error": self.directory_error,
             "plugins": [p.to_dict() for p in self.plugins.values()],
             "hooks": self.hooks.summary(),
         }

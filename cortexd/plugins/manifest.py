@@ -6,7 +6,9 @@ the plugin's name) and the options a rule's action of that type takes
 
 Trust: a root daemon runs plugin code as root, so as root a plugin loads
 only when its directory and every file in it are owned by root and not
-writable by group or others; the error names the first offending file.
+writable by group or others; the error names the first offending file. The
+plugins directory itself and each directory above it are held to the same
+rule (`check_directory_trust`), or no plugin loads at all.
 """
 
 from __future__ import annotations
@@ -121,6 +123,49 @@ def check_trust(directory: str, euid: int) -> None:
                     f"{path} is writable by group or others (mode "
                     f"{stat.S_IMODE(st.st_mode):04o}); not loaded"
                 )
+
+
+def check_directory_trust(directory: str, euid: int) -> None:
+    """As root, refuse a plugins directory that someone else could change.
+
+    The directory and every directory above it must be owned by root and not
+    writable by group or others — whoever can rename or replace any of them
+    can put their own code where root loads plugins. A parent writable by
+    all but sticky (/tmp) passes: nobody else can replace root's entries in
+    it. The path is checked as written and as resolved (symbolic links).
+
+    Raises:
+        PluginError: naming the first offending directory and why.
+    """
+    if euid != 0:
+        return
+    absolute = os.path.abspath(directory)
+    for path in dict.fromkeys((absolute, os.path.realpath(absolute))):
+        current = path
+        while True:
+            _check_directory(current, own=current == path)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+
+
+def _check_directory(path: str, *, own: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # a missing plugins directory holds no plugins
+    what = "the plugins directory" if own else "a parent of the plugins directory"
+    if st.st_uid != 0:
+        raise PluginError(f"{what} {path} is owned by uid {st.st_uid}, not root; no plugin loaded")
+    if stat.S_ISLNK(st.st_mode):
+        return  # root's link: its target is checked as the resolved path
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and (own or not st.st_mode & stat.S_ISVTX):
+        raise PluginError(
+            f"{what} {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); no plugin loaded"
+        )
 
 
 def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:
