@@ -108,7 +108,12 @@ class Daemon:
         self.stats = ServerStats()
         self._admin_gid = _gid(self.config.server.admin_group)
         journal_gids = frozenset(g for g in map(_gid, JOURNAL_GROUPS) if g is not None)
-        self.authorizer = Authorizer(lambda: self._admin_gid, journal_gids)
+        self.authorizer = Authorizer(
+            lambda: self._admin_gid,
+            journal_gids,
+            admin_group=lambda: self.config.server.admin_group,
+            journal_groups=JOURNAL_GROUPS,
+        )
         self.server = Server(self.config.server, self.registry, self.stats, self.authorizer)
         self.components: list[Component] = []
         self.bound: BoundSocket | None = None

@@ -71,9 +71,18 @@ _SWEEP_MIN, _SWEEP_MAX = 0.05, 10.0
 class Authorizer:
     """Decides who may call what, from the peer's uid and groups."""
 
-    def __init__(self, admin_gid: Callable[[], int | None], journal_gids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        admin_gid: Callable[[], int | None],
+        journal_gids: frozenset[int],
+        *,
+        admin_group: Callable[[], str] = lambda: "the admin group",
+        journal_groups: tuple[str, ...] = ("adm", "systemd-journal"),
+    ) -> None:
         self._admin_gid = admin_gid
         self._journal_gids = journal_gids
+        self._admin_group = admin_group
+        self._journal_groups = journal_groups
         self._own_uid = os.getuid()
 
     def is_admin(self, peer: Peer) -> bool:
@@ -95,6 +104,17 @@ class Authorizer:
         if method.access == "journal":
             return bool(self._journal_gids & peer.groups())
         return False
+
+    def refusal(self, method: Method) -> str:
+        """Why a caller may not call `method`, naming who may."""
+        admin = self._admin_group()
+        if method.access == "journal":
+            groups = ", ".join([*self._journal_groups, admin])
+            return (
+                f"{method.name} reads the journal: it needs uid 0 or membership in one of "
+                f"the groups {groups} (the last is the admin group)"
+            )
+        return f"{method.name} needs uid 0 or membership in the admin group ({admin})"
 
 
 class Admission:
@@ -495,9 +515,7 @@ class Connection:
             extra={"PEER_UID": peer.uid, "PEER_PID": peer.pid, "METHOD": method.name},
         )
         raise PermissionDenied(
-            f"{method.name} needs uid 0 or membership in the admin group",
-            method=method.name,
-            uid=peer.uid,
+            self.server.authorizer.refusal(method), method=method.name, uid=peer.uid
         )
 
     async def _run(
