@@ -103,10 +103,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_failure(error: BaseException) -> int:
     """Log why the daemon could not run: one clear line for expected failures
-    (socket in use, unsafe path, cannot bind), a traceback for bugs."""
+    (socket in use, unsafe path, cannot bind), a traceback for bugs.
+
+    A configuration file read only at start-up (the notification rules) that
+    does not validate is invalid configuration like daemon.conf: exit code 2.
+    """
     leaves = _leaves(error)
     if any(isinstance(e, KeyboardInterrupt) for e in leaves):
         return EXIT_INTERRUPTED
+    invalid = [e for e in leaves if isinstance(e, ConfigError)]
+    if invalid:
+        for config_error in invalid:
+            for problem in config_error.errors:
+                log.error("cannot start: invalid configuration: %s", problem)
+        return EXIT_CONFIG
     for exc in leaves:
         if isinstance(exc, CortexError):
             log.error("cannot start: %s", exc.message)
