@@ -150,10 +150,16 @@ for n, (method, params) in enumerate(requests):
     frame = {"jsonrpc": "2.0", "id": n, "method": method}
     if params is not None:
         frame["params"] = params
-    sock.sendall(json.dumps(frame).encode() + b"\n")
+    try:
+        sock.sendall(json.dumps(frame).encode() + b"\n")
+    except OSError:
+        pass  # refused (BUSY): the daemon's parting line is read below
     while True:
         while b"\n" not in buf:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
             if not chunk:
                 print(json.dumps({"closed": True}))
                 sys.exit(0)
@@ -244,6 +250,7 @@ class Runner:
     ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups", *argv],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
