@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 from cortexd.config.rootonly import changed_keys, root_only_keys, root_only_values
@@ -80,3 +81,16 @@ def test_changed_keys_counts_set_unset_and_different() -> None:
     before = {"a": 1, "b": 2, "c": 3}
     after = {"a": 1, "b": 5, "d": 4}
     assert changed_keys(before, after) == ["b", "c", "d"]
+
+
+def test_docs_list_exactly_the_root_only_keys() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    block = text.split("## Root-only keys", 1)[1].split("\n## ", 1)[0]
+    documented = set(
+        re.findall(
+            r"`([a-z_<>.]+)`",
+            "\n".join(line for line in block.splitlines() if line.startswith("- ")),
+        )
+    )
+    expected = {re.sub(r"^checks\.[a-z_]+\.", "checks.<id>.", k) for k in root_only_keys()}
+    assert documented == expected
