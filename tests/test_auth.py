@@ -1,24 +1,26 @@
 """Authorization by peer credentials (SO_PEERCRED), with real unprivileged peers.
 
 Runs `cortexctl` as uid/gid 65534 through `setpriv`, with and without the
-socket's group and the admin group, against the real daemon. Needs root (to
-create groups and switch users) and `setpriv`.
+socket's group and the admin group, against the real daemon, from a copy of
+the client uid 65534 can read (so wherever the checkout lives). Needs root
+(to create groups and switch users) and `setpriv`.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from tests.daemon import DaemonProcess, running_daemon
+from tests.security.accounts import Account, Runner
 
 pytestmark = pytest.mark.root
 
@@ -76,22 +78,20 @@ def as_nobody(*groups: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def python_for_nobody() -> str:
-    """The test interpreter, if uid 65534 can run it and import cortexctl."""
+def python_for_nobody() -> Iterator[str]:
+    """A command running Python for uid 65534 with the client importable.
+
+    The client is copied where uid 65534 can read it (the checkout may be
+    under a directory it cannot enter, such as /root), and an interpreter it
+    can execute is found by trying; the command is a small wrapper script.
+    """
     _need_root_and_tools()
-    probe = subprocess.run(
-        [*as_nobody(), sys.executable, "-c", "import cortexctl.cli"],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        cwd="/",
-    )
-    if probe.returncode != 0:
-        pytest.skip(
-            f"uid {NOBODY} cannot run {sys.executable} or import cortexctl "
-            f"(a parent directory is not traversable?): {probe.stderr.strip()[-200:]}"
-        )
-    return sys.executable
+    nobody = Account("nobody", pwd.getpwuid(NOBODY).pw_name, NOBODY, NOBODY)
+    with Runner.prepared(nobody) as runner:
+        wrapper = runner.root / "python"
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={runner.root} exec {runner.python} "$@"\n')
+        wrapper.chmod(0o755)
+        yield str(wrapper)
 
 
 @pytest.fixture(scope="module")

@@ -205,10 +205,12 @@ class Runner:
             shutil.rmtree(root, ignore_errors=True)
 
     def _find_python(self, account: Account) -> str:
+        # The system's interpreter first: root's own (pyenv, a venv) may sit in
+        # a directory other users cannot enter.
         candidates = [
+            "/usr/bin/python3",
             os.path.realpath(sys.executable),
             getattr(sys, "_base_executable", ""),
-            "/usr/bin/python3",
             shutil.which("python3") or "",
         ]
         tried = []
