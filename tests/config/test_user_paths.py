@@ -9,7 +9,6 @@ same socket with no flags.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import stat
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -27,6 +27,7 @@ from cortexd.config import ServerConfig
 from cortexd.server import bind_socket, remove_socket
 from cortexd.server.transport import SocketPathUnsafe
 from tests.daemon import NotifyListener, short_tmpdir
+from tests.security.accounts import readable_install
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
@@ -51,22 +52,24 @@ PROBE = (
 )
 
 
-def python_c(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
+@dataclass(frozen=True)
+class NobodyPython:
+    """How uid 65534 runs this checkout's code: an interpreter and extra environment."""
+
+    python: str
+    env: dict[str, str]
 
 
-@functools.cache
-def _python_barred_for_nobody() -> str | None:
-    """Why uid 65534 cannot run this interpreter with the checkout importable, if so."""
+@pytest.fixture(scope="module")
+def nobody_python() -> Iterator[NobodyPython]:
+    """The test's own interpreter when uid 65534 can run it with the checkout importable;
+    otherwise (a checkout under /root, say) a readable copy of the code and its
+    dependencies, so these tests run wherever the checkout lives."""
     assert SETPRIV is not None
-    probe_code = "import cortexd.config, cortexctl.cli"
     probe = subprocess.run(
         [
-            SETPRIV,
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            *python_c(probe_code),
+            *(SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"),
+            *(sys.executable, "-c", "import cortexd.app, cortexctl.cli"),
         ],
         capture_output=True,
         text=True,
@@ -75,18 +78,10 @@ def _python_barred_for_nobody() -> str | None:
         check=False,
     )
     if probe.returncode == 0:
-        return None
-    return (
-        f"uid {NOBODY} cannot run {sys.executable} with this checkout importable "
-        f"(a parent directory is not traversable?): {probe.stderr.strip()[-200:]}"
-    )
-
-
-def needs_python_as_nobody() -> None:
-    """Skip, with the reason, where another user cannot run this checkout (e.g. under /root)."""
-    reason = _python_barred_for_nobody()
-    if reason:
-        pytest.skip(reason)
+        yield NobodyPython(sys.executable, {})
+        return
+    with readable_install(NOBODY) as (python, path):
+        yield NobodyPython(python, {"PYTHONPATH": str(path)})
 
 
 def as_user(uid: int, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -101,10 +96,10 @@ def as_user(uid: int, argv: list[str], env: dict[str, str]) -> subprocess.Comple
     )
 
 
-def defaults_for(uid: int, env: dict[str, str]) -> dict[str, str]:
-    if uid != 0:
-        needs_python_as_nobody()
-    result = as_user(uid, [sys.executable, "-c", PROBE], env)
+def defaults_for(uid: int, env: dict[str, str], nobody: NobodyPython) -> dict[str, str]:
+    python = nobody.python if uid != 0 else sys.executable
+    extra = nobody.env if uid != 0 else {}
+    result = as_user(uid, [python, "-c", PROBE], {**env, **extra})
     assert result.returncode == 0, result.stderr
     found: dict[str, str] = orjson.loads(result.stdout)
     return found
@@ -120,16 +115,20 @@ def private_dir() -> Iterator[str]:
 
 
 @needs_setpriv
-def test_socket_in_xdg_runtime_dir_and_state_in_xdg_state_home(private_dir: str) -> None:
+def test_socket_in_xdg_runtime_dir_and_state_in_xdg_state_home(
+    private_dir: str, nobody_python: NobodyPython
+) -> None:
     found = defaults_for(
-        NOBODY, {"HOME": "/nonexistent", "XDG_RUNTIME_DIR": private_dir, "XDG_STATE_HOME": "/st"}
+        NOBODY,
+        {"HOME": "/nonexistent", "XDG_RUNTIME_DIR": private_dir, "XDG_STATE_HOME": "/st"},
+        nobody_python,
     )
     assert found == {"socket": f"{private_dir}/cortex.sock", "state": "/st/cortex"}
 
 
 @needs_setpriv
-def test_fallbacks_without_xdg_variables() -> None:
-    found = defaults_for(NOBODY, {"HOME": "/home/someone"})
+def test_fallbacks_without_xdg_variables(nobody_python: NobodyPython) -> None:
+    found = defaults_for(NOBODY, {"HOME": "/home/someone"}, nobody_python)
     assert found == {
         "socket": f"/tmp/cortex-{NOBODY}/cortex.sock",
         "state": "/home/someone/.local/state/cortex",
@@ -137,14 +136,16 @@ def test_fallbacks_without_xdg_variables() -> None:
 
 
 @needs_setpriv
-def test_a_runtime_dir_that_does_not_exist_falls_back_to_tmp() -> None:
-    found = defaults_for(NOBODY, {"HOME": "/h", "XDG_RUNTIME_DIR": "/nonexistent/run"})
+def test_a_runtime_dir_that_does_not_exist_falls_back_to_tmp(nobody_python: NobodyPython) -> None:
+    found = defaults_for(
+        NOBODY, {"HOME": "/h", "XDG_RUNTIME_DIR": "/nonexistent/run"}, nobody_python
+    )
     assert found["socket"] == f"/tmp/cortex-{NOBODY}/cortex.sock"
 
 
 @needs_setpriv
-def test_root_uses_the_system_paths() -> None:
-    assert defaults_for(0, {"HOME": "/root", "XDG_RUNTIME_DIR": "/run/user/0"}) == {
+def test_root_uses_the_system_paths(nobody_python: NobodyPython) -> None:
+    assert defaults_for(0, {"HOME": "/root", "XDG_RUNTIME_DIR": "/run/user/0"}, nobody_python) == {
         "socket": "/run/cortex.sock",
         "state": "/var/lib/cortex",
     }
@@ -211,8 +212,9 @@ def test_a_symlink_in_place_of_the_directory_is_refused(tmp_cortex_dir: str) -> 
 
 
 @needs_setpriv
-def test_an_unprivileged_daemon_and_cortexctl_agree_without_flags(private_dir: str) -> None:
-    needs_python_as_nobody()
+def test_an_unprivileged_daemon_and_cortexctl_agree_without_flags(
+    private_dir: str, nobody_python: NobodyPython
+) -> None:
     workdir = short_tmpdir()
     os.chmod(workdir, 0o755)
     home = os.path.join(private_dir, "home")
@@ -237,13 +239,13 @@ def test_an_unprivileged_daemon_and_cortexctl_agree_without_flags(private_dir: s
                 f"--reuid={NOBODY}",
                 f"--regid={NOBODY}",
                 "--clear-groups",
-                sys.executable,
+                nobody_python.python,
                 "-m",
                 "cortexd",
                 "--config",
                 config_path,
             ],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, **nobody_python.env},
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -257,8 +259,10 @@ def test_an_unprivileged_daemon_and_cortexctl_agree_without_flags(private_dir: s
         assert stat.S_ISSOCK(st.st_mode) and st.st_uid == NOBODY
 
         client_env = {k: v for k, v in env.items() if k != "NOTIFY_SOCKET"}
-        cortexctl = os.path.join(os.path.dirname(sys.executable), "cortexctl")
-        result = as_user(NOBODY, [cortexctl, "--json", "config", "show"], client_env)
+        cortexctl = [nobody_python.python, "-m", "cortexctl"]
+        result = as_user(
+            NOBODY, [*cortexctl, "--json", "config", "show"], {**client_env, **nobody_python.env}
+        )
         assert result.returncode == 0, result.stderr
         shown = orjson.loads(result.stdout)
         config = shown.get("config", shown)

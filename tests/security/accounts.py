@@ -173,6 +173,97 @@ for n, (method, params) in enumerate(requests):
 """
 
 
+# What a daemon run as another user does not need from the test environment.
+_NOT_NEEDED = (
+    "llama_cpp",
+    "numpy",
+    "numpy.libs",
+    "mypy",
+    "mypyc",
+    "ruff",
+    "pip",
+    "setuptools",
+    "_pytest",
+    "pytest",
+    "pytest_asyncio",
+    "__pycache__",
+    "include",
+    "lib",
+)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def readable_install(probe_uid: int) -> Iterator[tuple[str, Path]]:
+    """The daemon, the client and their dependencies where any user can read them.
+
+    Yields (an interpreter uid `probe_uid` can run, the directory to put on
+    PYTHONPATH). Files are hard links where the filesystem allows, so this
+    is quick; llama.cpp, numpy and the test tools are left out.
+    """
+    root = Path(tempfile.mkdtemp(prefix="cxinstall", dir="/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        skip = shutil.ignore_patterns("__pycache__", "*.pth")
+        for package in (cortexd, cortexctl):
+            source = Path(package.__file__).parent
+            shutil.copytree(source, root / source.name, ignore=skip, copy_function=_link_or_copy)
+        site = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+        for entry in os.listdir(site):
+            if entry in _NOT_NEEDED or entry.endswith(".pth") or entry in ("cortexd", "cortexctl"):
+                continue
+            source = os.path.join(site, entry)
+            if os.path.isdir(source):
+                shutil.copytree(source, root / entry, ignore=skip, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, str(root / entry))
+        for path in (root, *root.rglob("*")):
+            if path.is_dir():
+                os.chmod(path, 0o755)
+        for python in _pythons():
+            probe = subprocess.run(
+                [
+                    "setpriv",
+                    f"--reuid={probe_uid}",
+                    f"--regid={probe_uid}",
+                    "--clear-groups",
+                    python,
+                    "-c",
+                    "import cortexd.app, cortexctl.cli",
+                ],
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)},
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+                cwd="/",
+                check=False,
+            )
+            if probe.returncode == 0:
+                yield python, root
+                return
+        raise AssertionError(f"no interpreter uid {probe_uid} can run the copy in {root}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pythons() -> list[str]:
+    """Interpreters to try, the system's first: root's own (pyenv, a venv) may sit in
+    a directory other users cannot enter."""
+    candidates = [
+        "/usr/bin/python3",
+        os.path.realpath(sys.executable),
+        getattr(sys, "_base_executable", ""),
+        shutil.which("python3") or "",
+    ]
+    return list(dict.fromkeys(c for c in candidates if c))
+
+
 class Runner:
     """Runs the client code as an account, from a copy every account can read."""
 
@@ -205,16 +296,8 @@ class Runner:
             shutil.rmtree(root, ignore_errors=True)
 
     def _find_python(self, account: Account) -> str:
-        # The system's interpreter first: root's own (pyenv, a venv) may sit in
-        # a directory other users cannot enter.
-        candidates = [
-            "/usr/bin/python3",
-            os.path.realpath(sys.executable),
-            getattr(sys, "_base_executable", ""),
-            shutil.which("python3") or "",
-        ]
         tried = []
-        for python in dict.fromkeys(c for c in candidates if c):
+        for python in _pythons():
             done = self.run(account, [python, "-c", "import cortexctl.cli"], check=False)
             if done.returncode == 0:
                 return python
