@@ -41,6 +41,11 @@ def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
         f"Checked: {time.strftime('%Y-%m-%d %H:%M', time.localtime(result['checked_at']))}"
         + (" (cached)" if result["cached"] else ""),
     ]
+    if result.get("force_limited"):
+        rows.append(
+            f"Not refreshed now: once per updates.force_interval; next in "
+            f"{result['next_force_in']:.0f} s"
+        )
     for line in _box("System Update", rows):
         out.line(line)
     out.line()

@@ -464,6 +464,9 @@ def test_a_storm_of_forced_update_checks_runs_apt_once(
         assert again["force_limited"] is True and again["cached"] is True
         assert 0 <= again["age_seconds"] < 60
         assert 0 < again["next_force_in"] <= 300
+        shown = runner.cortexctl(reader, "--socket", sock, "update", "check", "--force")
+        assert shown.returncode == 0, shown.stderr
+        assert "Not refreshed now: once per updates.force_interval" in shown.stdout
         assert apt.refreshes() == 1
 
         admin = runner.calls(accts["admin"], sock, [("updates.check", {"force": True})])
