@@ -212,6 +212,33 @@ def test_an_older_genuine_archive_cannot_change_a_root_only_key(
         assert Path(daemon.config_path).read_text() == roots
 
 
+def test_an_update_rollback_cannot_change_a_root_only_key_for_an_admin(
+    accts: Accounts, runner: Runner, workdir: Path
+) -> None:
+    apt = Apt(workdir)
+    with running_daemon(merge(accts.daemon_config(), apt.config())) as daemon:
+        snapshot = daemon.call("updates.snapshot", timeout=120)["snapshot"]["id"]
+        newer = workdir / "apt-get-2"
+        shutil.copy(apt.command, newer)
+        config = yaml.safe_load(Path(daemon.config_path).read_text())
+        config["updates"]["apt_command"] = [str(newer)]
+        daemon.write_config(config)
+        daemon.call("config.reload")
+        roots = Path(daemon.config_path).read_text()
+        answer = runner.calls(
+            accts["admin"], daemon.socket_path, [("updates.rollback", {"id": snapshot})]
+        )[0]
+        assert error_of(answer) == "PERMISSION_DENIED"
+        assert answer["error"]["data"]["keys"] == ["updates.apt_command"]
+        assert Path(daemon.config_path).read_text() == roots
+        # Root may put its own earlier choice back.
+        done = daemon.call("updates.rollback", {"id": snapshot}, timeout=120)
+        assert done["config_restored"] == [daemon.config_path]
+        restored = yaml.safe_load(Path(daemon.config_path).read_text())
+        assert restored["updates"]["apt_command"] == [str(apt.command)]
+        assert stat.S_IMODE(os.stat(daemon.config_path).st_mode) == 0o644
+
+
 def test_a_climbing_config_path_with_mode_4755_writes_nothing(
     accts: Accounts, runner: Runner, workdir: Path
 ) -> None:
