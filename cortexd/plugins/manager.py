@@ -431,6 +431,10 @@ class PluginManager:
         `failed` with the reason; one still loaded whose directory went is
         `removed` until the next reload unloads it.
         """
+        try:
+            check_directory_trust(self.settings.directory, self.euid)
+        except PluginError as exc:
+            return {**self.listing(), "error": str(exc)}
         known = {p.directory: p for p in self.plugins.values()}
         found = self._scan()
         plugins = []

@@ -69,6 +69,10 @@ def plugin_state(directory: Path) -> tuple[dict[str, object], dict[str, object]]
     with running_daemon({"plugins": {"directory": str(directory)}}) as daemon:
         state = daemon.call("status")["components"]["plugins"]
         listing = daemon.call("plugins.list")
+        scanned = daemon.call("plugins.list", {"scan": True})
+        assert scanned["error"] == listing["error"]
+        if listing["error"] is not None:
+            assert scanned["plugins"] == []
         assert daemon.call("ping")["pong"] is True
     return state, listing
 
