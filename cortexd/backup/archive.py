@@ -148,6 +148,8 @@ def build(
     kind: str = "manual",
     key: bytes | None = None,
     include_key: bool = False,
+    # How each database is copied: the daemon's goes through the connection it holds.
+    copier: Callable[[str, str], None] = copy_database,
 ) -> dict[str, Any]:
     """Write an archive of `state_dir`'s databases and `config_files` to `target`.
 
@@ -164,7 +166,7 @@ def build(
         for path in state_databases(state_dir):
             name = f"state/{os.path.basename(path)}"
             copy = os.path.join(work, os.path.basename(path))
-            copy_database(path, copy)
+            copier(path, copy)
             members.append((name, copy))
             files.append({"name": name, "size": os.path.getsize(copy), "sha256": sha256_file(copy)})
         seen: set[str] = set()

@@ -44,7 +44,7 @@ from cortexd.config.restore import (
 )
 from cortexd.config.schema import BackupConfig
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
-from cortexd.store import Database
+from cortexd.store import Database, copier
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
@@ -216,6 +216,7 @@ class BackupService:
                     kind=kind,
                     key=key,
                     include_key=include_key,
+                    copier=database_copier(self.daemon),
                 )
             )
         return target, manifest
@@ -254,13 +255,7 @@ class BackupService:
 
     def databases(self) -> list[tuple[Any, Database]]:
         """(owner component, its database) for each database under the state dir."""
-        found = []
-        root = os.path.realpath(self.state_dir)
-        for component in self.daemon.components:
-            db = getattr(component, "db", None)
-            if isinstance(db, Database) and os.path.dirname(os.path.realpath(db.path)) == root:
-                found.append((component, db))
-        return found
+        return daemon_databases(self.daemon)
 
     async def upkeep(self, *, vacuum: bool = False) -> list[str]:
         """WAL checkpoint and `PRAGMA optimize` (and VACUUM) on every open database."""
@@ -457,6 +452,22 @@ def _size_of(directory: str) -> int:
     except OSError:
         return 0
     return sum(_file_size(os.path.join(directory, n)) for n in names)
+
+
+def daemon_databases(daemon: Daemon) -> list[tuple[Any, Database]]:
+    """(owner component, its database) for each database under the daemon's state dir."""
+    found = []
+    root = os.path.realpath(daemon.config.state_dir)
+    for component in daemon.components:
+        db = getattr(component, "db", None)
+        if isinstance(db, Database) and os.path.dirname(os.path.realpath(db.path)) == root:
+            found.append((component, db))
+    return found
+
+
+def database_copier(daemon: Daemon) -> Callable[[str, str], None]:
+    """How a worker thread copies the daemon's databases: through the connections it holds."""
+    return copier([db for _owner, db in daemon_databases(daemon)], archive.copy_database)
 
 
 def _replace_db(source: str, target: str) -> None:

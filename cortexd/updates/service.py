@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
-from cortexd.backup.service import ConfigTargets, config_files
+from cortexd.backup.service import ConfigTargets, config_files, database_copier
 from cortexd.config.restore import (
     StagedFile,
     is_root_or_owner,
@@ -216,9 +216,10 @@ class UpdateService:
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
         files = config_files(self.config_targets())
         state_dir = self.daemon.config.state_dir
+        copy = database_copier(self.daemon)
         meta = await anyio.to_thread.run_sync(
             lambda: self.snapshots.take(
-                state_dir, files, reason=reason, replacing=replacing, now=self.clock()
+                state_dir, files, reason=reason, replacing=replacing, now=self.clock(), copier=copy
             )
         )
         log.info("snapshot %s taken (%s)", meta["id"], reason)

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -58,8 +58,9 @@ class Snapshots:
         reason: str,
         replacing: Sequence[Installed] = (),
         now: float | None = None,
+        copier: Callable[[str, str], None] = copy_database,
     ) -> dict[str, Any]:
-        """Write a new snapshot; returns its meta."""
+        """Write a new snapshot; returns its meta (`copier` copies each database)."""
         created = time.time() if now is None else now
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         snap_id = self._new_id(created)
@@ -83,7 +84,7 @@ class Snapshots:
                 )
             databases = []
             for db in state_databases(state_dir):
-                copy_database(db, os.path.join(work, "state", os.path.basename(db)))
+                copier(db, os.path.join(work, "state", os.path.basename(db)))
                 databases.append(os.path.basename(db))
             installed = self.apt.installed()
             lines = "".join(f"{i.package}\t{i.version}\t{i.arch}\n" for i in installed)

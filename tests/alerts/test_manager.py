@@ -28,7 +28,15 @@ async def fire(
     )
 
 
+async def stored(manager: AlertManager) -> list[sqlite3.Row]:
+    """The rows, read through the manager's own connection (it holds the file exclusively)."""
+    return await manager.db.read(
+        lambda c: c.execute("SELECT * FROM alerts ORDER BY first_seen").fetchall()
+    )
+
+
 def rows(path: Path) -> list[sqlite3.Row]:
+    """The rows of a closed database file."""
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
@@ -54,13 +62,13 @@ async def test_a_persisting_condition_is_one_alert_with_coalesced_writes(
         await fire(manager, used=82.0)
     assert (await fire(manager)).id == first.id
     assert first.count == 32
-    stored = rows(tmp_path / "alerts.db")
-    assert len(stored) == 1
+    written = await stored(manager)
+    assert len(written) == 1
     # Thirty seconds of updates with no state change: the row was not rewritten.
-    assert stored[0]["count"] == 1
+    assert written[0]["count"] == 1
     clock.step(61)
     await fire(manager)
-    assert rows(tmp_path / "alerts.db")[0]["count"] == 33
+    assert (await stored(manager))[0]["count"] == 33
 
 
 async def test_escalates_and_de_escalates_within_one_alert(manager: AlertManager) -> None:
@@ -99,7 +107,7 @@ async def test_clears_resolve_and_refire_reopens_within_window_else_new_row(
     clock.step(301)
     later = await fire(manager)
     assert later.id != alert.id
-    states = [r["state"] for r in rows(tmp_path / "alerts.db")]
+    states = [r["state"] for r in await stored(manager)]
     assert states == ["resolved", "firing"]
 
 
@@ -111,7 +119,7 @@ async def test_flapping_around_a_level_yields_one_alert(
         clock.step(10)
         await manager.condition_cleared(source="disk_space", labels=DISK)
         clock.step(10)
-    assert len(rows(tmp_path / "alerts.db")) == 1
+    assert len(await stored(manager)) == 1
 
 
 async def test_restart_keeps_open_alerts_and_never_duplicates(
@@ -166,7 +174,7 @@ async def test_clear_hides_acked_and_resolved_but_tracks_the_condition(
     assert [a.id for a in visible] == [other.id]
     # The hidden, acknowledged condition persists: no duplicate appears.
     assert (await fire(manager)).id == disk.id
-    assert len(rows(tmp_path / "alerts.db")) == 2
+    assert len(await stored(manager)) == 2
     assert manager.state()["active"] == 1
 
 
@@ -192,7 +200,7 @@ async def test_retention_prunes_old_resolved_alerts(
     await manager.condition_cleared(source="disk_space", labels=DISK)
     clock.step(31 * 86400)
     assert await manager.prune() == 1
-    assert rows(tmp_path / "alerts.db") == []
+    assert await stored(manager) == []
 
 
 async def test_silences_match_with_alertmanager_syntax_and_expire(

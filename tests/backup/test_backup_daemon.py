@@ -88,18 +88,20 @@ def test_backup_while_writing_then_restore_into_a_fresh_daemon(tmp_path: Path) -
         restored = alert_ids(target)
         assert before <= restored
         assert restored <= before | set(during)
-        db = Path(target.state_dir) / "alerts.db"
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        finally:
-            conn.close()
         # The state the restore replaced was backed up first.
         kept = list((Path(target.state_dir) / "backups").glob("pre-restore-*.tar.gz"))
         assert len(kept) == 1
         # The daemon keeps working on the restored database.
         new = raise_alert(target, 5)
         assert new in alert_ids(target)
+        # The daemon holds its databases exclusively: look inside once it has stopped.
+        assert target.stop() == 0
+        db = Path(target.state_dir) / "alerts.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            conn.close()
 
 
 def test_damaged_archives_are_refused_and_nothing_changes(tmp_path: Path) -> None:

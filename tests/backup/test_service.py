@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,12 +32,9 @@ def _size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _pragma(path: str, name: str) -> str:
-    conn = sqlite3.connect(path)
-    try:
-        return str(conn.execute(f"PRAGMA {name}").fetchone()[0])
-    finally:
-        conn.close()
+async def _pragma(db: Database, name: str) -> str:
+    # Through the owner's connection: it holds the file exclusively.
+    return str(await db.read(lambda c: c.execute(f"PRAGMA {name}").fetchone()[0]))
 
 
 def _daemon(state: Path, config: BackupConfig, components: list[Any]) -> Any:
@@ -92,7 +88,7 @@ async def test_upkeep_checkpoints_and_vacuums(tmp_path: Path) -> None:
         assert done == ["things.db"]
         assert _size(wal) == 0
         # VACUUM left no free pages behind from the deleted rows.
-        assert _pragma(db.path, "freelist_count") == "0"
-        assert _pragma(db.path, "integrity_check") == "ok"
+        assert await _pragma(db, "freelist_count") == "0"
+        assert await _pragma(db, "integrity_check") == "ok"
     finally:
         await db.close()
