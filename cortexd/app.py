@@ -45,6 +45,7 @@ from cortexd.server import (
     raise_fd_limit,
     remove_socket,
 )
+from cortexd.store.statedir import ensure_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class Daemon:
                 # Signals first, so a SIGTERM during start-up still stops cleanly.
                 await tg.start(self._signals)
                 sock = await self._listening_socket()
+                # A database that cannot open costs its feature; a state
+                # directory that cannot be written costs all of them.
+                await anyio.to_thread.run_sync(ensure_state_dir, self.config.state_dir)
                 # Components start before the first accept: a client that
                 # connects early waits in the listen backlog rather than
                 # reaching a component that is not serving yet.

@@ -70,8 +70,20 @@ def _status(client: Client, args: argparse.Namespace, out: Output) -> int:
     for name, state in result["components"].items():
         label = state.get("state", "?")
         colour = "32" if label in ("running", "ready") else "33"
-        out.line(f"  {name:<12} {out.paint(label, colour)}")
+        out.line(f"  {name:<12} {out.paint(label, colour)}{_why(state)}")
     return EXIT_OK
+
+
+def _why(state: dict[str, Any]) -> str:
+    """What is wrong with a component, in a few words after its state ("" when nothing)."""
+    storage = state.get("storage") or {}
+    reason = state.get("reason") or (
+        f"{storage['file']}: {storage['reason']}" if storage.get("reason") else ""
+    )
+    moved = len(storage.get("quarantined") or [])
+    if moved:
+        reason = "; ".join(filter(None, [reason, f"{moved} damaged database moved aside"]))
+    return f" ({reason})" if reason else ""
 
 
 def _config_show(client: Client, args: argparse.Namespace, out: Output) -> int:

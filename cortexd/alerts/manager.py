@@ -20,10 +20,16 @@ Life of an alert (SPEC §5):
   is news. `alerts.clear` hides acknowledged and resolved alerts from the
   active list; a hidden acknowledged alert still tracks its condition until
   it resolves, so clearing never spawns a duplicate.
+- Storage: a notice with `hold=True` (the monitor's) survives a full or
+  read-only disk: the alert fires and is notified from memory, is listed,
+  and its row is written by the next flush that finds room. Every other
+  change fails with StorageUnavailable and leaves nothing half-done. An
+  alerts database that cannot be opened leaves the manager `failed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -40,7 +46,7 @@ from cortexd.alerts.matchers import Matcher, all_match, parse_matchers
 from cortexd.alerts.model import Alert, Clock, ListFilter, Severity, Silence, fingerprint
 from cortexd.config.schema import AlertsConfig
 from cortexd.protocol import CortexError, ErrorCode, NotFound
-from cortexd.store import Database
+from cortexd.store import Database, StorageUnavailable, StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,17 @@ def _parsed(silence: Silence) -> list[Matcher]:
     return _parsed_matchers(silence.matchers)
 
 
+def _selects(flt: ListFilter, alert: Alert) -> bool:
+    """Whether `alerts.list`'s query would select `alert` (for alerts not yet stored)."""
+    return (
+        (flt.severity is None or alert.severity == flt.severity)
+        and (flt.states is None or alert.state in flt.states)
+        and (flt.category is None or alert.category == flt.category)
+        and (flt.since is None or alert.last_seen >= flt.since)
+        and (flt.include_cleared or alert.cleared_at is None)
+    )
+
+
 class AlertManager:
     """Owns the alerts database and the open alerts, keyed by fingerprint.
 
@@ -96,6 +113,8 @@ class AlertManager:
         self._by_id: dict[str, Alert] = {}  # the open alerts again, by id
         self._recent: dict[str, Alert] = {}
         self._silences: dict[str, Silence] = {}
+        # Alerts that fired while their row could not be written (full disk).
+        self._held: dict[str, Alert] = {}
         self._lock = anyio.Lock()
         self.dropped_over_cap = 0
         self._state = "starting"
@@ -106,8 +125,16 @@ class AlertManager:
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the database and load open alerts and silences."""
-        await self.db.open()
+        """Open the database and load open alerts and silences.
+
+        Raises:
+            StoreFailed: the database cannot be opened; the manager is `failed`.
+        """
+        try:
+            await self.db.open()
+        except StoreFailed:
+            self._state = "failed"
+            raise
         window = self.config.reopen_window_seconds
         opened, recent, silences = await self.db.read(
             lambda c: (
@@ -124,7 +151,9 @@ class AlertManager:
         log.info("%d open alerts, %d silences loaded", len(self._open), len(self._silences))
 
     async def start(self, tg: TaskGroup) -> None:
-        await self.open()
+        # A database that cannot be opened costs the alerts, not the daemon.
+        with contextlib.suppress(StoreFailed):
+            await self.open()
         tg.start_soon(self._housekeeping)
 
     def apply_config(self, config: Any) -> None:
@@ -132,9 +161,13 @@ class AlertManager:
 
     async def stop(self) -> None:
         """Flush coalesced updates and close the database."""
+        failed = self._state == "failed"
         self._state = "stopped"
         try:
-            await self.flush()
+            if not failed:
+                await self.flush()
+        except StorageUnavailable as exc:
+            log.error("alert changes not written at shutdown: %s", exc.message)
         finally:
             await self.db.close()
 
@@ -149,6 +182,9 @@ class AlertManager:
             "firing": sum(1 for a in self._open.values() if a.state == "firing"),
             "silences": sum(1 for s in self._silences.values() if s.active_at(self.clock())),
             "dropped_over_cap": self.dropped_over_cap,
+            "held_in_memory": len(self._held),
+            "storage": self.db.state(),
+            **self.db.failure_reason(),
         }
 
     def _visible_open(self) -> list[Alert]:
@@ -158,6 +194,8 @@ class AlertManager:
         last_prune = -PRUNE_INTERVAL
         while True:
             await anyio.sleep(FLUSH_INTERVAL)
+            if self._state != "running":
+                continue
             try:
                 await self.flush(only_due=True)
                 now = time.monotonic()
@@ -202,6 +240,21 @@ class AlertManager:
         for alert in alerts:
             alert.written_at = now
             alert.dirty = False
+            if self._held.pop(alert.id, None) is not None:
+                log.info("alert %s held in memory is now stored", alert.id)
+
+    async def _save_or_hold(self, alerts: list[Alert], hold: bool) -> None:
+        """Save; with `hold`, a storage fault leaves the alerts dirty for the next flush."""
+        try:
+            await self._save(alerts)
+        except StorageUnavailable as exc:
+            if not hold:
+                raise
+            for alert in alerts:
+                alert.dirty = True
+                if alert.id not in self._held:
+                    self._held[alert.id] = alert
+                    log.warning("alert %s held in memory: %s", alert.id, exc.message)
 
     # -- conditions --------------------------------------------------------
 
@@ -215,25 +268,34 @@ class AlertManager:
         title: str,
         description: str = "",
         annotations: Mapping[str, Any] | None = None,
+        hold: bool = False,
     ) -> Alert:
         """Report that a condition holds; returns its (new or updated) alert.
 
+        With `hold`, a full or read-only disk does not stop the alert: it
+        fires from memory and is written when there is room again.
+
         Raises:
             AlertCapReached: a new alert would exceed `alerts.max_active`.
+            StorageUnavailable: (without `hold`) the change could not be stored.
         """
         fp = fingerprint(source, labels)
         async with self._lock:
             now = self.clock()
             alert = self._open.get(fp)
             if alert is not None:
-                return await self._update(alert, now, severity, title, description, annotations)
+                return await self._update(
+                    alert, now, severity, title, description, annotations, hold
+                )
             previous = self._recent.get(fp)
             if (
                 previous is not None
                 and previous.resolved_at is not None
                 and now - previous.resolved_at <= self.config.reopen_window_seconds
             ):
-                return await self._reopen(previous, now, severity, title, description, annotations)
+                return await self._reopen(
+                    previous, now, severity, title, description, annotations, hold
+                )
             if len(self._open) >= self.config.max_active:
                 self.dropped_over_cap += 1
                 if self.dropped_over_cap == 1 or self.dropped_over_cap % 100 == 0:
@@ -259,7 +321,7 @@ class AlertManager:
                 count=1,
                 host=self.host,
             )
-            await self._save([alert])
+            await self._save_or_hold([alert], hold)
             self._open[fp] = alert
             self._by_id[alert.id] = alert
             log.info("alert %s fired: %s (%s)", alert.id, title, severity.name)
@@ -274,6 +336,7 @@ class AlertManager:
         title: str,
         description: str,
         annotations: Mapping[str, Any] | None,
+        hold: bool = False,
     ) -> Alert:
         alert.count += 1
         alert.last_seen = now
@@ -292,7 +355,7 @@ class AlertManager:
             log.info("alert %s severity %s -> %s", alert.id, alert.severity.name, severity.name)
             alert.severity = severity
         if changed or now - alert.written_at >= self.config.coalesce_seconds:
-            await self._save([alert])
+            await self._save_or_hold([alert], hold)
         if rose:
             await self._emit("escalated", alert)
         return alert
@@ -305,6 +368,7 @@ class AlertManager:
         title: str,
         description: str,
         annotations: Mapping[str, Any] | None,
+        hold: bool = False,
     ) -> Alert:
         alert.state = "firing"
         alert.resolved_at = None
@@ -317,7 +381,7 @@ class AlertManager:
         if annotations is not None:
             alert.annotations = dict(annotations)
         alert.annotations["reopened"] = int(alert.annotations.get("reopened", 0)) + 1
-        await self._save([alert])
+        await self._save_or_hold([alert], hold)
         del self._recent[alert.fingerprint]
         self._open[alert.fingerprint] = alert
         self._by_id[alert.id] = alert
@@ -377,8 +441,10 @@ class AlertManager:
         """Alerts matching `flt`, most recently seen first; open ones from memory."""
         rows = await self.db.read(lambda c: store.select(c, flt))
         merged = [self._by_id.get(a.id, a) for a in rows]
+        listed = {a.id for a in merged}
+        merged.extend(a for a in self._held.values() if a.id not in listed and _selects(flt, a))
         merged.sort(key=lambda a: a.last_seen, reverse=True)
-        return merged
+        return merged[: flt.limit]
 
     async def acknowledge(self, alert_id: str, by: str) -> Alert:
         """Acknowledge one alert. Raises NotFound; resolved alerts stay resolved."""

@@ -203,7 +203,10 @@ class JournalWatcher:
             # First start: lines logged before we ever ran are history, not news.
             self._position = await anyio.to_thread.run_sync(self.journal.last_cursor)
             if self._position:
-                await anyio.to_thread.run_sync(self.cursor.save, self._position)
+                try:
+                    await anyio.to_thread.run_sync(self.cursor.save, self._position)
+                except OSError as exc:  # a full or read-only state dir: the next poll saves it
+                    log.warning("journal cursor not saved: %s", exc)
         self._state = "running"
         tg.start_soon(self._loop)
 

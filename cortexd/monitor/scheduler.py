@@ -179,6 +179,8 @@ class Monitor:
         payload = orjson.dumps([r.to_dict() for r in self.results.values()])
         try:
             await self.alerts.put_blob(SNAPSHOT_KEY, payload)
+        except CortexError as exc:  # a full disk or failed store: expected, said plainly
+            log.warning("health snapshot not persisted: %s", exc.message)
         except Exception:  # isolation boundary: shutdown goes on without the snapshot
             log.exception("could not persist the health snapshot")
 
@@ -190,6 +192,8 @@ class Monitor:
                     result = CheckResult.from_dict(item, stale=True)
                     if result.check_id in self.checks:
                         self.results[result.check_id] = result
+        except CortexError as exc:  # the alerts database failed to open
+            log.warning("last health snapshot not loaded: %s", exc.message)
         except Exception:  # isolation boundary: a bad snapshot only costs history
             log.exception("could not load the last health snapshot")
 
@@ -430,6 +434,8 @@ class Monitor:
                         "value": finding.value,
                         "fix_id": check.fix_id,
                     },
+                    # A full disk must not silence the alert about the full disk.
+                    hold=True,
                 )
             elif status in (Status.PASS, Status.SKIP):
                 await self.alerts.condition_cleared(source=check.id, labels=labels)
@@ -461,6 +467,7 @@ class Monitor:
                 title=f"check {check.id} keeps failing",
                 description=_message(graded, overall),
                 annotations={"consecutive_errors": count},
+                hold=True,
             )
 
 

@@ -26,6 +26,7 @@ import logging
 import random
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -44,7 +45,7 @@ from cortexd.notify.rules import ACTION_TYPES, Action, Rules, load_rules
 from cortexd.notify.send import Answer, DeliveryFailed, deliver
 from cortexd.notify.throttle import Throttle
 from cortexd.protocol import ConfigError, NotFound
-from cortexd.store import Database
+from cortexd.store import Database, StorageUnavailable, StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,21 @@ class Notifier:
         self.rules = await anyio.to_thread.run_sync(
             load_rules, self.config.rules_path, self.action_types
         )
-        await self.db.open()
+        try:
+            await self.db.open()
+        except StoreFailed:
+            # Without the outbox nothing can be queued: notifications are off,
+            # the daemon serves.
+            self._state = "failed"
+            return
         requeued = await self.db.run(store.requeue_interrupted)
         if requeued:
             log.info("%d notifications interrupted by a restart will be sent again", requeued)
         self.pending = await self.db.read(store.count_open)
-        await self._catch_up()
+        try:
+            await self._catch_up()
+        except StoreFailed as exc:  # the alerts database failed to open: nothing to catch up
+            log.warning("notifications not caught up: %s", exc.message)
         self._tg = tg
         tg.start_soon(self._deliver_loop)
         tg.start_soon(self._housekeeping)
@@ -179,6 +189,8 @@ class Notifier:
             "failed": sum(self.failed.values()),
             "dead_lettered": sum(self.dead_lettered.values()),
             "suppressed": dict(self.suppressed),
+            "storage": self.db.state(),
+            **self.db.failure_reason(),
         }
 
     # -- events ----------------------------------------------------------
@@ -215,7 +227,26 @@ class Notifier:
             await self._suppress(alert, kind, reason)
             return
         payload = self._event(kind, alert.to_dict(), event=event)
-        await self._enqueue([(a, kind, alert.fingerprint, payload) for a in actions])
+        try:
+            await self._enqueue([(a, kind, alert.fingerprint, payload) for a in actions])
+        except StorageUnavailable as exc:
+            # The outbox cannot be written (a full or read-only disk): one
+            # attempt from memory, so an alert about that very disk still goes out.
+            log.error("notifications for %s not queued (%s); sending once", alert.id, exc.reason)
+            if self._tg is not None:
+                for action in actions:
+                    self._tg.start_soon(self._send_unstored, action, payload)
+
+    async def _send_unstored(self, action: Action, event: dict[str, Any]) -> None:
+        """One attempt at `action` for an event the outbox could not take; never retried."""
+        try:
+            answer = await self.send(action, event, f"unstored-{uuid.uuid4().hex[:12]}")
+        except Exception as exc:  # isolation boundary: logged like a failed attempt
+            self.failed[action.name] += 1
+            log.error("notification to %s (not queued) failed: %s", action.name, exc)
+            return
+        self.sent[action.name] += 1
+        log.info("notification to %s sent without the outbox: %s", action.name, answer.status)
 
     def _event(self, kind: str, alert: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {

@@ -36,7 +36,7 @@ from cortexd.protocol import (
 from cortexd.repair import store
 from cortexd.repair.model import Fix, Outcome, Plan
 from cortexd.repair.runner import FixRunner
-from cortexd.store import Database
+from cortexd.store import Database, StoreFailed
 
 if TYPE_CHECKING:
     from cortexd.monitor.scheduler import Monitor
@@ -100,7 +100,12 @@ class RepairManager:
 
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
-        await self.db.open()
+        try:
+            await self.db.open()
+        except StoreFailed:
+            # No history to record into: fixes are refused (see `apply`), the daemon serves.
+            self._state = "failed"
+            return
         self._state = "running"
 
     def apply_config(self, config: Config) -> None:
@@ -124,6 +129,8 @@ class RepairManager:
             "running": self._lock.locked(),
             "applied": dict(self.applied),
             "failed": dict(self.failed),
+            "storage": self.db.state(),
+            **self.db.failure_reason(),
         }
 
     # -- lookup and planning -----------------------------------------------
@@ -178,7 +185,11 @@ class RepairManager:
             FixVetoed: a pre_fix hook refused.
             Busy: another fix is running and did not finish within a few seconds.
             Unavailable: the fix needs systemd (or its bus) and it is not there.
+            StoreFailed: repair.db could not be opened, so the fix could not be recorded.
         """
+        if self.db.failure is not None:
+            # Every applied fix is recorded; without the history, none is applied.
+            raise StoreFailed(self.db.name, self.db.failure)
         if fix.safety == "confirm" and not confirm:
             raise PermissionDenied(
                 f"fix {fix.id} changes the system in ways to confirm: pass confirm: true",
