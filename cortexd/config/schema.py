@@ -211,6 +211,7 @@ class ChecksConfig:
     apt_locks: CheckSettings = field(default_factory=CheckSettings)
     cortex_world_writable: CheckSettings = field(default_factory=CheckSettings)
     cortex_permissions: CheckSettings = field(default_factory=CheckSettings)
+    cortex_databases: CheckSettings = field(default_factory=CheckSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from cortexd.repair.apt import (
     ClearAptLocks,
     DpkgConfigure,
 )
+from cortexd.repair.databases import QuarantinedDatabases
 from cortexd.repair.manager import RepairManager
 from cortexd.repair.model import Fix, Plan
 from cortexd.repair.permissions import (
@@ -93,6 +94,7 @@ def build_checks(config: Config) -> list[Check]:
         AptLocks(config.repair.root),
         WorldWritable(roots, owner),
         CortexPermissions(roots, owner),
+        QuarantinedDatabases(config.state_dir),
     ]
     for check in checks:
         apply_settings(check, getattr(config.checks, check.id))
