@@ -202,6 +202,8 @@ class AlertManager:
                 if now - last_prune >= PRUNE_INTERVAL:
                     last_prune = now
                     await self.prune()
+            except StorageUnavailable:
+                pass  # a full or read-only disk, logged by the store once; retried next round
             except Exception:  # isolation boundary: housekeeping retries next round
                 log.exception("alerts housekeeping failed")
 
