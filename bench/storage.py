@@ -152,7 +152,9 @@ def filesystem(directory: str) -> str:
         text=True,
         check=False,
     )
-    return done.stdout.strip() or "unknown"
+    # Stacked mounts list one line each, in mount order: the last is on top.
+    lines = done.stdout.split()
+    return lines[-1] if lines else "unknown"
 
 
 def run(directory: str, rounds: int) -> dict[str, Any]:
