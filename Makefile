@@ -17,7 +17,7 @@ endif
 MODEL ?= $(STATE_DIR)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # System packages the build and the tests use (Debian names).
-APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager
+APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager e2fsprogs
 
 PREFIX ?= /opt/cortexd
 BINDIR ?= /usr/local/bin
