@@ -10,12 +10,17 @@ leaves any other file to `fallback`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 
 import anyio.from_thread
 
 from cortexd.store.db import Database
+
+# A copy holds the database's thread for its length (other calls wait their
+# own deadlines); a few MB take milliseconds, this bounds a pathological one.
+COPY_DEADLINE = 300.0
 
 
 def copier(
@@ -29,6 +34,6 @@ def copier(
         if db is None or db.failure is not None:
             fallback(source, target)
         else:
-            anyio.from_thread.run(db.backup, target)
+            anyio.from_thread.run(functools.partial(db.backup, target, deadline=COPY_DEADLINE))
 
     return copy

@@ -26,7 +26,7 @@ import yaml
 from cortexctl.client import Client
 from cortexd.config.schema import ChecksConfig
 from cortexd.protocol import CortexError, ErrorCode
-from tests.daemon import DaemonProcess, running_daemon, short_tmpdir
+from tests.daemon import DaemonProcess, running_daemon, short_tmpdir, spawn
 from tests.notify.helpers import Receiver, receiver
 from tests.store.namespace import Namespace, private_mounts
 
@@ -60,7 +60,8 @@ def wait_for(predicate: Callable[[], Any], what: str, within: float = WAIT) -> A
 
 def mount_state(ns: Namespace, kind: str, scratch: Path) -> str:
     """A fresh filesystem of `kind` mounted (inside `ns`) on a new directory; its path."""
-    state = short_tmpdir("cxfs")
+    state = str(scratch / "state")
+    os.mkdir(state)
     if kind == "tmpfs":
         ns.run("mount", "-t", "tmpfs", "-o", "size=2m,mode=0750", "tmpfs", state)
     else:
@@ -288,3 +289,32 @@ def test_a_state_filesystem_that_turns_read_only_costs_writes_only(
         with running_daemon(cfg, command=namespace.daemon_command()) as d:
             assert set(before) <= stored_ids(d)
         assert_sound(inside)
+
+
+def test_a_state_directory_on_a_read_only_filesystem_stops_the_daemon(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state")
+    os.mkdir(state)
+    namespace.run("mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", state)
+    workdir = short_tmpdir()
+    try:
+        cfg = {
+            "state_dir": state,
+            "server": {"socket_path": os.path.join(workdir, "c.sock")},
+            "logging": {"level": "INFO", "target": "stderr"},
+            "notify": {"rules_path": os.path.join(workdir, "alerts.yaml")},
+            "plugins": {"directory": os.path.join(workdir, "plugins")},
+        }
+        proc, notify, _config_path, log_path = spawn(
+            workdir, cfg, command=namespace.daemon_command()
+        )
+        try:
+            assert proc.wait(WAIT) == 1
+        finally:
+            notify.close()
+        log = Path(log_path).read_text()
+        assert f"cannot start: state directory {state} is unusable: read-only file system" in log
+        assert "Traceback" not in log
+    finally:
+        subprocess.run(["rm", "-rf", workdir], check=False)
