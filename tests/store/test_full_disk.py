@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,15 +155,27 @@ def stored_ids(d: DaemonProcess) -> set[str]:
     return {a["id"] for a in listed}
 
 
-def assert_sound(inside: Path) -> None:
+# Run inside the namespace: SQLite resolves the /proc/<pid>/root link to its
+# text ("/") and would open the files under the mountpoint, not the mount.
+INTEGRITY = """
+import sqlite3, sys
+for path in sys.argv[1:]:
+    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    print(path, conn.execute("PRAGMA integrity_check").fetchone()[0],
+          conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    conn.close()
+"""
+
+
+def assert_sound(ns: Namespace, state: str) -> None:
     """Once the daemon has stopped: every database passes integrity_check, none was moved aside."""
-    assert not list(inside.glob("*.corrupt-*"))
-    for name in DATABASES:
-        conn = sqlite3.connect(inside / name)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", name
-        finally:
-            conn.close()
+    assert not list(ns.path(state).glob("*.corrupt-*"))
+    paths = [os.path.join(state, name) for name in DATABASES]
+    done = ns.run(sys.executable, "-c", INTEGRITY, *paths)
+    for line, path in zip(done.stdout.splitlines(), paths, strict=True):
+        checked, verdict, tables = line.split()
+        assert (checked, verdict) == (path, "ok")
+        assert int(tables) > 0, f"{path} has no tables: not the daemon's database"
 
 
 @pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
@@ -219,7 +231,7 @@ def test_a_full_state_filesystem_costs_writes_only_and_loses_nothing_answered_ok
             stored = stored_ids(d)
             assert set(before + ok + again) <= stored
             assert disk_id in stored
-        assert_sound(inside)
+        assert_sound(namespace, state)
 
 
 @pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
@@ -244,7 +256,7 @@ def test_a_daemon_started_on_a_full_filesystem_serves_and_resumes_writes(
         assert d.proc.returncode == 0, d.log()
         with running_daemon(cfg, command=namespace.daemon_command()) as d:
             assert set(before + ok + again) <= stored_ids(d)
-        assert_sound(inside)
+        assert_sound(namespace, state)
 
 
 def test_a_state_filesystem_that_turns_read_only_costs_writes_only(
@@ -288,7 +300,7 @@ def test_a_state_filesystem_that_turns_read_only_costs_writes_only(
         namespace.run("mount", "-o", "loop", str(tmp_path / "state.ext4"), state)
         with running_daemon(cfg, command=namespace.daemon_command()) as d:
             assert set(before) <= stored_ids(d)
-        assert_sound(inside)
+        assert_sound(namespace, state)
 
 
 def test_a_state_directory_on_a_read_only_filesystem_stops_the_daemon(
