@@ -90,7 +90,6 @@ class Database:
         # The last storage fault of a call, until a write succeeds again.
         self.fault: str | None = None
         self.fault_since: float | None = None
-        self.faults = 0
 
     @property
     def known_version(self) -> int:
@@ -209,7 +208,7 @@ class Database:
                 conn.execute(f"PRAGMA user_version={int(migration.version)}")
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             log.info("%s: migrated to schema version %d", self.path, migration.version)
 
@@ -339,7 +338,6 @@ class Database:
         return result
 
     def _note_fault(self, reason: str) -> None:
-        self.faults += 1
         if self.fault != reason:
             log.error("%s: %s; writes fail until that changes", self.path, reason)
             self.fault = reason
