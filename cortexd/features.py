@@ -49,7 +49,12 @@ def install_features(daemon: Daemon) -> None:
 def restorable_config(daemon: Daemon) -> list[ConfigTarget]:
     """The files restore and update rollback may write back: the loaded config, the rules."""
     from cortexd.config.restore import ConfigTarget, config_targets
-    from cortexd.notify.rootonly import root_only_options
+    from cortexd.notify.rootonly import check_rules_file, root_only_options
 
-    rules = ConfigTarget(daemon.config.notify.rules_path, root_only_options, always_secret=True)
+    rules = ConfigTarget(
+        daemon.config.notify.rules_path,
+        root_only_options,
+        always_secret=True,
+        validate=check_rules_file,
+    )
     return config_targets(daemon.loaded.sources, [rules])

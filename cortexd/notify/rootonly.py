@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cortexd.notify.rules import ACTION_TYPES
+from cortexd.notify.actions import ActionTypes
+from cortexd.notify.rules import ACTION_TYPES, load_rules
 
 
 def root_only_options(document: Any) -> dict[str, Any]:
@@ -33,3 +34,17 @@ def root_only_options(document: Any) -> dict[str, Any]:
             elif "ca_file" in action:
                 found[f"{where}.ca_file"] = action["ca_file"]
     return found
+
+
+def check_rules_file(path: str) -> None:
+    """Validate a rules file as the daemon does at start, before a restore writes it.
+
+    Action types plugins add are not known yet at start, so, as then, an
+    unknown type passes here and is checked once the plugins have loaded.
+
+    Raises:
+        ConfigError: the file does not parse or a rule is invalid.
+    """
+    pending = ActionTypes()
+    pending.hold()
+    load_rules(path, pending)

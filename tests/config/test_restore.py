@@ -4,7 +4,8 @@ Restore (backup archives) and update rollback (snapshots) both go through
 `cortexd.config.restore`; these tests drive it directly on real files: exact
 targets only, no `..`, no symbolic links, no paths outside the configuration,
 a configuration directory that is not /etc/cortex, fixed modes, and the
-root-only keys a caller other than root may not change.
+root-only keys a caller other than root may not change; a rules file that
+does not validate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cortexd.config.restore import (
     plan_config_restore,
     write_config_files,
 )
-from cortexd.notify.rootonly import root_only_options
+from cortexd.notify.rootonly import check_rules_file, root_only_options
 from cortexd.protocol import ConfigError
 
 
@@ -338,3 +339,30 @@ def test_rules_changes_that_name_no_file_pass_for_an_admin(tmp_path: Path, confd
     )
     written, _ = restore([staged(tmp_path, str(rules), text)], targets, privileged=False)
     assert written == [str(rules)]
+
+
+# -- rules files -------------------------------------------------------------------
+
+
+def test_a_rules_file_that_does_not_validate_is_refused_naming_it(
+    tmp_path: Path, confdir: Path
+) -> None:
+    rules = tmp_path / "srv" / "alerts.yaml"  # outside the configuration directory
+    rules.parent.mkdir()
+    rules.write_text("alerts: []\n")
+    targets = [rules_target(rules)]
+    bad = yaml.safe_dump({"alerts": [{"name": "r", "actions": [{"type": "webhook"}]}]})
+    with pytest.raises(ConfigError) as caught:
+        plan_config_restore([staged(tmp_path, str(rules), bad)], targets, privileged=True)
+    assert caught.value.errors == [
+        f"{rules}: rule 'r': field 'actions[0].url': required for a webhook action"
+    ]
+    assert rules.read_text() == "alerts: []\n"
+    # A type a plugin adds is checked once the plugins have loaded, as at start.
+    added = yaml.safe_dump({"alerts": [{"name": "r", "actions": [{"type": "pager"}]}]})
+    written, _ = restore([staged(tmp_path, str(rules), added)], targets)
+    assert written == [str(rules)]
+
+
+def rules_target(path: Path) -> ConfigTarget:
+    return ConfigTarget(str(path), root_only_options, always_secret=True, validate=check_rules_file)
