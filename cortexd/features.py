@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
-    from cortexd.config.restore import ConfigTarget
+    from cortexd.config.restore import Target
+    from cortexd.plugins.manager import PluginManager
 
 
 def install_features(daemon: Daemon) -> None:
@@ -39,15 +40,17 @@ def install_features(daemon: Daemon) -> None:
     monitor = install_monitor(daemon, alerts)
     repair = install_repair(daemon, monitor, alerts)
     install_healing(daemon, alerts, repair)
-    install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
+    plugins = install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
     install_logs(daemon)
-    install_backup(daemon, lambda: restorable_config(daemon))
-    updates = install_updates(daemon, lambda: restorable_config(daemon), monitor.pending)
+    install_backup(daemon, lambda: restorable_config(daemon, plugins))
+    updates = install_updates(daemon, lambda: restorable_config(daemon, plugins), monitor.pending)
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
 
 
-def restorable_config(daemon: Daemon) -> list[ConfigTarget]:
-    """The files restore and update rollback may write back: the loaded config, the rules."""
+def restorable_config(daemon: Daemon, plugins: PluginManager) -> list[Target]:
+    """What restore and update rollback may write back: the loaded config, the rules,
+    the plugins (loaded again after a restore, unless plugins are disabled)."""
+    from cortexd.config.plugintree import PluginTree
     from cortexd.config.restore import ConfigTarget, config_targets
     from cortexd.notify.rootonly import check_rules_file, root_only_options
 
@@ -57,4 +60,6 @@ def restorable_config(daemon: Daemon) -> list[ConfigTarget]:
         always_secret=True,
         validate=check_rules_file,
     )
-    return config_targets(daemon.loaded.sources, [rules])
+    reload = plugins.reload if daemon.config.plugins.enabled else None
+    tree = PluginTree(daemon.config.plugins.directory, reload)
+    return config_targets(daemon.loaded.sources, [rules], tree)

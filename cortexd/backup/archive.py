@@ -150,12 +150,14 @@ def build(
     include_key: bool = False,
     # How each database is copied: the daemon's goes through the connection it holds.
     copier: Callable[[str, str], None] = copy_database,
+    left_out: Iterable[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """Write an archive of `state_dir`'s databases and `config_files` to `target`.
 
     The manifest is signed with `key` (unsigned without one); `include_key`
-    adds the key itself as a member. Blocking (run it in a thread). Returns
-    the manifest.
+    adds the key itself as a member; `left_out` (files the caller did not
+    keep, each `path` and `reason`) goes into the manifest as it is. Blocking
+    (run it in a thread). Returns the manifest.
 
     Raises:
         CortexError (TOO_LARGE): the archive would exceed `max_bytes`.
@@ -202,6 +204,7 @@ def build(
             "daemon_version": __version__,
             "files": files,
             "digest": _manifest_digest(files),
+            "left_out": list(left_out),
         }
         if key is not None:
             manifest["key_id"] = hostkey.key_id(key)

@@ -69,6 +69,7 @@ def backup_methods(service: BackupService) -> list[Method]:
             "sha256": digest,
             "created": manifest["created"],
             "files": manifest["files"],
+            "left_out": manifest["left_out"],
         }
 
     def begin(call: Call) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,11 +36,13 @@ from anyio.abc import TaskGroup
 
 from cortexd.backup import archive, hostkey
 from cortexd.backup.uploads import Upload, Uploads
+from cortexd.config.plugintree import SKIPPED_DIRS, PluginTree, plugin_files
 from cortexd.config.restore import (
-    ConfigTarget,
-    StagedFile,
+    Target,
     is_root_or_owner,
     plan_config_restore,
+    reload_restored,
+    staged_files,
     write_config_files,
 )
 from cortexd.config.schema import BackupConfig
@@ -62,23 +65,67 @@ CONFIG_DIR = "/etc/cortex"
 MAX_CONFIG_FILES = 256
 
 
-ConfigTargets = Callable[[], list[ConfigTarget]]
+ConfigTargets = Callable[[], list[Target]]
 
 
-def config_files(targets: list[ConfigTarget], config_dir: str = CONFIG_DIR) -> list[str]:
-    """What an archive or snapshot keeps: the configuration files, plus the files of /etc/cortex.
+@dataclass(slots=True)
+class ConfigFiles:
+    """The files an archive or snapshot keeps, and what it leaves out and why."""
 
-    Only the `targets` are ever written back; the rest of /etc/cortex (plugins,
-    certificates) is kept for root to take out of the archive by hand.
+    files: list[str] = field(default_factory=list)
+    left_out: list[dict[str, str]] = field(default_factory=list)
+
+
+def collect_config(targets: list[Target], config_dir: str = CONFIG_DIR) -> ConfigFiles:
+    """What an archive or snapshot keeps; blocking (walks directories).
+
+    First the configuration files of `targets` (daemon.conf, the rules file,
+    wherever they are), then each plugin of the plugins directory, whole or
+    not at all (`plugintree.plugin_files`), then the rest of /etc/cortex.
+    Restore writes back only the first two kinds; the rest (certificates,
+    say) is kept for root to take out of the archive by hand. A file larger
+    than an archive member may be, which would make the archive impossible
+    to restore, is left out and listed instead.
     """
-    found = [t.path for t in targets]
-    if os.path.isdir(config_dir):
-        for root, _dirs, names in os.walk(config_dir):
-            for name in sorted(names):
-                found.append(os.path.join(root, name))
-                if len(found) >= MAX_CONFIG_FILES:
-                    return found
+    found = ConfigFiles()
+    trees = [t for t in targets if isinstance(t, PluginTree)]
+    found.files = [t.path for t in targets if not isinstance(t, PluginTree)]
+    for tree in trees:
+        plugins = plugin_files(tree.directory, MAX_CONFIG_FILES - len(found.files))
+        found.files.extend(plugins.files)
+        found.left_out.extend(plugins.left_out)
+    kept = set(found.files)
+    skipped_trees = {os.path.abspath(t.directory) for t in trees}
+    if not os.path.isdir(config_dir):
+        return found
+    for root, dirs, names in os.walk(config_dir):
+        dirs[:] = sorted(
+            d for d in dirs if d not in SKIPPED_DIRS and os.path.join(root, d) not in skipped_trees
+        )
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if path in kept:
+                continue
+            if len(found.files) >= MAX_CONFIG_FILES:
+                found.left_out.append(
+                    {"path": root, "reason": f"a backup holds at most {MAX_CONFIG_FILES} files"}
+                )
+                return found
+            if _file_size(path) > archive.MAX_CONFIG_MEMBER_BYTES:
+                found.left_out.append(
+                    {
+                        "path": path,
+                        "reason": f"larger than {archive.MAX_CONFIG_MEMBER_BYTES} bytes",
+                    }
+                )
+                continue
+            found.files.append(path)
     return found
+
+
+def config_files(targets: list[Target], config_dir: str = CONFIG_DIR) -> list[str]:
+    """The files of `collect_config`."""
+    return collect_config(targets, config_dir).files
 
 
 class BackupService:
@@ -205,20 +252,27 @@ class BackupService:
             raise Unavailable(f"backups are off: the host key is unusable: {self.key_problem}")
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
-        files = config_files(self.config_targets(), self.config_dir)
-        with anyio.fail_after(BUILD_DEADLINE):
-            manifest = await anyio.to_thread.run_sync(
-                lambda: archive.build(
-                    target,
-                    self.state_dir,
-                    files,
-                    max_bytes=self.config.max_archive_bytes,
-                    kind=kind,
-                    key=key,
-                    include_key=include_key,
-                    copier=database_copier(self.daemon),
-                )
+        targets = self.config_targets()
+        copier = database_copier(self.daemon)
+
+        def build() -> dict[str, Any]:
+            found = collect_config(targets, self.config_dir)
+            for item in found.left_out:
+                log.warning("backup: leaving out %s: %s", item["path"], item["reason"])
+            return archive.build(
+                target,
+                self.state_dir,
+                found.files,
+                max_bytes=self.config.max_archive_bytes,
+                kind=kind,
+                key=key,
+                include_key=include_key,
+                copier=copier,
+                left_out=found.left_out,
             )
+
+        with anyio.fail_after(BUILD_DEADLINE):
+            manifest = await anyio.to_thread.run_sync(build)
         return target, manifest
 
     async def keep(self, kind: str) -> str:
@@ -305,7 +359,7 @@ class BackupService:
         limit = self.config.max_restore_bytes
         if limit <= 0:
             present = _size_of(self.state_dir) + sum(
-                _file_size(t.path) for t in self.config_targets()
+                _file_size(p) for p in config_files(self.config_targets(), self.config_dir)
             )
             limit = max(RESTORE_STATE_FACTOR * present, RESTORE_FLOOR_BYTES)
         return archive.RestoreLimits(total_bytes=limit)
@@ -315,8 +369,9 @@ class BackupService:
     ) -> dict[str, Any]:
         """Verify the uploaded archive, back up the current state, then swap it in.
 
-        With `with_config`, the archived configuration files are checked
-        (`cortexd.config.restore`) before anything changes. An archive not
+        With `with_config`, the archived configuration files and plugin files
+        are checked (`cortexd.config.restore`) before anything changes; once
+        written, the plugins are loaded again and the configuration reloaded. An archive not
         signed with this host's key needs root (or the daemon's own user) and
         `foreign`. The host key in an archive is never put back by a restore:
         root copies it out by hand when that is what is wanted (docs/security.md).
@@ -326,8 +381,9 @@ class BackupService:
             PermissionDenied: the archive is not signed by this host and the
                 caller is not root (nothing changed).
             RootOnlyChange: a caller other than root would change root-only
-                keys (nothing changed).
-            ConfigError: an archived daemon.conf does not validate (nothing changed).
+                keys or plugin files (nothing changed).
+            ConfigError: an archived daemon.conf or rules file does not
+                validate (nothing changed).
         """
         if self._restoring.locked():
             raise Busy("a restore is already running")
@@ -367,11 +423,7 @@ class BackupService:
             )
             plan = None
             if with_config:
-                staged = [
-                    StagedFile(f.get("origin"), os.path.join(staging, f["name"]))
-                    for f in manifest["files"]
-                    if f["name"].startswith("config/")
-                ]
+                staged = staged_files(manifest["files"], staging)
                 plan = await anyio.to_thread.run_sync(
                     lambda: plan_config_restore(
                         staged,
@@ -387,13 +439,13 @@ class BackupService:
                 for skipped in plan.skipped:
                     log.warning("restore: not writing %s: %s", skipped["origin"], skipped["reason"])
                 config_written = await anyio.to_thread.run_sync(write_config_files, plan)
-                if config_written:
-                    await self.daemon.reload()
+                await reload_restored(plan, config_written, self.daemon.reload)
             self.restores += 1
             return {
                 "restored": restored,
                 "config_restored": config_written,
                 "config_skipped": plan.skipped if plan is not None else [],
+                "plugins_restored": plan.plugins(config_written) if plan is not None else [],
                 "previous_state_backup": safety,
                 "archive_created": manifest.get("created"),
                 "archive_host": manifest.get("host"),

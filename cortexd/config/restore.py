@@ -17,12 +17,20 @@ from. That name is data from the archive, so it decides nothing by itself:
 - **what** — a caller other than root (or the daemon's own user) may not change
   a root-only key: what root executes, loads or reads, and who may connect or
   administer. Such a restore is refused with PERMISSION_DENIED naming the
-  keys, before anything is written. A daemon.conf that does not validate is
-  refused too (CONFIG_ERROR).
+  keys, before anything is written. A daemon.conf or rules file that does not
+  validate is refused too (CONFIG_ERROR).
+- **plugins** — files of the plugins directory (`PluginTree`) go back by the
+  rules in `cortexd.config.plugintree`: only below the directory the daemon
+  loads plugins from now, never through a link, with the loader's ownership
+  rules. Plugin code is what root runs, so for a caller other than root any
+  plugin file the restore would add or change refuses it whole, like a
+  root-only key (`data.plugin_files`); files already as archived are left
+  alone, and a restore never deletes a file.
 
 `plan_config_restore` checks everything and keeps the bytes it checked;
-`write_config_files` writes exactly those. Callers plan before they change
-anything else (the databases), so a refusal leaves everything as it was.
+`write_config_files` writes exactly those, and `reload_restored` makes them
+take effect. Callers plan before they change anything else (the databases),
+so a refusal leaves everything as it was.
 """
 
 from __future__ import annotations
@@ -32,13 +40,15 @@ import dataclasses
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from cortexd.config import plugintree
 from cortexd.config.loader import MAX_CONFIG_BYTES, ConfigFiles, load_config
+from cortexd.config.plugintree import PluginTree
 from cortexd.config.rootonly import changed_keys, root_only_values
 from cortexd.config.view import is_secret_key
 from cortexd.protocol import ConfigError, PermissionDenied
@@ -65,17 +75,24 @@ class ConfigTarget:
     validate: Validate | None = None
 
 
+# What a restore may write: configuration files, and the files of the plugins directory.
+Target = ConfigTarget | PluginTree
+
+
 @dataclass(frozen=True, slots=True)
 class StagedFile:
-    """A config file from an archive or snapshot: where it says it came from, and its copy."""
+    """A config file from an archive or snapshot: where it says it came from, its copy,
+    and the mode it had (data too: only a plugin file's owner-execute bit is used)."""
 
     origin: Any
     staged: str
+    mode: Any = None
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedWrite:
-    target: ConfigTarget
+    path: str
+    target: Target
     data: bytes
     mode: int
 
@@ -87,21 +104,42 @@ class ConfigRestorePlan:
     writes: list[PlannedWrite] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def plugins(self, written: Iterable[str] | None = None) -> list[str]:
+        """The names of the plugins it writes files of (of those `written`, if given)."""
+        only = None if written is None else set(written)
+        return sorted(
+            {
+                (plugintree.parts_below(w.target, w.path) or [""])[0]
+                for w in self.writes
+                if isinstance(w.target, PluginTree) and (only is None or w.path in only)
+            }
+        )
+
 
 class PathRefused(Exception):
     """An origin that is not a path restore may write; the message says why."""
 
 
 class RootOnlyChange(PermissionDenied):
-    """A caller other than root asked for a restore that changes root-only keys."""
+    """A caller other than root asked for a restore that changes root-only keys or plugins."""
 
-    def __init__(self, keys: list[str]) -> None:
-        shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
+    def __init__(self, keys: list[str], plugin_files: Sequence[str] = ()) -> None:
+        named = []
+        if keys:
+            named.append(_shown(keys))
+        if plugin_files:
+            named.append(f"the plugin files {_shown(plugin_files)}")
         super().__init__(
-            f"only root may change {shown}: the restore would change what root executes, "
-            "loads or reads (nothing was written)",
+            f"only root may change {' and '.join(named)}: the restore would change what root "
+            "executes, loads or reads (nothing was written)",
             keys=keys,
+            plugin_files=list(plugin_files),
         )
+
+
+def _shown(items: Sequence[str], most: int = 20) -> str:
+    extra = len(items) - most
+    return ", ".join(items[:most]) + (f" and {extra} more" if extra > 0 else "")
 
 
 def is_root_or_owner(uid: int) -> bool:
@@ -115,14 +153,15 @@ def daemon_conf_target(path: str) -> ConfigTarget:
 
 
 def config_targets(
-    sources: Iterable[str], extra: Iterable[ConfigTarget] = ()
-) -> list[ConfigTarget]:
-    """The targets of a running daemon: the config files it loaded, then `extra`.
+    sources: Iterable[str], extra: Iterable[ConfigTarget] = (), plugins: PluginTree | None = None
+) -> list[Target]:
+    """The targets of a running daemon: the config files it loaded, then `extra`, then
+    the plugins directory.
 
     `sources` is `LoadedConfig.sources`, where non-file layers ("environment",
     "command line") are not paths and are left out.
     """
-    found: dict[str, ConfigTarget] = {}
+    found: dict[str, Target] = {}
     for source in sources:
         if os.path.isabs(source):
             target = daemon_conf_target(source)
@@ -130,16 +169,30 @@ def config_targets(
     for target in extra:
         path = os.path.abspath(target.path)
         found.setdefault(path, dataclasses.replace(target, path=path))
-    return list(found.values())
+    targets = list(found.values())
+    if plugins is not None:
+        targets.append(dataclasses.replace(plugins, directory=os.path.abspath(plugins.directory)))
+    return targets
 
 
-def allowed_target(origin: Any, targets: Sequence[ConfigTarget]) -> ConfigTarget:
+def staged_files(entries: Iterable[Mapping[str, Any]], root: str) -> list[StagedFile]:
+    """The configuration members of a manifest's or snapshot's file list, staged under `root`."""
+    return [
+        StagedFile(e.get("origin"), os.path.join(root, e["name"]), e.get("mode"))
+        for e in entries
+        if str(e.get("name", "")).startswith("config/")
+    ]
+
+
+def allowed_target(origin: Any, targets: Sequence[Target]) -> Target:
     """The target `origin` names, if restore may write there.
 
     Raises:
         PathRefused: the origin is not an absolute normalised path, is not
-            exactly one of `targets`, passes through a symbolic link, is not
-            a regular file, or its directory does not exist.
+            exactly one of the configuration files nor a file a restore may
+            write below the plugins directory (`plugintree.path_problem`),
+            passes through a symbolic link, is not a regular file, or its
+            directory does not exist.
     """
     if not isinstance(origin, str) or not origin or "\0" in origin:
         raise PathRefused("not a path")
@@ -148,9 +201,22 @@ def allowed_target(origin: Any, targets: Sequence[ConfigTarget]) -> ConfigTarget
     parts = origin.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts) or os.path.normpath(origin) != origin:
         raise PathRefused("not a normalised path (a '.', '..' or empty component)")
-    target = next((t for t in targets if t.path == origin), None)
+    target = next((t for t in targets if isinstance(t, ConfigTarget) and t.path == origin), None)
     if target is None:
-        raise PathRefused("not one of the files the daemon reads its configuration from")
+        tree = next(
+            (
+                t
+                for t in targets
+                if isinstance(t, PluginTree) and plugintree.parts_below(t, origin) is not None
+            ),
+            None,
+        )
+        if tree is None:
+            raise PathRefused("not one of the files the daemon reads its configuration from")
+        problem = plugintree.path_problem(origin, tree)
+        if problem is not None:
+            raise PathRefused(f"a plugin file restore may not write: {problem}")
+        return tree
     if os.path.realpath(origin) != origin:
         raise PathRefused("a component of the path is a symbolic link")
     parent = os.path.dirname(origin)
@@ -175,21 +241,24 @@ def allowed_target(origin: Any, targets: Sequence[ConfigTarget]) -> ConfigTarget
 
 
 def plan_config_restore(
-    files: Iterable[StagedFile], targets: Sequence[ConfigTarget], *, privileged: bool
+    files: Iterable[StagedFile], targets: Sequence[Target], *, privileged: bool
 ) -> ConfigRestorePlan:
     """Decide what to write; blocking (reads the staged and the current files).
 
     `privileged` is true for root (and a per-user daemon's own user): only
-    they may change root-only keys. Files whose origin is not an allowed
-    target are left out and listed in `skipped` with the reason.
+    they may change root-only keys and plugin files. Files whose origin is
+    not an allowed target are left out and listed in `skipped` with the
+    reason; plugin files already as archived are left out silently.
 
     Raises:
-        RootOnlyChange: not `privileged`, and a file would change root-only keys.
-        ConfigError: a daemon.conf candidate does not validate, or a staged
-            file cannot be read or is too large.
+        RootOnlyChange: not `privileged`, and a file would change root-only
+            keys, or a plugin file would be added or changed.
+        ConfigError: a daemon.conf or rules candidate does not validate, or a
+            staged file cannot be read or is too large.
     """
     plan = ConfigRestorePlan()
     changed: list[str] = []
+    plugin_files: list[str] = []
     errors: list[str] = []
     seen: set[str] = set()
     for item in files:
@@ -198,29 +267,39 @@ def plan_config_restore(
         except PathRefused as why:
             plan.skipped.append({"origin": str(item.origin), "reason": str(why)})
             continue
-        if target.path in seen:
-            plan.skipped.append({"origin": target.path, "reason": "given twice; the first is used"})
+        path: str = item.origin
+        if path in seen:
+            plan.skipped.append({"origin": path, "reason": "given twice; the first is used"})
             continue
-        seen.add(target.path)
-        data = _read_limited(item.staged, target.path, errors)
+        seen.add(path)
+        if isinstance(target, PluginTree):
+            data = _read_limited(item.staged, path, errors, plugintree.MAX_PLUGIN_FILE_BYTES)
+            mode = plugintree.file_mode(item.mode)
+            if data is None or plugintree.unchanged(path, data, mode):
+                continue
+            if not privileged:
+                plugin_files.append(path)
+            plan.writes.append(PlannedWrite(path, target, data, mode))
+            continue
+        data = _read_limited(item.staged, path, errors)
         if data is None:
             continue
         if target.validate is not None:
             try:
                 target.validate(item.staged)
             except ConfigError as exc:
-                errors.extend(e.replace(item.staged, target.path) for e in exc.errors)
+                errors.extend(e.replace(item.staged, path) for e in exc.errors)
                 continue
         candidate = _parse(data)
         if not privileged:
-            current = _current(target.path)
+            current = _current(path)
             changed.extend(
                 _prefixed(target, k)
                 for k in changed_keys(target.root_only_of(current), target.root_only_of(candidate))
             )
-        plan.writes.append(PlannedWrite(target, data, _mode(target, candidate)))
-    if changed:
-        raise RootOnlyChange(changed)
+        plan.writes.append(PlannedWrite(path, target, data, _mode(target, candidate)))
+    if changed or plugin_files:
+        raise RootOnlyChange(changed, plugin_files)
     if errors:
         raise ConfigError(errors)
     return plan
@@ -230,20 +309,58 @@ def write_config_files(plan: ConfigRestorePlan) -> list[str]:
     """Write what `plan` holds; returns the paths written. Blocking.
 
     Each file is checked against the path rule again just before it is
-    written, in case the filesystem changed since the plan.
+    written, in case the filesystem changed since the plan; the
+    configuration files go first, then the plugin files.
 
     Raises:
         OSError: a write failed (the files written before it stay written).
     """
     written = []
-    for item in plan.writes:
+    ordered = sorted(plan.writes, key=lambda w: isinstance(w.target, PluginTree))
+    for item in ordered:
         try:
-            allowed_target(item.target.path, [item.target])
+            allowed_target(item.path, [item.target])
         except PathRefused as why:
-            raise OSError(f"{item.target.path}: no longer writable: {why}") from None
-        _write(item.target.path, item.data, item.mode)
-        written.append(item.target.path)
+            raise OSError(f"{item.path}: no longer writable: {why}") from None
+        if isinstance(item.target, PluginTree):
+            dir_fd = plugintree.open_parent(item.target, item.path)
+        else:
+            dir_fd = _open_dir(os.path.dirname(item.path))
+        try:
+            _write_at(dir_fd, os.path.basename(item.path), item.data, item.mode)
+        finally:
+            os.close(dir_fd)
+        written.append(item.path)
     return written
+
+
+async def reload_restored(
+    plan: ConfigRestorePlan,
+    written: Sequence[str],
+    reload_config: Callable[[], Awaitable[dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """Make what `write_config_files` wrote take effect; the configuration reload's
+    answer, or None when no configuration file was written.
+
+    The plugins are loaded again first, so that rules naming an action type a
+    restored plugin adds find it when the configuration reload re-reads them.
+
+    Raises:
+        ConfigError: the configuration reload refused the files (the running
+            configuration is kept).
+    """
+    done = set(written)
+    reloads: list[plugintree.Reload] = []
+    for item in plan.writes:
+        if isinstance(item.target, PluginTree) and item.path in done:
+            reload = item.target.reload
+            if reload is not None and reload not in reloads:
+                reloads.append(reload)
+    for reload in reloads:
+        await reload()
+    if any(isinstance(w.target, ConfigTarget) and w.path in done for w in plan.writes):
+        return await reload_config()
+    return None
 
 
 def _prefixed(target: ConfigTarget, key: str) -> str:
@@ -251,16 +368,18 @@ def _prefixed(target: ConfigTarget, key: str) -> str:
     return key if target.validate is _validate_daemon_conf else f"{target.path}: {key}"
 
 
-def _read_limited(path: str, target: str, errors: list[str]) -> bytes | None:
+def _read_limited(
+    path: str, target: str, errors: list[str], limit: int = MAX_CONFIG_BYTES
+) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
+            data = fh.read(limit + 1)
     except OSError as exc:
         errors.append(f"{target}: cannot read the archived copy: {exc.strerror or exc}")
         return None
-    if len(data) > MAX_CONFIG_BYTES:
-        errors.append(f"{target}: the archived copy is larger than {MAX_CONFIG_BYTES} bytes")
+    if len(data) > limit:
+        errors.append(f"{target}: the archived copy is larger than {limit} bytes")
         return None
     return data
 
@@ -294,30 +413,32 @@ def _validate_daemon_conf(staged: str) -> None:
     load_config(files=ConfigFiles(explicit=staged), environ={})
 
 
-def _write(target: str, data: bytes, mode: int) -> None:
-    parent, name = os.path.split(target)
-    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _write_at(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """Replace `name` in the directory `dir_fd` with `data`, owner root when root.
+
+    Through the directory's descriptor: a directory swapped for a link after
+    the check cannot redirect the write.
+    """
+    tmp = f".{name}.restore-{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, SECRET_MODE, dir_fd=dir_fd)
     try:
-        # Through the directory's descriptor: a directory swapped for a link
-        # after the check cannot redirect the write.
-        tmp = f".{name}.restore-{secrets.token_hex(4)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, SECRET_MODE, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as fh:
-                fh.write(data)
-                fh.flush()
-            os.fchmod(fd, mode)
-            if os.geteuid() == 0:
-                os.fchown(fd, 0, 0)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
+        with os.fdopen(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+            fh.flush()
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fsync(fd)
+    except BaseException:
         os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)

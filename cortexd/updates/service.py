@@ -33,11 +33,12 @@ from anyio.abc import TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
-from cortexd.backup.service import ConfigTargets, config_files, database_copier
+from cortexd.backup.service import ConfigTargets, collect_config, database_copier
 from cortexd.config.restore import (
-    StagedFile,
     is_root_or_owner,
     plan_config_restore,
+    reload_restored,
+    staged_files,
     write_config_files,
 )
 from cortexd.config.schema import UpdatesConfig
@@ -214,14 +215,24 @@ class UpdateService:
     # -- snapshots -----------------------------------------------------------------
 
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
-        files = config_files(self.config_targets())
+        targets = self.config_targets()
         state_dir = self.daemon.config.state_dir
         copy = database_copier(self.daemon)
-        meta = await anyio.to_thread.run_sync(
-            lambda: self.snapshots.take(
-                state_dir, files, reason=reason, replacing=replacing, now=self.clock(), copier=copy
+        now = self.clock()
+
+        def take() -> dict[str, Any]:
+            found = collect_config(targets)
+            return self.snapshots.take(
+                state_dir,
+                found.files,
+                reason=reason,
+                replacing=replacing,
+                now=now,
+                copier=copy,
+                left_out=found.left_out,
             )
-        )
+
+        meta = await anyio.to_thread.run_sync(take)
         log.info("snapshot %s taken (%s)", meta["id"], reason)
         return meta
 
@@ -236,22 +247,21 @@ class UpdateService:
     ) -> dict[str, Any]:
         """Restore a snapshot's configuration; optionally reinstall its saved .debs.
 
-        The configuration goes back through `cortexd.config.restore`, as a
-        backup's does: only to the files the daemon reads, never changing a
-        root-only key for a caller other than root.
+        The configuration and the plugins go back through
+        `cortexd.config.restore`, as a backup's do: only to the files the
+        daemon reads and into its plugins directory, never changing a
+        root-only key or a plugin file for a caller other than root.
 
         Raises:
             NotFound: no such snapshot.
             RootOnlyChange: the snapshot's configuration differs from the
-                current one in root-only keys and the caller is not root
-                (nothing was written).
-            ConfigError: the snapshot's daemon.conf does not validate.
+                current one in root-only keys or plugin files and the caller
+                is not root (nothing was written).
+            ConfigError: the snapshot's daemon.conf or rules file does not validate.
         """
         meta = await anyio.to_thread.run_sync(self.snapshots.get, snap_id)
         root = self.snapshots.path(meta["id"])
-        staged = [
-            StagedFile(e.get("origin"), os.path.join(root, e["name"])) for e in meta["config"]
-        ]
+        staged = staged_files(meta["config"], root)
         plan = await anyio.to_thread.run_sync(
             lambda: plan_config_restore(
                 staged, self.config_targets(), privileged=is_root_or_owner(caller_uid)
@@ -260,7 +270,7 @@ class UpdateService:
         for skipped in plan.skipped:
             log.warning("rollback: not writing %s: %s", skipped["origin"], skipped["reason"])
         written = await anyio.to_thread.run_sync(write_config_files, plan)
-        reload = await self.daemon.reload() if written else None
+        reload = await reload_restored(plan, written, self.daemon.reload)
         then = await anyio.to_thread.run_sync(self.snapshots.packages, meta["id"])
         installed = await anyio.to_thread.run_sync(self.apt.installed)
         changes = package_changes(then, {i.package: i.version for i in installed})
@@ -268,6 +278,7 @@ class UpdateService:
             "snapshot": meta["id"],
             "config_restored": written,
             "config_skipped": plan.skipped,
+            "plugins_restored": plan.plugins(written),
             "restart_required": reload["restart_required"] if reload else [],
             "packages": changes,
         }

@@ -1,7 +1,8 @@
 """Snapshots taken before updates: configuration, state copy, package list, old .debs.
 
 Layout of `<state_dir>/snapshots/<id>/` (id like `20261123-120000`):
-`meta.json`, `config/<n>` (the configuration files, origins in the meta),
+`meta.json`, `config/<n>` (the configuration files and those of each plugin,
+origins in the meta; what was left out in `left_out`),
 `state/<name>.db` (online copies through SQLite's backup API), `packages.tsv`
 (package, version, architecture) and, for an apply, `debs/` with the .deb of
 each version being replaced — from apt's cache, else rebuilt from the
@@ -59,8 +60,10 @@ class Snapshots:
         replacing: Sequence[Installed] = (),
         now: float | None = None,
         copier: Callable[[str, str], None] = copy_database,
+        left_out: Sequence[dict[str, str]] = (),
     ) -> dict[str, Any]:
-        """Write a new snapshot; returns its meta (`copier` copies each database)."""
+        """Write a new snapshot; returns its meta (`copier` copies each database;
+        `left_out`, what the caller did not keep and why, goes into it as it is)."""
         created = time.time() if now is None else now
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         snap_id = self._new_id(created)
@@ -95,6 +98,7 @@ class Snapshots:
                 "created": created,
                 "reason": reason,
                 "config": config,
+                "left_out": list(left_out),
                 "databases": databases,
                 "packages": len(installed),
                 "debs": debs,

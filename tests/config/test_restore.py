@@ -5,11 +5,14 @@ Restore (backup archives) and update rollback (snapshots) both go through
 targets only, no `..`, no symbolic links, no paths outside the configuration,
 a configuration directory that is not /etc/cortex, fixed modes, and the
 root-only keys a caller other than root may not change; a rules file that
-does not validate.
+does not validate; and the plugins directory: only below it, never through a
+link or `..`, root-safe modes and owners, and no plugin file added or changed
+by a caller other than root.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -17,15 +20,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cortexd.config.plugintree import MAX_PLUGIN_FILE_BYTES, PluginTree
 from cortexd.config.restore import (
     ConfigTarget,
     RootOnlyChange,
     StagedFile,
+    Target,
     config_targets,
     plan_config_restore,
     write_config_files,
 )
 from cortexd.notify.rootonly import check_rules_file, root_only_options
+from cortexd.plugins.manifest import PluginError, check_directory_trust, check_trust
 from cortexd.protocol import ConfigError
 
 
@@ -47,7 +53,7 @@ def staged(tmp_path: Path, origin: str, text: str) -> StagedFile:
 
 
 def restore(
-    files: list[StagedFile], targets: list[ConfigTarget], *, privileged: bool = True
+    files: list[StagedFile], targets: list[Target], *, privileged: bool = True
 ) -> tuple[list[str], list[dict[str, str]]]:
     plan = plan_config_restore(files, targets, privileged=privileged)
     return write_config_files(plan), plan.skipped
@@ -366,3 +372,265 @@ def test_a_rules_file_that_does_not_validate_is_refused_naming_it(
 
 def rules_target(path: Path) -> ConfigTarget:
     return ConfigTarget(str(path), root_only_options, always_secret=True, validate=check_rules_file)
+
+
+# -- the plugins directory ------------------------------------------------------------
+
+PLUGIN_YAML = "name: disk_temp\nplugin_type: check\n"
+PLUGIN_CODE = "def check(settings):\n    return {'status': 'PASS', 'message': 'ok'}\n"
+
+
+@pytest.fixture
+def plugins(confdir: Path) -> Path:
+    """The plugins directory of a configuration directory that is not /etc/cortex."""
+    path = confdir / "plugins"
+    path.mkdir(mode=0o755)
+    return path
+
+
+def tree_targets(confdir: Path, plugins: Path) -> list[Target]:
+    conf = confdir / "daemon.conf"
+    if not conf.exists():
+        conf.write_text("{}\n")
+    return config_targets([str(conf)], plugins=PluginTree(str(plugins)))
+
+
+def plugin_files(tmp_path: Path, plugins: Path, name: str = "disk_temp") -> list[StagedFile]:
+    base = plugins / name
+    return [
+        staged(tmp_path, f"{base}/plugin.yaml", PLUGIN_YAML),
+        staged(tmp_path, f"{base}/__init__.py", PLUGIN_CODE),
+    ]
+
+
+def test_a_deleted_plugin_is_written_back_root_safe(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    base = plugins / "disk_temp"
+    helper = staged(tmp_path, f"{base}/bin/read-sensor", "#!/bin/sh\necho 41\n")
+    data = staged(tmp_path, f"{base}/lib/limits.yaml", "max: 70\n")
+    files = [
+        *plugin_files(tmp_path, plugins),
+        dataclasses.replace(helper, mode=0o4777),  # setuid and world-writable in the archive
+        dataclasses.replace(data, mode=0o2666),
+    ]
+    plan = plan_config_restore(files, tree_targets(confdir, plugins), privileged=True)
+    assert plan.plugins() == ["disk_temp"]
+    written = write_config_files(plan)
+    assert written == [f.origin for f in files]
+    assert (base / "__init__.py").read_text() == PLUGIN_CODE
+    assert (base / "bin" / "read-sensor").read_text() == "#!/bin/sh\necho 41\n"
+    modes = {
+        str(p.relative_to(plugins)): stat.S_IMODE(p.stat().st_mode)
+        for p in (base, *base.rglob("*"))
+    }
+    assert modes == {
+        "disk_temp": 0o755,
+        "disk_temp/plugin.yaml": 0o644,
+        "disk_temp/__init__.py": 0o644,
+        "disk_temp/bin": 0o755,
+        "disk_temp/bin/read-sensor": 0o755,
+        "disk_temp/lib": 0o755,
+        "disk_temp/lib/limits.yaml": 0o644,
+    }
+    assert {p.stat().st_uid for p in (base, *base.rglob("*"))} == {os.geteuid()}
+    # The plugin loader takes what was written.
+    check_directory_trust(str(plugins), os.geteuid())
+    check_trust(str(base), os.geteuid())
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("{plugins}/../../../bin/x", "not a normalised path"),
+        ("{plugins}/disk_temp/../../daemon.conf", "not a normalised path"),
+        ("{plugins}/./disk_temp/x.py", "not a normalised path"),
+        ("{plugins}//disk_temp/x.py", "not a normalised path"),
+        ("/usr/local/bin/cortex-evil", "not one of the files the daemon reads"),
+        ("{plugins}-old/disk_temp/x.py", "not one of the files the daemon reads"),
+        ("{plugins}evil/disk_temp/x.py", "not one of the files the daemon reads"),
+        ("{confdir}/evil.py", "not one of the files the daemon reads"),
+        ("{plugins}/evil.py", "not inside a plugin's directory"),
+        ("{plugins}/_private/x.py", "not a name a restore writes"),
+        ("{plugins}/.hidden/x.py", "not a name a restore writes"),
+        ("{plugins}/disk_temp/.profile", "not a name a restore writes"),
+        ("{plugins}/disk_temp/__pycache__/x.pyc", "not a name a restore writes"),
+        ("{plugins}/disk_temp/a b.py", "not a name a restore writes"),
+        ("{plugins}/p/1/2/3/4/5/6/7/x.py", "more than 8 levels"),
+    ],
+)
+def test_plugin_paths_a_restore_refuses(
+    tmp_path: Path, confdir: Path, plugins: Path, where: str, reason: str
+) -> None:
+    origin = where.format(plugins=plugins, confdir=confdir)
+    (plugins.parent / "plugins-old").mkdir()
+    written, skipped = restore(
+        [staged(tmp_path, origin, "import os\n")], tree_targets(confdir, plugins)
+    )
+    assert written == []
+    assert reason in skipped[0]["reason"]
+    assert list(plugins.iterdir()) == []
+    assert list((plugins.parent / "plugins-old").iterdir()) == []
+    assert not (tmp_path / "bin").exists()
+
+
+def test_the_old_plugins_directory_is_refused_once_confdir_changed(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    old = tmp_path / "etc" / "cortex" / "plugins"
+    old.mkdir(parents=True)
+    files = [*plugin_files(tmp_path, old), *plugin_files(tmp_path, plugins)]
+    written, skipped = restore(files, tree_targets(confdir, plugins))
+    assert written == [f.origin for f in files[2:]]
+    assert [s["origin"] for s in skipped] == [f.origin for f in files[:2]]
+    assert list(old.iterdir()) == []
+
+
+@pytest.mark.parametrize("linked", ["plugin", "plugins", "file", "subdirectory"])
+def test_a_symbolic_link_on_the_way_is_refused(
+    tmp_path: Path, confdir: Path, plugins: Path, linked: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "__init__.py").write_text("kept\n")
+    base = plugins / "disk_temp"
+    origin = f"{base}/__init__.py"
+    if linked == "plugin":
+        base.symlink_to(elsewhere)
+    elif linked == "plugins":
+        plugins.rmdir()
+        plugins.symlink_to(elsewhere.parent)
+        (elsewhere.parent / "disk_temp").symlink_to(elsewhere)
+    elif linked == "file":
+        base.mkdir()
+        (base / "__init__.py").symlink_to(elsewhere / "__init__.py")
+    else:
+        base.mkdir()
+        (base / "pkg").symlink_to(elsewhere)
+        origin = f"{base}/pkg/__init__.py"
+    written, skipped = restore(
+        [staged(tmp_path, origin, "import os\n")], tree_targets(confdir, plugins)
+    )
+    assert written == []
+    assert skipped[0]["reason"].endswith("a component of the path is a symbolic link")
+    assert (elsewhere / "__init__.py").read_text() == "kept\n"
+
+
+def test_a_missing_plugins_directory_is_never_created(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    plugins.rmdir()
+    written, skipped = restore(plugin_files(tmp_path, plugins), tree_targets(confdir, plugins))
+    assert written == []
+    assert "does not exist (restore never creates it)" in skipped[0]["reason"]
+    assert not plugins.exists()
+
+
+def test_a_directory_in_place_of_a_plugin_file_is_refused(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    (plugins / "disk_temp" / "__init__.py").mkdir(parents=True)
+    written, skipped = restore(plugin_files(tmp_path, plugins), tree_targets(confdir, plugins))
+    assert written == [str(plugins / "disk_temp" / "plugin.yaml")]
+    assert skipped[0]["reason"].endswith("it exists and is not a regular file")
+
+
+def test_a_directory_swapped_for_a_link_after_the_plan_is_not_followed(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    (plugins / "disk_temp").mkdir()
+    plan = plan_config_restore(
+        plugin_files(tmp_path, plugins), tree_targets(confdir, plugins), privileged=True
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (plugins / "disk_temp").rmdir()
+    (plugins / "disk_temp").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="no longer writable"):
+        write_config_files(plan)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_an_oversized_plugin_file_is_refused_whole(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    files = [
+        *plugin_files(tmp_path, plugins),
+        staged(tmp_path, f"{plugins}/disk_temp/blob.bin", "x" * (MAX_PLUGIN_FILE_BYTES + 1)),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        plan_config_restore(files, tree_targets(confdir, plugins), privileged=True)
+    assert caught.value.errors == [
+        f"{plugins}/disk_temp/blob.bin: the archived copy is larger than "
+        f"{MAX_PLUGIN_FILE_BYTES} bytes"
+    ]
+    assert list(plugins.iterdir()) == []
+
+
+def test_a_caller_other_than_root_cannot_add_or_change_plugin_files(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    targets = tree_targets(confdir, plugins)
+    base = plugins / "disk_temp"
+    # A deleted plugin: an admin may not bring it back.
+    with pytest.raises(RootOnlyChange) as caught:
+        plan_config_restore(plugin_files(tmp_path, plugins), targets, privileged=False)
+    assert caught.value.data == {
+        "keys": [],
+        "plugin_files": [f"{base}/plugin.yaml", f"{base}/__init__.py"],
+    }
+    assert f"only root may change the plugin files {base}/plugin.yaml" in caught.value.message
+    assert not base.exists()
+    # Root may; then the same files again change nothing, and an admin may restore them.
+    restore(plugin_files(tmp_path, plugins), targets)
+    before = {p.name: p.stat().st_mtime_ns for p in base.iterdir()}
+    written, skipped = restore(plugin_files(tmp_path, plugins), targets, privileged=False)
+    assert (written, skipped) == ([], [])
+    assert {p.name: p.stat().st_mtime_ns for p in base.iterdir()} == before
+    # One changed byte, or a mode, is a change.
+    (base / "__init__.py").write_text(PLUGIN_CODE.replace("ok", "OK"))
+    (base / "plugin.yaml").chmod(0o755)
+    conf = confdir / "daemon.conf"
+    files = [
+        staged(tmp_path, str(conf), yaml.safe_dump({"plugins": {"directory": "/tmp/p"}})),
+        *plugin_files(tmp_path, plugins),
+    ]
+    with pytest.raises(RootOnlyChange) as caught:
+        plan_config_restore(files, targets, privileged=False)
+    assert caught.value.data["keys"] == ["plugins.directory"]
+    assert caught.value.data["plugin_files"] == [f"{base}/plugin.yaml", f"{base}/__init__.py"]
+    assert caught.value.message.startswith(
+        "only root may change plugins.directory and the plugin files"
+    )
+    assert "OK" in (base / "__init__.py").read_text()
+    assert conf.read_text() == "{}\n"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="root only: ownership rules bind a root daemon")
+@pytest.mark.parametrize(
+    "untrusted", ["plugins owner", "plugins mode", "parent mode", "plugin owner", "plugin mode"]
+)
+def test_a_plugins_directory_not_roots_alone_gets_nothing(
+    tmp_path: Path, confdir: Path, plugins: Path, untrusted: str
+) -> None:
+    base = plugins / "disk_temp"
+    base.mkdir()
+    changed = {
+        "plugins owner": (plugins, 65534, 0o755),
+        "plugins mode": (plugins, 0, 0o775),
+        "parent mode": (confdir, 0, 0o777),
+        "plugin owner": (base, 65534, 0o755),
+        "plugin mode": (base, 0, 0o757),
+    }
+    path, uid, mode = changed[untrusted]
+    os.chown(path, uid, 0)
+    path.chmod(mode)
+    written, skipped = restore(plugin_files(tmp_path, plugins), tree_targets(confdir, plugins))
+    assert written == []
+    assert all("is not root's alone" in s["reason"] for s in skipped)
+    assert list(base.iterdir()) == []
+    # The loader refuses the same directories.
+    with pytest.raises(PluginError):
+        check_directory_trust(str(plugins), 0)
+        check_trust(str(base), 0)
