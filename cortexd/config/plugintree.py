@@ -48,6 +48,13 @@ EXEC_MODE = 0o755
 DIR_MODE = 0o755
 
 Reload = Callable[[], Awaitable[object]]
+# A read-only mount (a service's ProtectSystem=strict) or, for a daemon that
+# is not root, a directory it may not write: said before anything is written,
+# rather than failing halfway through a restore.
+NOT_WRITABLE = (
+    "its directory is not writable by the daemon (read-only here: a service unit's "
+    "ReadWritePaths= must name it)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +180,7 @@ def path_problem(origin: str, tree: PluginTree) -> str | None:
         problem = _chain_problem(tree.directory)
         if problem is not None:
             return problem
-    below = tree.directory
+    below = deepest = tree.directory
     for part in parts[:-1]:
         below = os.path.join(below, part)
         try:
@@ -184,6 +191,9 @@ def path_problem(origin: str, tree: PluginTree) -> str | None:
             return f"{below} is not a directory"
         if os.geteuid() == 0 and not _root_alone(st, own=True):
             return f"{below} is not root's alone (owner or write permission)"
+        deepest = below
+    if not os.access(deepest, os.W_OK):
+        return NOT_WRITABLE
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG(os.lstat(origin).st_mode):
             return "it exists and is not a regular file"

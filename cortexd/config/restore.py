@@ -234,6 +234,8 @@ def allowed_target(origin: Any, targets: Sequence[Target]) -> Target:
         )
     ):
         raise PathRefused("its directory is not root's alone (owner or write permission)")
+    if not os.access(parent, os.W_OK):
+        raise PathRefused(plugintree.NOT_WRITABLE)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG(os.lstat(origin).st_mode):
             raise PathRefused("it exists and is not a regular file")

@@ -13,14 +13,18 @@ by a caller other than root.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from cortexd.config.plugintree import MAX_PLUGIN_FILE_BYTES, PluginTree
+from cortexd.config.plugintree import MAX_PLUGIN_FILE_BYTES, NOT_WRITABLE, PluginTree
 from cortexd.config.restore import (
     ConfigTarget,
     RootOnlyChange,
@@ -634,3 +638,55 @@ def test_a_plugins_directory_not_roots_alone_gets_nothing(
     with pytest.raises(PluginError):
         check_directory_trust(str(plugins), 0)
         check_trust(str(base), 0)
+
+
+# A restore planned where the configuration directory is a read-only mount, as
+# ProtectSystem=strict makes everything but /etc/cortex for the service: it runs in
+# a private mount namespace, so nothing of the host is remounted.
+PLAN_READ_ONLY = """
+import json, sys
+from cortexd.config.plugintree import PluginTree
+from cortexd.config.restore import StagedFile, config_targets, plan_config_restore
+conf, plugins, staged = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+targets = config_targets([conf], plugins=PluginTree(plugins))
+plan = plan_config_restore([StagedFile(*s) for s in staged], targets, privileged=True)
+print(json.dumps({"writes": [w.path for w in plan.writes], "skipped": plan.skipped}))
+"""
+
+
+def plan_where_read_only(directory: Path, *args: str) -> dict[str, Any]:
+    if os.geteuid() == 0:
+        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
+        argv += [str(directory)]
+    else:
+        # For a daemon that is not root, a directory it may not write is the same case.
+        for path in (directory, *directory.rglob("*")):
+            if path.is_dir():
+                path.chmod(0o555)
+        argv = []
+    done = subprocess.run(
+        [*argv, sys.executable, "-c", PLAN_READ_ONLY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_a_read_only_directory_is_refused_before_anything_is_written(
+    tmp_path: Path, confdir: Path, plugins: Path
+) -> None:
+    conf = confdir / "daemon.conf"
+    conf.write_text("{}\n")
+    files = [staged(tmp_path, str(conf), "alerts: {coalesce_seconds: 3}\n")]
+    files += plugin_files(tmp_path, plugins)
+    args = (str(conf), str(plugins), json.dumps([[f.origin, f.staged] for f in files]))
+    writable = plan_where_read_only(tmp_path / "staging", *args)  # not where it writes
+    assert writable == {"writes": [f.origin for f in files], "skipped": []}
+    read_only = plan_where_read_only(confdir, *args)
+    assert read_only["writes"] == []
+    assert [s["origin"] for s in read_only["skipped"]] == [f.origin for f in files]
+    assert all(s["reason"].endswith(NOT_WRITABLE) for s in read_only["skipped"])
