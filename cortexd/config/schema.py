@@ -131,6 +131,8 @@ class NotifyConfig:
     daily_summary_time: str = "06:00"
     history_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
     deadletter_retention_days: float = field(default=30.0, metadata=_bound(0.01, 3650))
+    evaluation_interval_seconds: float = field(default=10.0, metadata=_bound(0.01, 3600))
+    external_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
