@@ -93,7 +93,7 @@ class Delivery:
     the label set that message carried (Alertmanager's identity of it), and
     `fired_at` when a firing or flapping message was last queued (for the
     cooldown and the repeat interval). `held` says, in memory only, why the
-    alert's current state waits to be told.
+    alert's current state waits to be told, and since when.
     """
 
     fingerprint: str
@@ -105,3 +105,4 @@ class Delivery:
     queued_at: float = 0.0
     fired_at: float | None = None
     held: str | None = None
+    held_since: float | None = None

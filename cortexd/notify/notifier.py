@@ -50,6 +50,8 @@ from cortexd.store import Database, StoreFailed
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 5.0
+# Every this many evaluation rounds, every tracked alert is compared.
+FULL_EVERY = 6
 STOP_GRACE = 2.0
 PRUNE_INTERVAL = 3600.0
 DAY = 86400.0
@@ -72,6 +74,36 @@ def _external_url(config: NotifyConfig) -> str:
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
         raise ConfigError([f"notify.external_url: must be an http:// or https:// URL: {url!r}"])
     return url
+
+
+@dataclasses.dataclass(slots=True)
+class _Decided:
+    """One alert as it stands, and what each of its actions should be told about it."""
+
+    alert: Alert
+    snapshot: dict[str, Any]
+    labels: dict[str, str]
+    decisions: list[tuple[Action, Delivery, Decision]] = dataclasses.field(default_factory=list)
+
+    @property
+    def sends(self) -> bool:
+        return any(d.send is not None and not d.record_only for _, _, d in self.decisions)
+
+    @property
+    def only_repeats(self) -> bool:
+        return all(d.repeat for _, _, d in self.decisions if d.send is not None)
+
+    def waiting_since(self, now: float) -> float:
+        held = [d.held_since for _, d, _ in self.decisions if d.held_since is not None]
+        return min(held, default=now)
+
+    def hold_sends(self, reason: str) -> None:
+        self.decisions = [
+            (a, d, Decision(held=reason, wanted=x.send))
+            if x.send is not None and not x.record_only
+            else (a, d, x)
+            for a, d, x in self.decisions
+        ]
 
 
 @dataclasses.dataclass(slots=True)
@@ -330,24 +362,33 @@ class Notifier:
         return found
 
     def _plan(self, alerts: Iterable[Alert], now: float, cause: str | None) -> _Plan:
-        plan = _Plan()
+        wanted = []
         for given in alerts:
             # The alert of this fingerprint as it is now (an event may name an older row).
             alert = self.alerts.current(given.fingerprint) or given
-            self._plan_alert(alert, now, cause, plan)
+            decided = self._decide(alert, now)
+            if decided is not None:
+                wanted.append(decided)
+        # Tokens of the rate limit go to changes before repeats, longest waiting first.
+        wanted.sort(key=lambda w: (w.only_repeats, w.waiting_since(now)))
+        plan = _Plan()
+        for decided in wanted:
+            if decided.sends and not self.rate.take():
+                decided.hold_sends("rate_limit")
+            self._apply(decided, now, cause, plan)
         return plan
 
-    def _plan_alert(self, alert: Alert, now: float, cause: str | None, plan: _Plan) -> None:
+    def _decide(self, alert: Alert, now: float) -> _Decided | None:
         fp = alert.fingerprint
         records = self._deliveries.setdefault(fp, {})
         matching = {a.name: a for a in self.rules.actions_for(alert)}
         names = set(matching) | {n for n, d in records.items() if d.kind in _TOLD_FIRING}
         if not names:
-            return
+            return None
         silenced = alert.state != "resolved" and self.alerts.is_silenced(alert)
         snapshot = alert.to_dict(silenced=silenced)
         labels = labels_of({"alert": snapshot, "instance": self.instance})
-        decisions: list[tuple[Action, Delivery, Decision]] = []
+        decided = _Decided(alert, snapshot, labels)
         for name in sorted(names):
             action = self.rules.actions.get(name)
             if action is None:
@@ -358,30 +399,29 @@ class Notifier:
             state = alert.state if name in matching else "resolved"
             view = View(state, alert.severity.name, labels, alert.flapping, silenced)
             decision = decide(delivery, view, action, now, self.config.cooldown_seconds)
-            decisions.append((action, delivery, decision))
-        sends = [d for d in decisions if d[2].send is not None and not d[2].record_only]
-        if sends and not self.rate.take():
-            decisions = [
-                (a, d, Decision(held="rate_limit", wanted=x.send))
-                if x.send is not None and not x.record_only
-                else (a, d, x)
-                for a, d, x in decisions
-            ]
-        for action, delivery, decision in decisions:
+            decided.decisions.append((action, delivery, decision))
+        return decided
+
+    def _apply(self, decided: _Decided, now: float, cause: str | None, plan: _Plan) -> None:
+        alert = decided.alert
+        for action, delivery, decision in decided.decisions:
             if decision.send is not None:
-                event = self._message_event(decision, delivery, snapshot, action, cause, now)
+                event = self._message_event(
+                    decision, delivery, decided.snapshot, action, cause, now
+                )
                 if not decision.record_only:
-                    plan.messages.append((action.name, decision.send, fp, event))
-                plan.deliveries.append(_told(delivery, decision.send, alert, labels, now))
+                    plan.messages.append((action.name, decision.send, alert.fingerprint, event))
+                plan.deliveries.append(_told(delivery, decision.send, alert, decided.labels, now))
             elif decision.held is not None:
                 if delivery.held != decision.held:
                     self.suppressed[decision.held] += 1
                     log.info("notification for %s held back: %s", alert.id, decision.held)
                     wanted = decision.wanted or "firing"
-                    plan.held.append((fp, wanted, decision.held, alert.title))
+                    plan.held.append((alert.fingerprint, wanted, decision.held, alert.title))
+                    delivery.held_since = now
                 delivery.held = decision.held
             else:
-                delivery.held = None
+                delivery.held = delivery.held_since = None
 
     def _message_event(
         self,
@@ -455,11 +495,16 @@ class Notifier:
                 delivery.held = "outbox_full"
 
     async def _evaluate_loop(self) -> None:
+        rounds = 0
         while True:
             with anyio.move_on_after(self.config.evaluation_interval_seconds):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            everything, self._evaluate_all = self._evaluate_all, False
+            rounds += 1
+            # Now and then every alert is compared, not only those waiting: a safety
+            # net for a change no event announced (a write that failed half-way).
+            everything = self._evaluate_all or rounds % FULL_EVERY == 0
+            self._evaluate_all = False
             try:
                 await self.evaluate(everything=everything)
             except Exception:  # isolation boundary: the next round tries again
