@@ -228,7 +228,10 @@ class AlertManager:
         return deleted
 
     async def _save(self, alerts: list[Alert]) -> None:
-        await self.db.run(lambda c: store.save(c, alerts))
+        # Shielded: the write runs to its end on the database thread anyway, and a
+        # caller cancelled half-way must not roll back in memory what was committed.
+        with anyio.CancelScope(shield=True):
+            await self.db.run(lambda c: store.save(c, alerts))
         now = self.clock()
         for alert in alerts:
             alert.written_at = now

@@ -454,14 +454,16 @@ class Notifier:
         if not plan.messages and not plan.deliveries and not plan.held:
             return
         try:
-            ids = await self.store.commit(
-                plan.messages,
-                plan.deliveries,
-                plan.held,
-                max_attempts=self.config.max_attempts,
-                max_pending=self.config.max_pending,
-                now=self.clock(),
-            )
+            # Shielded: what commits must also be what this notifier remembers.
+            with anyio.CancelScope(shield=True):
+                ids = await self.store.commit(
+                    plan.messages,
+                    plan.deliveries,
+                    plan.held,
+                    max_attempts=self.config.max_attempts,
+                    max_pending=self.config.max_pending,
+                    now=self.clock(),
+                )
         except BaseException:
             # Nothing was written: the next evaluation compares every alert again.
             self._evaluate_all = True
