@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
+import email.utils
 import hashlib
 import hmac
 import ssl
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -99,12 +103,18 @@ async def test_email_reaches_a_real_smtp_server(notify_stack: Factory) -> None:
             "smtp_port": smtp.port,
         }
         async with notify_stack(rules(action), **FAST) as (alerts, notifier):
-            await fire(alerts)
+            await fire(alerts, title="Plattenplatz — fast voll")
             await until(lambda: smtp.messages, what="a mail")
-            (mail,) = smtp.wait_for(1)
-            assert mail["Subject"] == "[FIRING] CRITICAL Disk space on web1"
+            # What the server received parses under the strict policy: any defect raises.
+            mail = email.message_from_bytes(smtp.messages[0][2], policy=email.policy.strict)
+            assert mail["Subject"] == "[FIRING] CRITICAL Plattenplatz — fast voll on web1"
             assert mail["To"] == "ops@example.com, oncall@example.com"
-            assert "/ is 97% full" in mail.get_payload()
+            assert mail["MIME-Version"] == "1.0"
+            sent = email.utils.parsedate_to_datetime(mail["Date"]).timestamp()
+            assert abs(sent - time.time()) < 60
+            assert mail["Message-ID"].endswith("@web1.example.com>")
+            assert mail["X-Cortex-Notification-Id"] == "1"
+            assert "/ is 97% full" in mail.get_content()
             assert smtp.messages[0][1] == ["ops@example.com", "oncall@example.com"]
             await until(lambda: notifier.sent["ops.email"] == 1, what="completed")
 
