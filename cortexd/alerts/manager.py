@@ -34,6 +34,7 @@ from cortexd.alerts.flap import note_change, settles_at
 from cortexd.alerts.index import AlertIndex
 from cortexd.alerts.model import (
     Alert,
+    AlertCapReached,
     Clock,
     ListFilter,
     Notice,
@@ -43,8 +44,10 @@ from cortexd.alerts.model import (
 )
 from cortexd.alerts.silences import Silences
 from cortexd.config.schema import AlertsConfig
-from cortexd.protocol import CortexError, ErrorCode, NotFound
+from cortexd.protocol import NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
+
+__all__ = ["AlertCapReached", "AlertListener", "AlertManager"]
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,6 @@ DAY = 86400.0
 # The timer task (flap settling, event expiry) sleeps at most this long, so a
 # changed setting or a stepped wall clock is seen soon.
 MAX_TIMER_SLEEP = 5.0
-
-
-class AlertCapReached(CortexError):
-    """The active-alert cap is reached; the new alert was not stored."""
-
-    code = ErrorCode.QUEUE_FULL
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"the active alert cap ({cap}) is reached", depth=cap)
 
 
 AlertListener = Callable[[str, Alert], Awaitable[None]]
@@ -504,7 +498,7 @@ class AlertManager:
             upcoming: list[float] = []
             for alert in list(self.tracked()):
                 if alert.flapping:
-                    at = self._settles_at(alert)
+                    at = settles_at(alert, self.config)
                     if at <= now:
                         await self._settle(alert, now)
                     else:
@@ -515,13 +509,10 @@ class AlertManager:
                 if alert.expires_at <= now:
                     await self._resolve(alert, now, event="expired", notes={"expired": True})
                     if alert.flapping:  # the expiry was a change of its own
-                        upcoming.append(self._settles_at(alert))
+                        upcoming.append(settles_at(alert, self.config))
                 else:
                     upcoming.append(alert.expires_at)
             return min(upcoming, default=None)
-
-    def _settles_at(self, alert: Alert) -> float:
-        return settles_at(alert, self.config)
 
     async def _settle(self, alert: Alert, now: float) -> None:
         alert.flapping = False

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import orjson
 
+from cortexd.protocol import CortexError, ErrorCode
+
 Clock = Callable[[], float]
 """Wall-clock seconds since the epoch; injected so tests step time by hand."""
 
@@ -38,6 +40,15 @@ CATEGORIES = (
     "daemon_status",
     "ai_analysis",
 )
+
+
+class AlertCapReached(CortexError):
+    """The active-alert cap is reached; the new alert was not stored."""
+
+    code = ErrorCode.QUEUE_FULL
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"the active alert cap ({cap}) is reached", depth=cap)
 
 
 class Severity(IntEnum):

@@ -25,10 +25,14 @@ The rate limit is applied by the caller, over all actions of one alert.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from cortexd.alerts.model import Severity
+from cortexd.alerts.model import Alert, Severity
 from cortexd.notify.model import Action, Delivery, Kind
+
+TOLD_FIRING = ("firing", "flapping")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ def _rank(severity: str) -> int:
 
 def decide(delivery: Delivery, view: View, action: Action, now: float, cooldown: float) -> Decision:
     """What `action` should be sent about the alert now, given what it was last told."""
-    told_firing = delivery.kind in ("firing", "flapping")
+    told_firing = delivery.kind in TOLD_FIRING
     if view.flapping:
         if delivery.kind == "flapping":
             # Told it flaps: every change waits until it settles.
@@ -110,4 +114,60 @@ def repeat_due(delivery: Delivery, action: Action, now: float) -> bool:
         and bool(action.repeat_interval)
         and delivery.fired_at is not None
         and now >= delivery.fired_at + action.repeat_interval
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class Decided:
+    """One alert as it stands, and what each of its actions should be told about it."""
+
+    alert: Alert
+    snapshot: dict[str, Any]
+    labels: dict[str, str]
+    decisions: list[tuple[Action, Delivery, Decision]] = dataclasses.field(default_factory=list)
+
+    @property
+    def sends(self) -> bool:
+        return any(d.send is not None and not d.record_only for _, _, d in self.decisions)
+
+    @property
+    def only_repeats(self) -> bool:
+        return all(d.repeat for _, _, d in self.decisions if d.send is not None)
+
+    def waiting_since(self, now: float) -> float:
+        held = [d.held_since for _, d, _ in self.decisions if d.held_since is not None]
+        return min(held, default=now)
+
+    def hold_sends(self, reason: str) -> None:
+        self.decisions = [
+            (a, d, Decision(held=reason, wanted=x.send))
+            if x.send is not None and not x.record_only
+            else (a, d, x)
+            for a, d, x in self.decisions
+        ]
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
+    """What one evaluation decided: messages to queue, state to write, holds to record."""
+
+    messages: list[tuple[str, str, str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    deliveries: list[Delivery] = dataclasses.field(default_factory=list)
+    held: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+
+
+def told(
+    delivery: Delivery, kind: Kind, alert: Alert, labels: dict[str, str], now: float
+) -> Delivery:
+    """The delivery state once `kind` about `alert` is queued."""
+    firing = kind in TOLD_FIRING
+    return Delivery(
+        fingerprint=delivery.fingerprint,
+        action=delivery.action,
+        alert_id=alert.id,
+        kind=kind,
+        severity=alert.severity.name if firing else delivery.severity,
+        labels=labels,
+        queued_at=now,
+        fired_at=now if firing else delivery.fired_at,
     )
