@@ -71,16 +71,6 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     return urlunsplit(_without_userinfo(parts)), f"Basic {token}"
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***`, for logs and answers."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{parts.username}:***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _without_userinfo(parts: SplitResult) -> SplitResult:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2])
 
