@@ -94,5 +94,7 @@ class Delivery:
     labels: dict[str, str] = field(default_factory=dict)
     queued_at: float = 0.0
     fired_at: float | None = None
+    # The outbox entry of the last message (0: none yet).
+    last_id: int = 0
     held: str | None = None
     held_since: float | None = None

@@ -334,6 +334,15 @@ class Notifier:
     async def _commit(self, plan: Plan) -> None:
         if not plan.messages and not plan.deliveries and not plan.held:
             return
+        full = self.pending + len(plan.messages) > self.config.max_pending
+        if full and plan.messages:
+            log.error(
+                "notification outbox is full (%d entries); %d messages wait for room",
+                self.config.max_pending,
+                len(plan.messages),
+            )
+            waiting = self.planner.outbox_full(plan, self.clock())
+            plan = Plan(held=plan.held + waiting)  # only the records of what waits
         try:
             # Shielded: what commits must also be what this notifier remembers.
             with anyio.CancelScope(shield=True):
@@ -342,21 +351,12 @@ class Notifier:
                     plan.deliveries,
                     plan.held,
                     max_attempts=self.config.max_attempts,
-                    max_pending=self.config.max_pending,
                     now=self.clock(),
                 )
         except BaseException:
             # Nothing was written: the next evaluation compares every alert again.
             self._evaluate_all = True
             raise
-        if ids is None:
-            log.error(
-                "notification outbox is full (%d entries); %d messages wait for room",
-                self.config.max_pending,
-                len(plan.messages),
-            )
-            self.planner.outbox_full(plan, self.clock())
-            return
         self.planner.committed(plan)
         self.keepalive.queued(plan.messages)
         if ids:
@@ -407,13 +407,11 @@ class Notifier:
         if not messages:
             return
         async with self._lock:
+            if self.pending + len(messages) > self.config.max_pending:
+                log.error("notification outbox is full: the summary is not sent")
+                return
             ids = await self.store.commit(
-                messages,
-                [],
-                [],
-                max_attempts=self.config.max_attempts,
-                max_pending=self.config.max_pending,
-                now=now,
+                messages, [], [], max_attempts=self.config.max_attempts, now=now
             )
         if ids:
             self.dispatcher.queued(len(ids))

@@ -186,11 +186,17 @@ class Planner:
         for delivery in plan.deliveries:
             self.deliveries.setdefault(delivery.fingerprint, {})[delivery.action] = delivery
 
-    def outbox_full(self, plan: Plan, now: float) -> None:
-        """Nothing of `plan` was queued: each of its messages waits, as held, for room."""
-        for _, _, fp, _ in plan.messages:
-            for delivery in self.deliveries.get(fp, {}).values():
-                self._hold(delivery, "outbox_full", now)
+    def outbox_full(self, plan: Plan, now: float) -> list[tuple[str, str, str, str]]:
+        """Nothing of `plan` is queued: each of its messages waits, as held, for room.
+
+        Returns the records of what started to wait (fingerprint, kind, reason, title).
+        """
+        records = []
+        for name, kind, fp, event in plan.messages:
+            delivery = self.deliveries.get(fp, {}).get(name)
+            if delivery is not None and self._hold(delivery, "outbox_full", now):
+                records.append((fp, kind, "outbox_full", str(event["alert"]["title"])))
+        return records
 
 
 def _message(

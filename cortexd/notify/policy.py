@@ -170,4 +170,5 @@ def told(
         labels=labels,
         queued_at=now,
         fired_at=now if firing else delivery.fired_at,
+        last_id=delivery.last_id,  # the outbox entry's id replaces it once queued
     )

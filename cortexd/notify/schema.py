@@ -63,7 +63,6 @@ MIGRATIONS = (
         ALTER TABLE dead_letter ADD COLUMN body TEXT;
         CREATE INDEX outbox_open_key ON outbox(action, fingerprint, id)
             WHERE status IN ('pending', 'processing');
-        CREATE INDEX outbox_key ON outbox(action, fingerprint, id);
         CREATE TABLE delivery (
             fingerprint TEXT NOT NULL,
             action TEXT NOT NULL,
@@ -73,6 +72,7 @@ MIGRATIONS = (
             labels TEXT NOT NULL,
             queued_at REAL NOT NULL,
             fired_at REAL,
+            last_id INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (fingerprint, action)
         ) WITHOUT ROWID
         """,

@@ -202,8 +202,8 @@ def last_events(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> di
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for action, fp in keys:
         row = conn.execute(
-            "SELECT payload FROM outbox WHERE action = ? AND fingerprint = ?"
-            " ORDER BY id DESC LIMIT 1",
+            "SELECT o.payload FROM delivery AS d JOIN outbox AS o ON o.id = d.last_id"
+            " WHERE d.action = ? AND d.fingerprint = ?",
             (action, fp),
         ).fetchone()
         if row is not None:
@@ -217,7 +217,7 @@ def last_events(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> di
 def save_deliveries(conn: sqlite3.Connection, deliveries: Iterable[Delivery]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO delivery (fingerprint, action, alert_id, kind, severity,"
-        " labels, queued_at, fired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " labels, queued_at, fired_at, last_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 d.fingerprint,
@@ -228,6 +228,7 @@ def save_deliveries(conn: sqlite3.Connection, deliveries: Iterable[Delivery]) ->
                 orjson.dumps(d.labels).decode(),
                 d.queued_at,
                 d.fired_at,
+                d.last_id,
             )
             for d in deliveries
         ],
@@ -236,8 +237,8 @@ def save_deliveries(conn: sqlite3.Connection, deliveries: Iterable[Delivery]) ->
 
 def load_deliveries(conn: sqlite3.Connection) -> list[Delivery]:
     rows = conn.execute(
-        "SELECT fingerprint, action, alert_id, kind, severity, labels, queued_at, fired_at"
-        " FROM delivery"
+        "SELECT fingerprint, action, alert_id, kind, severity, labels, queued_at, fired_at,"
+        " last_id FROM delivery"
     ).fetchall()
     return [
         Delivery(
@@ -249,6 +250,7 @@ def load_deliveries(conn: sqlite3.Connection) -> list[Delivery]:
             labels=orjson.loads(r["labels"]),
             queued_at=r["queued_at"],
             fired_at=r["fired_at"],
+            last_id=r["last_id"],
         )
         for r in rows
     ]
@@ -317,8 +319,7 @@ def retry_dead(
     superseded: list[int] = []
     for row in rows:
         newer = conn.execute(
-            "SELECT 1 FROM outbox WHERE action = ? AND fingerprint = ? AND id > ?"
-            " AND kind IN ('firing', 'flapping', 'resolved') LIMIT 1",
+            "SELECT 1 FROM delivery WHERE action = ? AND fingerprint = ? AND last_id > ?",
             (row["action"], row["fingerprint"], row["original_id"]),
         ).fetchone()
         conn.execute("DELETE FROM dead_letter WHERE id = ?", (row["id"],))
@@ -354,8 +355,7 @@ def prune(conn: sqlite3.Connection, history_before: float) -> int:
     """
     done = conn.execute(
         "DELETE FROM outbox WHERE status IN ('completed', 'failed', 'cancelled')"
-        " AND created_at < ? AND id NOT IN"
-        " (SELECT MAX(id) FROM outbox GROUP BY action, fingerprint)",
+        " AND created_at < ? AND id NOT IN (SELECT last_id FROM delivery)",
         (history_before,),
     ).rowcount
     done += conn.execute("DELETE FROM suppressed WHERE at < ?", (history_before,)).rowcount
@@ -424,21 +424,23 @@ class NotifyStore:
         held: list[tuple[str, str, str, str]],
         *,
         max_attempts: int,
-        max_pending: int,
         now: float,
-    ) -> list[int] | None:
+    ) -> list[int]:
         """Queue `messages` and write `deliveries` and `held` records, all or nothing.
 
-        Returns the new entry ids, or None (and writes nothing but `held`)
-        when the messages would take the outbox past `max_pending`.
+        Each delivery records the id of the entry queued for it. Returns the
+        new entry ids.
         """
 
-        def write(conn: sqlite3.Connection) -> list[int] | None:
+        def write(conn: sqlite3.Connection) -> list[int]:
             if held:
                 record_suppressed(conn, held, now)
-            if messages and count_open(conn) + len(messages) > max_pending:
-                return None
             ids = enqueue(conn, messages, max_attempts, now)
+            queued = {(m[0], m[2]): i for m, i in zip(messages, ids, strict=True)}
+            for delivery in deliveries:
+                delivery.last_id = queued.get(
+                    (delivery.action, delivery.fingerprint), delivery.last_id
+                )
             save_deliveries(conn, deliveries)
             return ids
 

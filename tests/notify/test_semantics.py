@@ -269,3 +269,25 @@ async def test_readers_see_the_size_of_what_a_server_answered_admins_the_text(
             assert reader["last_error"] == admin["last_error"] == "HTTP 500 Internal Server Error"
             assert "body" not in reader and reader["body_chars"] == len("receiver failing")
             assert admin["body"] == "receiver failing"
+
+
+async def test_a_full_outbox_defers_messages_until_there_is_room(notify_stack: Factory) -> None:
+    with receiver() as recv:
+        port = recv.port
+        recv.stop()  # refused: the first entries stay in the outbox, retrying
+        config = rules(recv.url())
+        async with notify_stack(config, max_pending=2, max_attempts=100, **FAST) as (
+            alerts,
+            notifier,
+        ):
+            for n in range(4):
+                await fire(alerts, mount=f"/m{n}")
+            assert notifier.pending == 2
+            assert notifier.state()["held"] == {"outbox_full": 2}
+            with receiver(port=port) as back:
+                posts = await until(lambda: len(back.posts) == 4 and back.posts, within=10)
+                mounts = sorted(p.json()["alerts"][0]["labels"]["mountpoint"] for p in posts)
+                assert mounts == ["/m0", "/m1", "/m2", "/m3"]
+                await until(lambda: notifier.pending == 0, what="an empty outbox")
+            held = (await notifier.store.history(0, None, 10))[1]
+            assert [h["reason"] for h in held] == ["outbox_full", "outbox_full"]
