@@ -24,6 +24,7 @@ import logging
 import random
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -54,7 +55,7 @@ from cortexd.notify.summary import (
 )
 from cortexd.notify.throttle import RateLimit
 from cortexd.protocol import ConfigError, NotFound
-from cortexd.store import Database, StoreFailed
+from cortexd.store import Database, StorageUnavailable, StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,9 @@ class Notifier:
                     max_attempts=self.config.max_attempts,
                     now=self.clock(),
                 )
+        except StorageUnavailable as exc:
+            self._unstored(plan, exc.reason)
+            return
         except BaseException:
             # Nothing was written: the next evaluation compares every alert again.
             self._evaluate_all = True
@@ -361,6 +365,32 @@ class Notifier:
         self.keepalive.queued(plan.messages)
         if ids:
             self.dispatcher.queued(len(ids))
+
+    def _unstored(self, plan: Plan, reason: str) -> None:
+        """The outbox cannot be written (a full or read-only disk): one attempt from memory.
+
+        So an alert about that very disk still goes out. What was sent is
+        remembered as told, so it is not sent again every round; after a
+        restart the stored state says what is still owed.
+        """
+        log.error("%d notifications not queued (%s); sending once", len(plan.messages), reason)
+        self.planner.committed(plan)
+        self.keepalive.queued(plan.messages)
+        for name, _, _, event in plan.messages:
+            action = self.rules.actions.get(name)
+            if action is not None and self._tg is not None:
+                self._tg.start_soon(self._send_unstored, action, event)
+
+    async def _send_unstored(self, action: Action, event: dict[str, Any]) -> None:
+        """One attempt at `action` for an event the outbox could not take; never retried."""
+        try:
+            answer = await self.send(action, event, f"unstored-{uuid.uuid4().hex[:12]}")
+        except Exception as exc:  # isolation boundary: logged like a failed attempt
+            self.failed[action.name] += 1
+            log.error("notification to %s (not queued) failed: %s", action.name, exc)
+            return
+        self.sent[action.name] += 1
+        log.info("notification to %s sent without the outbox: %s", action.name, answer.status)
 
     async def _evaluate_loop(self) -> None:
         rounds = 0
