@@ -347,7 +347,7 @@ async def test_updates_applied_is_an_event_and_a_later_apply_ends_a_failure(
     tmp_path: Path, alerts: AlertManager, clock: FakeClock
 ) -> None:
     daemon = SimpleNamespace(config=Config(state_dir=str(tmp_path)))
-    service = UpdateService(daemon, alerts)  # type: ignore[arg-type]
+    service = UpdateService(daemon, alerts, list)  # type: ignore[arg-type]
     packages: Any = [SimpleNamespace(package="openssl")]
     await service._report(100, packages, ["E: broken"], None)
     clock.step(60)
