@@ -1,5 +1,7 @@
 """The alert manager's in-memory view: open alerts, and resolved ones still tracked.
 
+It also keeps the alerts held in memory while their rows cannot be written.
+
 An open alert is kept by fingerprint and by id. A resolved alert stays
 tracked (by fingerprint) while it may re-open (`alerts.reopen_window_seconds`)
 or while it is flapping, so a notifier can still tell how it settles.
@@ -19,6 +21,18 @@ class AlertIndex:
         self.open: dict[str, Alert] = {}
         self._by_id: dict[str, Alert] = {}
         self._recent: dict[str, Alert] = {}
+        # Alerts whose row could not be written (a full or read-only disk), by id.
+        self.held: dict[str, Alert] = {}
+
+    def hold(self, alert: Alert) -> bool:
+        """`alert` lives in memory only for now; whether it was not already."""
+        new = alert.id not in self.held
+        self.held[alert.id] = alert
+        return new
+
+    def stored(self, alert: Alert) -> bool:
+        """`alert`'s row is written; whether it had been held in memory."""
+        return self.held.pop(alert.id, None) is not None
 
     def load(self, opened: Iterable[Alert], recent: Iterable[Alert]) -> None:
         self.open = {a.fingerprint: a for a in opened}

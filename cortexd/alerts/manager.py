@@ -19,10 +19,10 @@ database that cannot be opened leaves the manager `failed`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -43,6 +43,7 @@ from cortexd.alerts.model import (
     fingerprint,
 )
 from cortexd.alerts.silences import Silences
+from cortexd.alerts.upkeep import Upkeep
 from cortexd.config.schema import AlertsConfig
 from cortexd.protocol import NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
@@ -51,28 +52,12 @@ __all__ = ["AlertCapReached", "AlertListener", "AlertManager"]
 
 log = logging.getLogger(__name__)
 
-PRUNE_INTERVAL = 3600.0
-FLUSH_INTERVAL = 15.0
 DAY = 86400.0
-# The timer task (flap settling, event expiry) sleeps at most this long, so a
-# changed setting or a stepped wall clock is seen soon.
-MAX_TIMER_SLEEP = 5.0
 
 
 AlertListener = Callable[[str, Alert], Awaitable[None]]
 """Called once a change is committed, with one of: `fired`, `reopened`, `escalated`,
 `deescalated`, `updated`, `acknowledged`, `resolved`, `expired`, `flapping`, `settled`."""
-
-
-def _selects(flt: ListFilter, alert: Alert) -> bool:
-    """Whether `alerts.list`'s query would select `alert` (for alerts not yet stored)."""
-    return (
-        (flt.severity is None or alert.severity == flt.severity)
-        and (flt.states is None or alert.state in flt.states)
-        and (flt.category is None or alert.category == flt.category)
-        and (flt.since is None or alert.last_seen >= flt.since)
-        and (flt.include_cleared or alert.cleared_at is None)
-    )
 
 
 class AlertManager:
@@ -97,11 +82,9 @@ class AlertManager:
         self.clock = clock
         self.host = host or socket.gethostname()
         self._index = AlertIndex()
-        # Alerts that fired while their row could not be written (full disk).
-        self._held: dict[str, Alert] = {}
         self._silences = Silences(db, clock)
         self._lock = anyio.Lock()
-        self._timers_changed = anyio.Event()
+        self._upkeep = Upkeep(self)
         self.dropped_over_cap = 0
         self._state = "starting"
         # Notification hooks (the notifier); each is awaited under the lock so
@@ -138,12 +121,12 @@ class AlertManager:
         # A database that cannot be opened costs the alerts, not the daemon.
         with contextlib.suppress(StoreFailed):
             await self.open()
-        tg.start_soon(self._housekeeping)
-        tg.start_soon(self._timer_loop)
+        tg.start_soon(self._upkeep.housekeeping)
+        tg.start_soon(self._upkeep.timers)
 
     def apply_config(self, config: Any) -> None:
         self.config = config.alerts
-        self._timers_changed.set()
+        self._upkeep.wake()
 
     async def stop(self) -> None:
         """Flush coalesced updates and close the database."""
@@ -169,30 +152,17 @@ class AlertManager:
             "flapping": sum(1 for a in self.tracked() if a.flapping),
             "silences": self._silences.active_count(),
             "dropped_over_cap": self.dropped_over_cap,
-            "held_in_memory": len(self._held),
+            "held_in_memory": len(self._index.held),
             "storage": self.db.state(),
             **self.db.failure_reason(),
         }
 
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
     def _visible_open(self) -> list[Alert]:
         return [a for a in self._index.open.values() if a.cleared_at is None]
-
-    async def _housekeeping(self) -> None:
-        last_prune = -PRUNE_INTERVAL
-        while True:
-            await anyio.sleep(FLUSH_INTERVAL)
-            if self._state != "running":
-                continue
-            try:
-                await self.flush(only_due=True)
-                now = time.monotonic()
-                if now - last_prune >= PRUNE_INTERVAL:
-                    last_prune = now
-                    await self.prune()
-            except StorageUnavailable:
-                pass  # a full or read-only disk, logged by the store once; retried next round
-            except Exception:  # isolation boundary: housekeeping retries next round
-                log.exception("alerts housekeeping failed")
 
     async def flush(self, *, only_due: bool = False) -> int:
         """Write coalesced count/last_seen updates; returns how many rows."""
@@ -230,7 +200,7 @@ class AlertManager:
         for alert in alerts:
             alert.written_at = now
             alert.dirty = False
-            if self._held.pop(alert.id, None) is not None:
+            if self._index.stored(alert):
                 log.info("alert %s held in memory is now stored", alert.id)
 
     async def _save_or_hold(self, alerts: list[Alert], hold: bool) -> None:
@@ -242,8 +212,7 @@ class AlertManager:
                 raise
             for alert in alerts:
                 alert.dirty = True
-                if alert.id not in self._held:
-                    self._held[alert.id] = alert
+                if self._index.hold(alert):
                     log.warning("alert %s held in memory: %s", alert.id, exc.message)
 
     # -- conditions --------------------------------------------------------
@@ -307,32 +276,13 @@ class AlertManager:
                         self.dropped_over_cap,
                     )
                 raise AlertCapReached(self.config.max_active)
-            alert = Alert(
-                id=str(uuid.uuid4()),
-                fingerprint=fp,
-                source=source,
-                severity=severity,
-                category=category,
-                title=title,
-                description=description,
-                labels=dict(labels),
-                annotations=dict(annotations or {}),
-                state="firing",
-                first_seen=now,
-                last_seen=now,
-                count=1,
-                host=self.host,
-                key=key,
-                name=name or "",
-                changes=[now],
-                expires_at=expires_at,
-            )
+            alert = Alert.first(update, fp, source, category, key, now=now, host=self.host)
             await self._save_or_hold([alert], hold)
             self._index.opened(alert)
             log.info("alert %s fired: %s (%s)", alert.id, title, severity.name)
             await self._emit("fired", alert)
             if expires_at is not None:
-                self._timers_changed.set()
+                self._upkeep.wake()
             return alert
 
     async def _update(self, alert: Alert, now: float, update: Notice, hold: bool) -> Alert:
@@ -370,7 +320,7 @@ class AlertManager:
         for event in events:
             await self._emit(event, alert, started_flapping=flapping and event == events[-1])
         if update.expires_at is not None:
-            self._timers_changed.set()
+            self._upkeep.wake()
         return alert
 
     async def _reopen(self, alert: Alert, now: float, update: Notice, hold: bool) -> Alert:
@@ -448,7 +398,7 @@ class AlertManager:
         """Count one state change towards flap detection; whether flapping began."""
         started = note_change(alert, now, self.config)
         if started:
-            self._timers_changed.set()
+            self._upkeep.wake()
         return started
 
     async def _emit(self, event: str, alert: Alert, *, started_flapping: bool = False) -> None:
@@ -476,20 +426,6 @@ class AlertManager:
         return [a for a in self._index.open.values() if source is None or a.source == source]
 
     # -- timers: flap settling and event expiry ----------------------------
-
-    async def _timer_loop(self) -> None:
-        while True:
-            self._timers_changed = anyio.Event()
-            try:
-                due = await self.run_timers()
-            except StorageUnavailable:
-                due = None  # a full or read-only disk, logged by the store once
-            except Exception:  # isolation boundary: the next round tries again
-                log.exception("alert timers failed")
-                due = None
-            wait = MAX_TIMER_SLEEP if due is None else due - self.clock()
-            with anyio.move_on_after(max(0.0, min(MAX_TIMER_SLEEP, wait))):
-                await self._timers_changed.wait()
 
     async def run_timers(self) -> float | None:
         """Settle flapping alerts and expire events that are due; returns the next due time."""
@@ -542,7 +478,7 @@ class AlertManager:
         tracked = {a.id: a for a in self.tracked()}
         merged = [tracked.get(a.id, a) for a in rows]
         listed = {a.id for a in merged}
-        merged.extend(a for a in self._held.values() if a.id not in listed and _selects(flt, a))
+        merged.extend(a for a in self._index.held.values() if a.id not in listed and flt.selects(a))
         merged.sort(key=lambda a: a.last_seen, reverse=True)
         return merged[: flt.limit]
 
@@ -561,15 +497,8 @@ class AlertManager:
     async def acknowledge_matching(self, flt: ListFilter, by: str) -> list[Alert]:
         """Acknowledge every firing alert matching `flt` (states ignored)."""
         async with self._lock:
-            chosen = [
-                a
-                for a in self._index.open.values()
-                if a.state == "firing"
-                and a.cleared_at is None
-                and (flt.severity is None or a.severity == flt.severity)
-                and (flt.category is None or a.category == flt.category)
-                and (flt.since is None or a.last_seen >= flt.since)
-            ]
+            firing = dataclasses.replace(flt, states=("firing",), include_cleared=False)
+            chosen = [a for a in self._index.open.values() if firing.selects(a)]
             if chosen:
                 await self._ack(chosen, by)
             return chosen

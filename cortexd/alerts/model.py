@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -160,6 +161,40 @@ class Alert:
     def alertname(self) -> str:
         return self.name or self.source
 
+    @classmethod
+    def first(
+        cls,
+        notice: Notice,
+        fp: str,
+        source: str,
+        category: str,
+        key: str | None,
+        *,
+        now: float,
+        host: str,
+    ) -> Alert:
+        """A new firing alert from its first notice."""
+        return cls(
+            id=str(uuid.uuid4()),
+            fingerprint=fp,
+            source=source,
+            severity=notice.severity,
+            category=category,
+            title=notice.title,
+            description=notice.description,
+            labels=dict(notice.labels),
+            annotations=dict(notice.annotations or {}),
+            state="firing",
+            first_seen=now,
+            last_seen=now,
+            count=1,
+            host=host,
+            key=key,
+            name=notice.name or "",
+            changes=[now],
+            expires_at=notice.expires_at,
+        )
+
     def copy(self) -> Alert:
         """A copy to roll back to if a write fails."""
         return dataclasses.replace(
@@ -238,6 +273,16 @@ class ListFilter:
     since: float | None = None
     include_cleared: bool = False
     limit: int = 100
+
+    def selects(self, alert: Alert) -> bool:
+        """Whether the `alerts.list` query would select `alert` (for alerts held in memory)."""
+        return (
+            (self.severity is None or alert.severity == self.severity)
+            and (self.states is None or alert.state in self.states)
+            and (self.category is None or alert.category == self.category)
+            and (self.since is None or alert.last_seen >= self.since)
+            and (self.include_cleared or alert.cleared_at is None)
+        )
 
 
 @dataclass(frozen=True, slots=True)
