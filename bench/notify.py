@@ -11,7 +11,13 @@ Measures, on this machine:
    it, and the part that runs on the event loop), next to
    `prometheus_client.generate_latest` on an empty registry in the same run.
 
-Run: `python bench/notify.py [--json] [--entries N]`.
+3. With `--invariant-steps N`: a longer run of the delivery-invariant test
+   (tests/notify/invariant.py): N random raise, resolve, escalate,
+   de-escalate, silence, expire, ack, restart and kill -9 steps against a
+   real daemon and a webhook receiver, then the check that once quiet every
+   alert's last message matches its state.
+
+Run: `python bench/notify.py [--json] [--entries N] [--invariant-steps N --seed S]`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import dataclasses
 import http.server
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -112,11 +119,12 @@ async def outbox_throughput(entries: int, workdir: Path) -> dict[str, float]:
             committed = time.perf_counter() - started
             await _delivered(notifier, entries)
             delivered = time.perf_counter() - started
-            backlog = notifier.rules.actions["bench.webhook"]
             event = notifier.test_event()
             before = notifier.sent["bench.webhook"]
             drain_start = time.perf_counter()
-            await notifier._enqueue([(backlog, "firing", f"fp{n}", event) for n in range(entries)])
+            backlog = [("bench.webhook", "firing", f"fp{n}", event) for n in range(entries)]
+            ids = await notifier.store.commit(backlog, [], [], max_attempts=5, now=time.time())
+            notifier.dispatcher.queued(len(ids))
             await _delivered(notifier, before + entries)
             drained = time.perf_counter() - drain_start
             await notifier.stop()
@@ -162,11 +170,40 @@ def scrape_cost() -> dict[str, float]:
     }
 
 
+def invariant(steps: int, seed: int) -> None:
+    """The delivery-invariant run of the tests, longer; exits 1 if the invariant breaks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.notify.helpers import receiver
+    from tests.notify.invariant import Driver
+
+    with receiver(jitter=0.03) as recv, tempfile.TemporaryDirectory(prefix="cxinv") as tmp:
+        driver = Driver(Path(tmp), recv, seed, alerts=100)
+        driver.drive(steps)
+        started = time.monotonic()
+        problems = driver.settle_and_check()
+        run = driver.run
+        print(
+            f"invariant, seed {seed}: {run.steps} steps over {len(run.alerts)} alerts, "
+            f"{run.restarts} restarts, {run.kills} kills, {run.posts} messages; "
+            f"driven {run.seconds:.0f}s, quiet and checked in {time.monotonic() - started:.1f}s"
+        )
+        print(f"  steps {run.by_kind}")
+        print(f"  held back {run.held}")
+        print("  invariant holds" if not problems else "  BROKEN:\n  " + "\n  ".join(problems))
+    if problems:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--entries", type=int, default=2000)
+    parser.add_argument("--invariant-steps", type=int, default=0, metavar="N")
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    if args.invariant_steps:
+        invariant(args.invariant_steps, args.seed)
+        return
     with tempfile.TemporaryDirectory(prefix="cxbench") as tmp:
         outbox = anyio.run(outbox_throughput, args.entries, Path(tmp))
     scrape = scrape_cost()

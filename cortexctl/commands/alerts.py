@@ -59,7 +59,8 @@ def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     for a in alerts:
         severity = out.paint(f"{a['severity']:<8}", SEVERITY_COLOURS.get(a["severity"], "0"))
-        muted = " (silenced)" if a["silenced"] else ""
+        marks = [m for m, on in (("silenced", a["silenced"]), ("flapping", a["flapping"])) if on]
+        muted = f" ({', '.join(marks)})" if marks else ""
         out.line(
             f"{a['id'][:8]}  {severity} {a['state']:<12} {a['title']}{muted}"
             f"  seen {a['count']}x, last {_ago(a['last_seen'])}"
@@ -76,6 +77,7 @@ def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
         (key, alert[key])
         for key in ("id", "title", "severity", "state", "category", "source", "host", "count")
     ]
+    rows += [("name", alert["name"]), ("key", alert["key"] or "-")]
     rows += [
         ("first seen", _ago(alert["first_seen"])),
         ("last seen", _ago(alert["last_seen"])),
@@ -86,7 +88,10 @@ def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
         ("labels", ", ".join(f"{k}={v}" for k, v in alert["labels"].items()) or "-"),
         ("annotations", ", ".join(f"{k}={v}" for k, v in alert["annotations"].items()) or "-"),
         ("silenced", "yes" if alert["silenced"] else "no"),
+        ("flapping", "yes" if alert["flapping"] else "no"),
     ]
+    if alert["expires_at"] and alert["state"] != "resolved":
+        rows.append(("resolves", f"on its own at {time.ctime(alert['expires_at'])}"))
     out.table(rows)
     if alert["description"]:
         out.line()
@@ -120,7 +125,14 @@ def _ack(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _resolve(client: Client, args: argparse.Namespace, out: Output) -> int:
-    alert = client.call("alerts.resolve", {"id": _full_id(client, args.id)})["alert"]
+    if args.key is not None:
+        params: dict[str, Any] = {"key": args.key}
+        if args.source:
+            params["source"] = args.source
+    else:
+        # Neither an id nor a key: the daemon answers INVALID_PARAMS naming both.
+        params = {"id": _full_id(client, args.id)} if args.id else {}
+    alert = client.call("alerts.resolve", params)["alert"]
     if out.as_json:
         out.json(alert)
     else:
@@ -147,6 +159,12 @@ def _send(client: Client, args: argparse.Namespace, out: Output) -> int:
         params["source"] = args.source
     if args.label:
         params["labels"] = dict(args.label)
+    if args.key:
+        params["key"] = args.key
+    if args.name:
+        params["name"] = args.name
+    if args.ttl is not None:
+        params["ttl_seconds"] = args.ttl
     alert = client.call("alerts.raise", params)["alert"]
     if out.as_json:
         out.json(alert)
@@ -192,6 +210,34 @@ def _silence_rm(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+SEND_HELP = """\
+Raise an alert, or update one already raised.
+
+Which alert a send updates (its identity):
+  with --key:    the source (--source, default external) and the key;
+                 title, level, labels and description change in place.
+  without --key: the source, the labels and the title; a different
+                 title or label is a different alert.
+The alertname (Alertmanager's, and what silences match as alertname) is
+--name, else the title made label-safe (`Backup failed` -> backup_failed).
+"""
+
+SEND_EXAMPLES = """\
+examples:
+  # one alert, raised and then updated twice by its key
+  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
+      --level warning -m 'nightly backup is late'
+  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
+      --level error -m 'nightly backup failed: disk full'
+  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
+      --level error -m 'nightly backup failed twice: disk full'
+  sudo cortexctl alerts resolve --key backup-nightly
+
+  # an event: it resolves on its own an hour after the last send
+  sudo cortexctl alerts send --level info --ttl 1h -m 'certificates renewed'
+"""
+
+
 def _add_filters(parser: argparse.ArgumentParser, *, state: bool) -> None:
     parser.add_argument("--severity", help="INFO, WARNING, ERROR or CRITICAL")
     parser.add_argument("--category", help="e.g. disk_usage, service, security_update")
@@ -233,19 +279,45 @@ def register(sub: Any) -> None:
     ack.add_argument("--all", action="store_true", help="every firing alert matching filters")
     _add_filters(ack, state=False)
     ack.set_defaults(run=_ack)
-    resolve = actions.add_parser("resolve", help="resolve an alert by hand")
-    resolve.add_argument("id")
+    resolve = actions.add_parser(
+        "resolve",
+        help="resolve an alert by hand (by id, or by the key it was sent with)",
+        epilog="examples:\n  sudo cortexctl alerts resolve 1f2e3d4c\n"
+        "  sudo cortexctl alerts resolve --key backup-nightly",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    resolve.add_argument("id", nargs="?")
+    resolve.add_argument("--key", help="the key the alert was sent with")
+    resolve.add_argument("--source", help="the source it was sent with (default external)")
     resolve.set_defaults(run=_resolve)
     actions.add_parser(
         "clear", help="move acknowledged and resolved alerts out of the list"
     ).set_defaults(run=_clear)
-    send = actions.add_parser("send", help="raise an alert from a script")
+    send = actions.add_parser(
+        "send",
+        help="raise an alert from a script",
+        description=SEND_HELP,
+        epilog=SEND_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     send.add_argument("--message", "-m", required=True, help="the alert's title")
     send.add_argument("--level", default="warning", help="info, warning, error or critical")
     send.add_argument("--description", help="longer text")
     send.add_argument("--category", help="alert category (default system)")
     send.add_argument("--source", help="who raises it (default external)")
     send.add_argument("--label", type=label, action="append", metavar="KEY=VALUE")
+    send.add_argument(
+        "--key", help="the alert's identity: sending the same key again updates that alert"
+    )
+    send.add_argument(
+        "--name", help="the alertname (lower-case letters, digits, _); default: from the title"
+    )
+    send.add_argument(
+        "--ttl",
+        type=duration,
+        metavar="DURATION",
+        help="resolve on its own this long after the last send (an event: 30m, 1d)",
+    )
     send.set_defaults(run=_send)
     silence = actions.add_parser("silence", help="manage silences")
     silence_actions = silence.add_subparsers(

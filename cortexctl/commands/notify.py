@@ -95,9 +95,21 @@ def _dl_show(client: Client, args: argparse.Namespace, out: Output) -> int:
             ("last error", dead["last_error"]),
             ("created", _when(dead["created_at"])),
             ("failed", _when(dead["failed_at"])),
+            ("answer", _body(dead)),
         ]
     )
+    if dead.get("body"):
+        out.line()
+        out.line(dead["body"])
     return EXIT_OK
+
+
+def _body(entry: dict[str, Any]) -> str:
+    """What the server answered: its size; the text itself is shown to admins only."""
+    size = entry.get("body_chars", 0)
+    if not size:
+        return "-"
+    return f"{size} characters" + ("" if "body" in entry else " (shown to admins only)")
 
 
 def _dl_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -115,6 +127,11 @@ def _dl_retry(client: Client, args: argparse.Namespace, out: Output) -> int:
         out.json(result)
     else:
         out.line(f"queued {len(result['retried'])} dead letter(s) again")
+        if result.get("superseded"):
+            out.line(
+                f"dropped {len(result['superseded'])} that a later notification about the"
+                " same alert replaced"
+            )
     return EXIT_OK
 
 

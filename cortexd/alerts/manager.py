@@ -1,91 +1,63 @@
 """The alert manager: one API through which checks and programs raise alerts.
 
-Life of an alert (SPEC §5):
+`notice()` reports that a condition holds (creating, updating or re-opening
+its alert), `condition_cleared()` resolves it, operators acknowledge,
+resolve, clear and silence. Every state change commits before it returns and
+is then announced to the listeners (the notifier, the metrics). Writes for a
+persisting condition are coalesced (`alerts.coalesce_seconds`). Events
+resolve on their own after their time to live; flapping alerts settle once
+they change less often (`cortexd.alerts.flap`). docs/protocol.md ("Alerts")
+describes the whole life cycle.
 
-- `notice()` reports that a condition holds. The first notice creates an
-  alert (state firing); later ones update that same alert (`count`,
-  `last_seen`, severity up or down). Writes for a persisting condition are
-  coalesced: a row is rewritten on any state or severity change, otherwise
-  at most once per `alerts.coalesce_seconds`; pending counts are flushed at
-  shutdown. After `kill -9`, `count`/`last_seen` may lag by that much, but
-  every state change (ack, resolve, clear, new alert) was committed before
-  it was answered.
-- `condition_cleared()` resolves the open alert of a condition.
-- Re-firing: a condition that fires again within
-  `alerts.reopen_window_seconds` of its resolution re-opens the same alert
-  (so a flapping value yields one alert, not dozens); later, it creates a
-  new alert row and the old one stays in history.
-- Acknowledging keeps an alert acknowledged while its condition persists; an
-  escalation (severity rises) re-opens it to firing, since a worse condition
-  is news. `alerts.clear` hides acknowledged and resolved alerts from the
-  active list; a hidden acknowledged alert still tracks its condition until
-  it resolves, so clearing never spawns a duplicate.
-- Storage: a notice with `hold=True` (the monitor's) survives a full or
-  read-only disk: the alert fires and is notified from memory, is listed,
-  and its row is written by the next flush that finds room. Every other
-  change fails with StorageUnavailable and leaves nothing half-done. An
-  alerts database that cannot be opened leaves the manager `failed`.
+Storage: a notice with `hold=True` (the monitor's) survives a full or
+read-only disk: the alert fires and is notified from memory, is listed, and
+its row is written by the next flush that finds room. Every other change
+fails with StorageUnavailable and leaves nothing half-done. An alerts
+database that cannot be opened leaves the manager `failed`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import logging
 import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.alerts import store
-from cortexd.alerts.matchers import Matcher, all_match, parse_matchers
-from cortexd.alerts.model import Alert, Clock, ListFilter, Severity, Silence, fingerprint
+from cortexd.alerts.flap import note_change, settles_at
+from cortexd.alerts.index import AlertIndex
+from cortexd.alerts.model import (
+    Alert,
+    AlertCapReached,
+    Clock,
+    ListFilter,
+    Notice,
+    Severity,
+    Silence,
+    fingerprint,
+)
+from cortexd.alerts.silences import Silences
+from cortexd.alerts.upkeep import Upkeep
 from cortexd.config.schema import AlertsConfig
-from cortexd.protocol import CortexError, ErrorCode, NotFound
+from cortexd.protocol import NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
+
+__all__ = ["AlertCapReached", "AlertListener", "AlertManager"]
 
 log = logging.getLogger(__name__)
 
-PRUNE_INTERVAL = 3600.0
-FLUSH_INTERVAL = 15.0
 DAY = 86400.0
 
 
-class AlertCapReached(CortexError):
-    """The active-alert cap is reached; the new alert was not stored."""
-
-    code = ErrorCode.QUEUE_FULL
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(f"the active alert cap ({cap}) is reached", depth=cap)
-
-
 AlertListener = Callable[[str, Alert], Awaitable[None]]
-"""Called with `fired`, `reopened`, `escalated` or `resolved` once that change is committed."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed_matchers(matchers: tuple[str, ...]) -> list[Matcher]:
-    return parse_matchers(matchers)
-
-
-def _parsed(silence: Silence) -> list[Matcher]:
-    return _parsed_matchers(silence.matchers)
-
-
-def _selects(flt: ListFilter, alert: Alert) -> bool:
-    """Whether `alerts.list`'s query would select `alert` (for alerts not yet stored)."""
-    return (
-        (flt.severity is None or alert.severity == flt.severity)
-        and (flt.states is None or alert.state in flt.states)
-        and (flt.category is None or alert.category == flt.category)
-        and (flt.since is None or alert.last_seen >= flt.since)
-        and (flt.include_cleared or alert.cleared_at is None)
-    )
+"""Called once a change is committed, with one of: `fired`, `reopened`, `escalated`,
+`deescalated`, `updated`, `acknowledged`, `resolved`, `expired`, `flapping`, `settled`."""
 
 
 class AlertManager:
@@ -109,13 +81,10 @@ class AlertManager:
         self.config = config
         self.clock = clock
         self.host = host or socket.gethostname()
-        self._open: dict[str, Alert] = {}
-        self._by_id: dict[str, Alert] = {}  # the open alerts again, by id
-        self._recent: dict[str, Alert] = {}
-        self._silences: dict[str, Silence] = {}
-        # Alerts that fired while their row could not be written (full disk).
-        self._held: dict[str, Alert] = {}
+        self._index = AlertIndex()
+        self._silences = Silences(db, clock)
         self._lock = anyio.Lock()
+        self._upkeep = Upkeep(self)
         self.dropped_over_cap = 0
         self._state = "starting"
         # Notification hooks (the notifier); each is awaited under the lock so
@@ -143,21 +112,21 @@ class AlertManager:
                 store.load_silences(c),
             )
         )
-        self._open = {a.fingerprint: a for a in opened}
-        self._by_id = {a.id: a for a in opened}
-        self._recent = {a.fingerprint: a for a in recent}
-        self._silences = {s.id: s for s in silences}
+        self._index.load(opened, recent)
+        self._silences.load(silences)
         self._state = "running"
-        log.info("%d open alerts, %d silences loaded", len(self._open), len(self._silences))
+        log.info("%d open alerts, %d silences loaded", len(opened), len(silences))
 
     async def start(self, tg: TaskGroup) -> None:
         # A database that cannot be opened costs the alerts, not the daemon.
         with contextlib.suppress(StoreFailed):
             await self.open()
-        tg.start_soon(self._housekeeping)
+        tg.start_soon(self._upkeep.housekeeping)
+        tg.start_soon(self._upkeep.timers)
 
     def apply_config(self, config: Any) -> None:
         self.config = config.alerts
+        self._upkeep.wake()
 
     async def stop(self) -> None:
         """Flush coalesced updates and close the database."""
@@ -179,33 +148,21 @@ class AlertManager:
             "state": self._state,
             "active": sum(by_severity.values()),
             "active_by_severity": by_severity,
-            "firing": sum(1 for a in self._open.values() if a.state == "firing"),
-            "silences": sum(1 for s in self._silences.values() if s.active_at(self.clock())),
+            "firing": sum(1 for a in self._index.open.values() if a.state == "firing"),
+            "flapping": sum(1 for a in self.tracked() if a.flapping),
+            "silences": self._silences.active_count(),
             "dropped_over_cap": self.dropped_over_cap,
-            "held_in_memory": len(self._held),
+            "held_in_memory": len(self._index.held),
             "storage": self.db.state(),
             **self.db.failure_reason(),
         }
 
-    def _visible_open(self) -> list[Alert]:
-        return [a for a in self._open.values() if a.cleared_at is None]
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
 
-    async def _housekeeping(self) -> None:
-        last_prune = -PRUNE_INTERVAL
-        while True:
-            await anyio.sleep(FLUSH_INTERVAL)
-            if self._state != "running":
-                continue
-            try:
-                await self.flush(only_due=True)
-                now = time.monotonic()
-                if now - last_prune >= PRUNE_INTERVAL:
-                    last_prune = now
-                    await self.prune()
-            except StorageUnavailable:
-                pass  # a full or read-only disk, logged by the store once; retried next round
-            except Exception:  # isolation boundary: housekeeping retries next round
-                log.exception("alerts housekeeping failed")
+    def _visible_open(self) -> list[Alert]:
+        return [a for a in self._index.open.values() if a.cleared_at is None]
 
     async def flush(self, *, only_due: bool = False) -> int:
         """Write coalesced count/last_seen updates; returns how many rows."""
@@ -213,7 +170,7 @@ class AlertManager:
             now = self.clock()
             due = [
                 a
-                for a in self._open.values()
+                for a in self._index.open.values()
                 if a.dirty and (not only_due or now - a.written_at >= self.config.coalesce_seconds)
             ]
             if due:
@@ -227,22 +184,23 @@ class AlertManager:
         keep = self.config.history_max
         deleted = await self.db.run(lambda c: store.prune(c, older, keep, now))
         async with self._lock:
-            self._silences = {k: s for k, s in self._silences.items() if s.ends_at >= older}
+            self._silences.forget_ended_before(older)
             horizon = now - self.config.reopen_window_seconds
-            self._recent = {
-                k: a for k, a in self._recent.items() if (a.resolved_at or 0) >= horizon
-            }
+            self._index.forget_resolved_before(horizon)
         if deleted:
             log.info("pruned %d old alerts", deleted)
         return deleted
 
     async def _save(self, alerts: list[Alert]) -> None:
-        await self.db.run(lambda c: store.save(c, alerts))
+        # Shielded: the write runs to its end on the database thread anyway, and a
+        # caller cancelled half-way must not roll back in memory what was committed.
+        with anyio.CancelScope(shield=True):
+            await self.db.run(lambda c: store.save(c, alerts))
         now = self.clock()
         for alert in alerts:
             alert.written_at = now
             alert.dirty = False
-            if self._held.pop(alert.id, None) is not None:
+            if self._index.stored(alert):
                 log.info("alert %s held in memory is now stored", alert.id)
 
     async def _save_or_hold(self, alerts: list[Alert], hold: bool) -> None:
@@ -254,8 +212,7 @@ class AlertManager:
                 raise
             for alert in alerts:
                 alert.dirty = True
-                if alert.id not in self._held:
-                    self._held[alert.id] = alert
+                if self._index.hold(alert):
                     log.warning("alert %s held in memory: %s", alert.id, exc.message)
 
     # -- conditions --------------------------------------------------------
@@ -270,10 +227,19 @@ class AlertManager:
         title: str,
         description: str = "",
         annotations: Mapping[str, Any] | None = None,
+        key: str | None = None,
+        title_is_identity: bool = False,
+        name: str | None = None,
+        event: bool = False,
+        ttl: float | None = None,
         hold: bool = False,
     ) -> Alert:
-        """Report that a condition holds; returns its (new or updated) alert.
+        """Report that a condition holds (or an event happened); returns its alert.
 
+        The identity is `source` and `labels`; with `key`, `source` and `key`
+        alone; with `title_is_identity`, the title as well. `name` is the
+        Alertmanager alertname (default: the source). An `event` resolves on
+        its own `alerts.event_ttl_seconds` (or `ttl`) after its last notice.
         With `hold`, a full or read-only disk does not stop the alert: it
         fires from memory and is written when there is room again.
 
@@ -281,24 +247,27 @@ class AlertManager:
             AlertCapReached: a new alert would exceed `alerts.max_active`.
             StorageUnavailable: (without `hold`) the change could not be stored.
         """
-        fp = fingerprint(source, labels)
+        fp = fingerprint(source, labels, key=key, title=title if title_is_identity else None)
+        if ttl is None and event:
+            ttl = self.config.event_ttl_seconds
         async with self._lock:
             now = self.clock()
-            alert = self._open.get(fp)
+            expires_at = None if ttl is None else now + ttl
+            update = Notice(severity, title, description, annotations, labels, name, expires_at)
+            alert = self._index.open.get(fp)
             if alert is not None:
-                return await self._update(
-                    alert, now, severity, title, description, annotations, hold
-                )
-            previous = self._recent.get(fp)
+                return await self._update(alert, now, update, hold)
+            previous = self._index.recent(fp)
             if (
                 previous is not None
                 and previous.resolved_at is not None
-                and now - previous.resolved_at <= self.config.reopen_window_seconds
-            ):
-                return await self._reopen(
-                    previous, now, severity, title, description, annotations, hold
+                and (
+                    previous.flapping
+                    or now - previous.resolved_at <= self.config.reopen_window_seconds
                 )
-            if len(self._open) >= self.config.max_active:
+            ):
+                return await self._reopen(previous, now, update, hold)
+            if len(self._index.open) >= self.config.max_active:
                 self.dropped_over_cap += 1
                 if self.dropped_over_cap == 1 or self.dropped_over_cap % 100 == 0:
                     log.warning(
@@ -307,131 +276,195 @@ class AlertManager:
                         self.dropped_over_cap,
                     )
                 raise AlertCapReached(self.config.max_active)
-            alert = Alert(
-                id=str(uuid.uuid4()),
-                fingerprint=fp,
-                source=source,
-                severity=severity,
-                category=category,
-                title=title,
-                description=description,
-                labels=dict(labels),
-                annotations=dict(annotations or {}),
-                state="firing",
-                first_seen=now,
-                last_seen=now,
-                count=1,
-                host=self.host,
-            )
+            alert = Alert.first(update, fp, source, category, key, now=now, host=self.host)
             await self._save_or_hold([alert], hold)
-            self._open[fp] = alert
-            self._by_id[alert.id] = alert
+            self._index.opened(alert)
             log.info("alert %s fired: %s (%s)", alert.id, title, severity.name)
             await self._emit("fired", alert)
+            if expires_at is not None:
+                self._upkeep.wake()
             return alert
 
-    async def _update(
-        self,
-        alert: Alert,
-        now: float,
-        severity: Severity,
-        title: str,
-        description: str,
-        annotations: Mapping[str, Any] | None,
-        hold: bool = False,
-    ) -> Alert:
+    async def _update(self, alert: Alert, now: float, update: Notice, hold: bool) -> Alert:
         alert.count += 1
         alert.last_seen = now
-        alert.title = title
-        alert.description = description
-        if annotations is not None:
-            alert.annotations = dict(annotations)
+        alert.title = update.title
+        alert.description = update.description
+        if update.annotations is not None:
+            alert.annotations = dict(update.annotations)
+        alert.expires_at = update.expires_at
         alert.dirty = True
-        changed = severity != alert.severity
-        rose = changed and severity > alert.severity
-        if changed:
-            if severity > alert.severity and alert.state == "acknowledged":
+        events: list[str] = []
+        flapping = False
+        if alert.key is not None and (
+            dict(update.labels) != alert.labels or (update.name or "") != alert.name
+        ):
+            # A keyed alert's labels are not its identity: they change in place.
+            alert.labels = dict(update.labels)
+            alert.name = update.name or ""
+            events.append("updated")
+        if update.severity != alert.severity:
+            rose = update.severity > alert.severity
+            if rose and alert.state == "acknowledged":
                 alert.state = "firing"
                 alert.acknowledged_at = alert.acknowledged_by = None
                 alert.cleared_at = None
-            log.info("alert %s severity %s -> %s", alert.id, alert.severity.name, severity.name)
-            alert.severity = severity
-        if changed or now - alert.written_at >= self.config.coalesce_seconds:
+            log.info(
+                "alert %s severity %s -> %s", alert.id, alert.severity.name, update.severity.name
+            )
+            alert.severity = update.severity
+            events.append("escalated" if rose else "deescalated")
+            flapping = self._note_change(alert, now)
+        if events or now - alert.written_at >= self.config.coalesce_seconds:
             await self._save_or_hold([alert], hold)
-        if rose:
-            await self._emit("escalated", alert)
+        for event in events:
+            await self._emit(event, alert, started_flapping=flapping and event == events[-1])
+        if update.expires_at is not None:
+            self._upkeep.wake()
         return alert
 
-    async def _reopen(
-        self,
-        alert: Alert,
-        now: float,
-        severity: Severity,
-        title: str,
-        description: str,
-        annotations: Mapping[str, Any] | None,
-        hold: bool = False,
-    ) -> Alert:
+    async def _reopen(self, alert: Alert, now: float, update: Notice, hold: bool) -> Alert:
         alert.state = "firing"
         alert.resolved_at = None
         alert.acknowledged_at = alert.acknowledged_by = None
-        alert.severity = severity
+        alert.severity = update.severity
         alert.count += 1
         alert.last_seen = now
-        alert.title = title
-        alert.description = description
-        if annotations is not None:
-            alert.annotations = dict(annotations)
+        alert.title = update.title
+        alert.description = update.description
+        alert.expires_at = update.expires_at
+        if alert.key is not None:
+            alert.labels = dict(update.labels)
+            alert.name = update.name or ""
+        if update.annotations is not None:
+            alert.annotations = dict(update.annotations)
         alert.annotations["reopened"] = int(alert.annotations.get("reopened", 0)) + 1
+        flapping = self._note_change(alert, now)
         await self._save_or_hold([alert], hold)
-        del self._recent[alert.fingerprint]
-        self._open[alert.fingerprint] = alert
-        self._by_id[alert.id] = alert
-        log.info("alert %s re-opened: %s", alert.id, title)
-        await self._emit("reopened", alert)
+        self._index.opened(alert)
+        log.info("alert %s re-opened: %s", alert.id, update.title)
+        await self._emit("reopened", alert, started_flapping=flapping)
         return alert
 
-    async def condition_cleared(self, *, source: str, labels: Mapping[str, str]) -> Alert | None:
-        """The condition no longer holds: resolve its open alert, if any."""
+    async def condition_cleared(
+        self,
+        *,
+        source: str,
+        labels: Mapping[str, str],
+        description: str | None = None,
+        annotations: Mapping[str, Any] | None = None,
+    ) -> Alert | None:
+        """The condition no longer holds: resolve its open alert, if any.
+
+        `description` and `annotations`, when given, say how things stand at
+        resolution (the value that cleared it); they go out with the
+        resolution message.
+        """
         fp = fingerprint(source, labels)
         async with self._lock:
-            alert = self._open.get(fp)
+            alert = self._index.open.get(fp)
             if alert is None:
                 return None
-            await self._resolve(alert, self.clock())
+            await self._resolve(alert, self.clock(), description=description, notes=annotations)
             return alert
 
-    async def _resolve(self, alert: Alert, now: float) -> None:
-        previous = (alert.state, alert.resolved_at)
+    async def _resolve(
+        self,
+        alert: Alert,
+        now: float,
+        *,
+        event: str = "resolved",
+        description: str | None = None,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        saved = alert.copy()
         alert.state = "resolved"
         alert.resolved_at = now
+        if description is not None:
+            alert.description = description
+        if notes is not None:
+            alert.annotations = {**alert.annotations, **notes}
+        flapping = self._note_change(alert, now)
         try:
             await self._save([alert])
         except BaseException:
-            alert.state, alert.resolved_at = previous
+            alert.restore(saved)
             raise
-        self._open.pop(alert.fingerprint, None)
-        self._by_id.pop(alert.id, None)
-        if alert.cleared_at is None:
-            self._recent[alert.fingerprint] = alert
-        log.info("alert %s resolved: %s", alert.id, alert.title)
-        await self._emit("resolved", alert)
+        self._index.resolved(alert)
+        log.info("alert %s %s: %s", alert.id, event, alert.title)
+        await self._emit(event, alert, started_flapping=flapping)
 
-    async def _emit(self, event: str, alert: Alert) -> None:
+    def _note_change(self, alert: Alert, now: float) -> bool:
+        """Count one state change towards flap detection; whether flapping began."""
+        started = note_change(alert, now, self.config)
+        if started:
+            self._upkeep.wake()
+        return started
+
+    async def _emit(self, event: str, alert: Alert, *, started_flapping: bool = False) -> None:
+        await self._tell(event, alert)
+        if started_flapping:
+            await self._tell("flapping", alert)
+
+    async def _tell(self, event: str, alert: Alert) -> None:
         for listener in list(self.listeners):
             try:
                 await listener(event, alert)
             except Exception:  # isolation boundary: a notifier failure never fails the alert
                 log.exception("alert listener failed on %s of %s", event, alert.id)
 
-    def is_open(self, source: str, labels: Mapping[str, str]) -> bool:
-        return fingerprint(source, labels) in self._open
+    def current(self, fp: str) -> Alert | None:
+        """The alert of fingerprint `fp` if it is open, or resolved and still tracked."""
+        return self._index.current(fp)
+
+    def tracked(self) -> Iterator[Alert]:
+        """Open alerts, then resolved ones that may re-open or are flapping."""
+        return self._index.tracked()
+
+    def open_alerts(self, source: str | None = None) -> list[Alert]:
+        """The open alerts (of `source`, if given)."""
+        return [a for a in self._index.open.values() if source is None or a.source == source]
+
+    # -- timers: flap settling and event expiry ----------------------------
+
+    async def run_timers(self) -> float | None:
+        """Settle flapping alerts and expire events that are due; returns the next due time."""
+        async with self._lock:
+            now = self.clock()
+            upcoming: list[float] = []
+            for alert in list(self.tracked()):
+                if alert.flapping:
+                    at = settles_at(alert, self.config)
+                    if at <= now:
+                        await self._settle(alert, now)
+                    else:
+                        upcoming.append(at)
+            for alert in list(self._index.open.values()):
+                if alert.expires_at is None:
+                    continue
+                if alert.expires_at <= now:
+                    await self._resolve(alert, now, event="expired", notes={"expired": True})
+                    if alert.flapping:  # the expiry was a change of its own
+                        upcoming.append(settles_at(alert, self.config))
+                else:
+                    upcoming.append(alert.expires_at)
+            return min(upcoming, default=None)
+
+    async def _settle(self, alert: Alert, now: float) -> None:
+        alert.flapping = False
+        try:
+            await self._save([alert])
+        except BaseException:
+            alert.flapping = True
+            raise
+        log.info("alert %s settled (%s)", alert.id, alert.state)
+        await self._emit("settled", alert)
 
     # -- operator actions ------------------------------------------------
 
     async def get(self, alert_id: str) -> Alert:
         """Raises NotFound."""
-        alert = self._by_id.get(alert_id)
+        alert = self._index.open_by_id(alert_id)
         if alert is not None:
             return alert
         found = await self.db.read(lambda c: store.get(c, alert_id))
@@ -442,16 +475,17 @@ class AlertManager:
     async def query(self, flt: ListFilter) -> list[Alert]:
         """Alerts matching `flt`, most recently seen first; open ones from memory."""
         rows = await self.db.read(lambda c: store.select(c, flt))
-        merged = [self._by_id.get(a.id, a) for a in rows]
+        tracked = {a.id: a for a in self.tracked()}
+        merged = [tracked.get(a.id, a) for a in rows]
         listed = {a.id for a in merged}
-        merged.extend(a for a in self._held.values() if a.id not in listed and _selects(flt, a))
+        merged.extend(a for a in self._index.held.values() if a.id not in listed and flt.selects(a))
         merged.sort(key=lambda a: a.last_seen, reverse=True)
         return merged[: flt.limit]
 
     async def acknowledge(self, alert_id: str, by: str) -> Alert:
         """Acknowledge one alert. Raises NotFound; resolved alerts stay resolved."""
         async with self._lock:
-            alert = self._by_id.get(alert_id)
+            alert = self._index.open_by_id(alert_id)
             if alert is None:
                 await self._must_exist(alert_id)
                 found = await self.get(alert_id)
@@ -463,15 +497,8 @@ class AlertManager:
     async def acknowledge_matching(self, flt: ListFilter, by: str) -> list[Alert]:
         """Acknowledge every firing alert matching `flt` (states ignored)."""
         async with self._lock:
-            chosen = [
-                a
-                for a in self._open.values()
-                if a.state == "firing"
-                and a.cleared_at is None
-                and (flt.severity is None or a.severity == flt.severity)
-                and (flt.category is None or a.category == flt.category)
-                and (flt.since is None or a.last_seen >= flt.since)
-            ]
+            firing = dataclasses.replace(flt, states=("firing",), include_cleared=False)
+            chosen = [a for a in self._index.open.values() if firing.selects(a)]
             if chosen:
                 await self._ack(chosen, by)
             return chosen
@@ -490,14 +517,25 @@ class AlertManager:
                 alert.acknowledged_at = alert.acknowledged_by = None
             raise
         log.info("%d alert(s) acknowledged by %s", len(alerts), by)
+        for alert in alerts:
+            await self._emit("acknowledged", alert)
 
     async def resolve(self, alert_id: str) -> Alert:
         """Resolve one alert by hand. Raises NotFound."""
         async with self._lock:
-            alert = self._by_id.get(alert_id)
+            alert = self._index.open_by_id(alert_id)
             if alert is None:
                 await self._must_exist(alert_id)
                 return await self.get(alert_id)
+            await self._resolve(alert, self.clock())
+            return alert
+
+    async def resolve_key(self, source: str, key: str) -> Alert:
+        """Resolve the open alert raised with `key` by `source`. Raises NotFound."""
+        async with self._lock:
+            alert = self._index.open.get(fingerprint(source, {}, key=key))
+            if alert is None:
+                raise NotFound(f"no open alert with key {key!r} from {source!r}", key=key)
             await self._resolve(alert, self.clock())
             return alert
 
@@ -510,18 +548,15 @@ class AlertManager:
         """Move acknowledged and resolved alerts out of the active list."""
         async with self._lock:
             now = self.clock()
-            await self.flush_locked()
+            dirty = [a for a in self._index.open.values() if a.dirty]
+            if dirty:
+                await self._save(dirty)
             ids = set(await self.db.run(lambda c: store.clear_inactive(c, now)))
-            for alert in self._open.values():
+            for alert in self._index.open.values():
                 if alert.id in ids:
                     alert.cleared_at = now
-            self._recent = {k: a for k, a in self._recent.items() if a.id not in ids}
+            self._index.forget_ids(ids)
             return len(ids)
-
-    async def flush_locked(self) -> None:
-        dirty = [a for a in self._open.values() if a.dirty]
-        if dirty:
-            await self._save(dirty)
 
     # -- silences --------------------------------------------------------
 
@@ -529,39 +564,18 @@ class AlertManager:
         self, matchers: list[str], duration: float, comment: str, by: str
     ) -> Silence:
         """Store a silence. Raises MatcherError (a ValueError) for bad matchers."""
-        parsed = parse_matchers(matchers)
-        now = self.clock()
-        silence = Silence(
-            id=str(uuid.uuid4()),
-            matchers=tuple(str(m) for m in parsed),
-            comment=comment,
-            created_by=by,
-            created_at=now,
-            starts_at=now,
-            ends_at=now + duration,
-        )
-        await self.db.run(lambda c: store.save_silence(c, silence))
-        self._silences[silence.id] = silence
-        return silence
+        return await self._silences.add(matchers, duration, comment, by)
 
     def silences(self, *, include_expired: bool = False) -> list[Silence]:
-        now = self.clock()
-        return [s for s in self._silences.values() if include_expired or s.active_at(now)]
+        return self._silences.listed(include_expired=include_expired)
 
     async def delete_silence(self, silence_id: str) -> None:
         """Raises NotFound."""
-        if silence_id not in self._silences:
-            raise NotFound(f"no silence {silence_id!r}", id=silence_id)
-        await self.db.run(lambda c: store.delete_silence(c, silence_id))
-        del self._silences[silence_id]
+        await self._silences.delete(silence_id)
 
     def is_silenced(self, alert: Alert) -> bool:
         """Whether an active silence matches the alert (notifications skip it)."""
-        now = self.clock()
-        labels = alert.match_labels()
-        return any(
-            s.active_at(now) and all_match(_parsed(s), labels) for s in self._silences.values()
-        )
+        return self._silences.matches(alert)
 
     # -- blobs for other parts of the daemon (the health snapshot) -------
 

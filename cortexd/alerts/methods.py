@@ -1,4 +1,4 @@
-"""Socket methods of the alert manager (SPEC §3, §5) and the seed's aliases."""
+"""Socket methods of the alert manager (docs/protocol.md, "Alerts") and the seed's aliases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.matchers import MatcherError
-from cortexd.alerts.model import CATEGORIES, SEVERITY_NAMES, STATES, ListFilter, Severity, State
+from cortexd.alerts.model import (
+    CATEGORIES,
+    MAX_NAME,
+    SEVERITY_NAMES,
+    STATES,
+    ListFilter,
+    Severity,
+    State,
+    slug,
+)
 from cortexd.alerts.store import MIGRATIONS
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
@@ -19,6 +28,7 @@ if TYPE_CHECKING:
 MAX_LIST = 10_000
 MAX_LABELS = 32
 MAX_TEXT = 4096
+MAX_KEY = 256
 STATE_CHOICES = (*STATES, "active", "all")
 
 
@@ -54,6 +64,22 @@ def _text(limit: int) -> Any:
 
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
+
+
+MAX_TTL = 365 * 86400.0
+
+
+def _ttl(value: float) -> str | None:
+    return None if 0 < value <= MAX_TTL else f"must be between 0 and {MAX_TTL:g} (a year)"
+
+
+def _name(value: str) -> str | None:
+    if not 0 < len(value) <= MAX_NAME or slug(value) != value:
+        return (
+            f"must be 1 to {MAX_NAME} characters: lower-case letters, digits and _, "
+            "not starting with a digit (a label-safe name)"
+        )
+    return None
 
 
 FILTER_PARAMS = (
@@ -119,7 +145,13 @@ def alert_methods(manager: AlertManager) -> list[Method]:
         return {"acknowledged": [a.id for a in done]}
 
     async def resolve(call: Call) -> dict[str, Any]:
-        alert = await manager.resolve(call.params["id"])
+        params = call.params
+        if (params["id"] is None) == (params["key"] is None):
+            raise InvalidParams("id", "give an alert id or a key (with its source), not both")
+        if params["id"] is not None:
+            alert = await manager.resolve(params["id"])
+        else:
+            alert = await manager.resolve_key(params["source"], params["key"])
         return {"alert": alert.to_dict(silenced=manager.is_silenced(alert))}
 
     async def clear(call: Call) -> dict[str, Any]:
@@ -128,14 +160,20 @@ def alert_methods(manager: AlertManager) -> list[Method]:
     async def raise_(call: Call) -> dict[str, Any]:
         params = call.params
         labels = dict(params["labels"] or {})
+        title = params["title"]
+        # Without a key, the title is part of the identity: two titles, two alerts.
         alert = await manager.notice(
             source=params["source"],
             labels=labels,
             severity=Severity.parse(params["severity"]),
             category=params["category"],
-            title=params["title"],
+            title=title,
             description=params["description"] or "",
             annotations={"raised_by": _who(call)},
+            key=params["key"],
+            title_is_identity=params["key"] is None,
+            name=params["name"] or slug(title) or None,
+            ttl=params["ttl_seconds"],
         )
         return {"alert": alert.to_dict(silenced=manager.is_silenced(alert))}
 
@@ -203,9 +241,13 @@ def alert_methods(manager: AlertManager) -> list[Method]:
         Method(
             "alerts.resolve",
             resolve,
-            params=(id_param,),
+            params=(
+                Param("id", str),
+                Param("key", str, check=_text(MAX_KEY)),
+                Param("source", str, default="external", check=_text(128)),
+            ),
             access="admin",
-            summary="resolve an alert by hand",
+            summary="resolve an alert by hand (by id, or by the key it was raised with)",
         ),
         Method(
             "alerts.clear",
@@ -224,9 +266,12 @@ def alert_methods(manager: AlertManager) -> list[Method]:
                 Param("description", str, check=lambda v: _text(MAX_TEXT)(v) if v else None),
                 Param("labels", dict, check=_labels),
                 Param("source", str, default="external", check=_text(128)),
+                Param("key", str, check=_text(MAX_KEY)),
+                Param("name", str, check=_name),
+                Param("ttl_seconds", float, check=_ttl),
             ),
             access="admin",
-            summary="raise (or refresh) an alert from another program",
+            summary="raise (or update) an alert from another program",
         ),
         Method(
             "alerts.silence",

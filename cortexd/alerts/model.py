@@ -1,14 +1,25 @@
-"""The alert model (SPEC §5): severities, states, categories and fingerprints."""
+"""The alert model: severities, states, categories, identity and flap state.
+
+An alert's identity (its fingerprint) is its source and identity labels, never
+its measured values. Programs raising alerts over the socket may name the
+identity outright with a key; otherwise their title is part of it, so two
+different titles are two alerts (see `fingerprint`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
 import orjson
+
+from cortexd.protocol import CortexError, ErrorCode
 
 Clock = Callable[[], float]
 """Wall-clock seconds since the epoch; injected so tests step time by hand."""
@@ -32,6 +43,15 @@ CATEGORIES = (
 )
 
 
+class AlertCapReached(CortexError):
+    """The active-alert cap is reached; the new alert was not stored."""
+
+    code = ErrorCode.QUEUE_FULL
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"the active alert cap ({cap}) is reached", depth=cap)
+
+
 class Severity(IntEnum):
     """Ordered so that a comparison says which is worse."""
 
@@ -52,16 +72,50 @@ class Severity(IntEnum):
 
 
 SEVERITY_NAMES = tuple(s.name for s in Severity)
+# Recent state-change times kept per alert for flap detection.
+MAX_CHANGES = 64
+MAX_NAME = 64
+_NOT_LABEL = re.compile(r"[^a-z0-9]+")
 
 
-def fingerprint(source: str, labels: Mapping[str, str]) -> str:
-    """A stable hash of what the alert is about: its source and identity labels.
+def fingerprint(
+    source: str,
+    labels: Mapping[str, str],
+    *,
+    key: str | None = None,
+    title: str | None = None,
+) -> str:
+    """A stable hash of what the alert is about.
 
-    Measured values belong in annotations and never enter the hash, so a disk
-    at 81 % and later 93 % is one alert, not two.
+    By default the source and identity labels: measured values belong in
+    annotations and never enter the hash, so a disk at 81 % and later 93 % is
+    one alert, not two. With `key`, the source and the key alone (labels and
+    title may then change in place); with `title`, the title joins the labels.
     """
-    canonical = orjson.dumps([source, sorted(labels.items())])
+    if key is not None:
+        canonical = orjson.dumps([source, "key", key])
+    elif title is not None:
+        canonical = orjson.dumps([source, sorted(labels.items()), "title", title])
+    else:
+        canonical = orjson.dumps([source, sorted(labels.items())])
     return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def slug(text: str) -> str:
+    """A label-safe name from free text: `Backup job failed!` -> `backup_job_failed`.
+
+    Empty when nothing of `text` is usable (the caller falls back to another name).
+    """
+    name = _NOT_LABEL.sub("_", text.lower()).strip("_")[:MAX_NAME].rstrip("_")
+    if name and name[0].isdigit():
+        name = f"_{name}"[:MAX_NAME]
+    return name
+
+
+def changes_within(changes: list[float], now: float, window: float) -> int:
+    """How many of the state changes at `changes` fall in the `window` before `now`."""
+    horizon = now - window
+    return sum(1 for at in changes if at > horizon)
 
 
 @dataclass(slots=True)
@@ -86,6 +140,14 @@ class Alert:
     acknowledged_by: str | None = None
     resolved_at: float | None = None
     cleared_at: float | None = None
+    key: str | None = None
+    # The Alertmanager `alertname`: the source unless the raiser named it.
+    name: str = ""
+    flapping: bool = False
+    # Times of recent state changes (fire, resolve, severity), oldest first.
+    changes: list[float] = field(default_factory=list)
+    # An event resolves on its own at this time unless it is raised again.
+    expires_at: float | None = None
     # When the row was last written; count/last_seen changes between writes
     # are coalesced (see AlertManager) and flushed later.
     written_at: float = field(default=0.0, compare=False)
@@ -95,11 +157,63 @@ class Alert:
     def active(self) -> bool:
         return self.state != "resolved"
 
+    @property
+    def alertname(self) -> str:
+        return self.name or self.source
+
+    @classmethod
+    def first(
+        cls,
+        notice: Notice,
+        fp: str,
+        source: str,
+        category: str,
+        key: str | None,
+        *,
+        now: float,
+        host: str,
+    ) -> Alert:
+        """A new firing alert from its first notice."""
+        return cls(
+            id=str(uuid.uuid4()),
+            fingerprint=fp,
+            source=source,
+            severity=notice.severity,
+            category=category,
+            title=notice.title,
+            description=notice.description,
+            labels=dict(notice.labels),
+            annotations=dict(notice.annotations or {}),
+            state="firing",
+            first_seen=now,
+            last_seen=now,
+            count=1,
+            host=host,
+            key=key,
+            name=notice.name or "",
+            changes=[now],
+            expires_at=notice.expires_at,
+        )
+
+    def copy(self) -> Alert:
+        """A copy to roll back to if a write fails."""
+        return dataclasses.replace(
+            self,
+            labels=dict(self.labels),
+            annotations=dict(self.annotations),
+            changes=list(self.changes),
+        )
+
+    def restore(self, saved: Alert) -> None:
+        """Take every field back from `saved` (a `copy()` of this alert)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(saved, f.name))
+
     def match_labels(self) -> dict[str, str]:
         """The label set silences match against (Alertmanager's names included)."""
         return {
             **self.labels,
-            "alertname": self.source,
+            "alertname": self.alertname,
             "source": self.source,
             "severity": self.severity.name.lower(),
             "category": self.category,
@@ -129,7 +243,24 @@ class Alert:
             "cleared": self.cleared_at is not None,
             "host": self.host,
             "silenced": silenced,
+            "key": self.key,
+            "name": self.alertname,
+            "flapping": self.flapping,
+            "expires_at": self.expires_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What one notice says about an alert that may already exist."""
+
+    severity: Severity
+    title: str
+    description: str
+    annotations: Mapping[str, Any] | None
+    labels: Mapping[str, str]
+    name: str | None
+    expires_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +273,16 @@ class ListFilter:
     since: float | None = None
     include_cleared: bool = False
     limit: int = 100
+
+    def selects(self, alert: Alert) -> bool:
+        """Whether the `alerts.list` query would select `alert` (for alerts held in memory)."""
+        return (
+            (self.severity is None or alert.severity == self.severity)
+            and (self.states is None or alert.state in self.states)
+            and (self.category is None or alert.category == self.category)
+            and (self.since is None or alert.last_seen >= self.since)
+            and (self.include_cleared or alert.cleared_at is None)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,13 +59,24 @@ MIGRATIONS = (
         )
         """,
     ),
+    Migration(
+        2,
+        """
+        ALTER TABLE alerts ADD COLUMN key TEXT;
+        ALTER TABLE alerts ADD COLUMN name TEXT NOT NULL DEFAULT '';
+        ALTER TABLE alerts ADD COLUMN flapping INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE alerts ADD COLUMN changes TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE alerts ADD COLUMN expires_at REAL
+        """,
+    ),
 )
 
 _COLUMNS = (
     "id, fingerprint, source, severity, category, title, description, labels, annotations,"
     " state, first_seen, last_seen, count, host, acknowledged_at, acknowledged_by,"
-    " resolved_at, cleared_at"
+    " resolved_at, cleared_at, key, name, flapping, changes, expires_at"
 )
+_COUNT = len(_COLUMNS.split(","))
 
 
 def _row_values(alert: Alert) -> tuple[Any, ...]:
@@ -88,6 +99,11 @@ def _row_values(alert: Alert) -> tuple[Any, ...]:
         alert.acknowledged_by,
         alert.resolved_at,
         alert.cleared_at,
+        alert.key,
+        alert.name,
+        int(alert.flapping),
+        orjson.dumps(alert.changes).decode(),
+        alert.expires_at,
     )
 
 
@@ -111,13 +127,18 @@ def _alert(row: sqlite3.Row) -> Alert:
         acknowledged_by=row["acknowledged_by"],
         resolved_at=row["resolved_at"],
         cleared_at=row["cleared_at"],
+        key=row["key"],
+        name=row["name"],
+        flapping=bool(row["flapping"]),
+        changes=orjson.loads(row["changes"]),
+        expires_at=row["expires_at"],
         written_at=row["last_seen"],
     )
 
 
 def save(conn: sqlite3.Connection, alerts: list[Alert]) -> None:
     """Insert or fully overwrite each alert's row."""
-    placeholders = ", ".join("?" * 18)
+    placeholders = ", ".join("?" * _COUNT)
     conn.executemany(
         f"INSERT OR REPLACE INTO alerts ({_COLUMNS}) VALUES ({placeholders})",
         [_row_values(a) for a in alerts],
@@ -131,10 +152,14 @@ def load_open(conn: sqlite3.Connection) -> list[Alert]:
 
 
 def load_recently_resolved(conn: sqlite3.Connection, since: float) -> list[Alert]:
-    """The latest resolved, uncleared alert per fingerprint resolved after `since`."""
+    """Resolved, uncleared alerts resolved after `since` or still flapping, oldest first.
+
+    A later row of one fingerprint comes after an earlier one, so a caller
+    keying them by fingerprint keeps the latest.
+    """
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM alerts WHERE state = 'resolved' AND cleared_at IS NULL"
-        " AND resolved_at >= ? ORDER BY resolved_at",
+        " AND (resolved_at >= ? OR flapping = 1) ORDER BY resolved_at",
         (since,),
     ).fetchall()
     return [_alert(r) for r in rows]

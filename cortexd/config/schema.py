@@ -108,6 +108,10 @@ class AlertsConfig:
     coalesce_seconds: float = field(default=60.0, metadata=_bound(0, 86400))
     reopen_window_seconds: float = field(default=300.0, metadata=_bound(0, 86400))
     max_silence_seconds: float = field(default=90 * 86400.0, metadata=_bound(60, 3650 * 86400))
+    flap_window_seconds: float = field(default=900.0, metadata=_bound(0.01, 86400))
+    flap_high_changes: int = field(default=6, metadata=_bound(0, 64))
+    flap_low_changes: int = field(default=3, metadata=_bound(1, 64))
+    event_ttl_seconds: float = field(default=3600.0, metadata=_bound(1, 365 * 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,8 @@ class NotifyConfig:
     daily_summary_time: str = "06:00"
     history_days: float = field(default=7.0, metadata=_bound(0.01, 3650))
     deadletter_retention_days: float = field(default=30.0, metadata=_bound(0.01, 3650))
+    evaluation_interval_seconds: float = field(default=10.0, metadata=_bound(0.01, 3600))
+    external_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

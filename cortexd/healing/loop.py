@@ -104,9 +104,15 @@ class Healer:
     # -- lifecycle -------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
+        # Units given up before a restart stay given up until they recover.
+        for alert in self.alerts.open_alerts(source="healing"):
+            unit = alert.labels.get("unit")
+            if unit:
+                self.units.setdefault(unit, UnitState(given_up=True))
         if not self.available:
             self._state = "unavailable"
             log.info("self-healing unavailable: %s", self.reason)
+            await self._release_all(f"self-healing is unavailable: {self.reason}")
             return
         self._state = "running" if self.settings.enabled else "disabled"
         tg.start_soon(self._loop, tg)
@@ -133,12 +139,21 @@ class Healer:
 
     async def _loop(self, tg: TaskGroup) -> None:
         while True:
-            if self.settings.enabled:
-                try:
+            try:
+                if self.settings.enabled:
                     await self.tick(tg)
-                except Exception:  # isolation boundary: one bad poll never ends healing
-                    log.exception("self-healing poll failed")
+                else:
+                    await self._release_all("self-healing is turned off (healing.enabled)")
+            except Exception:  # isolation boundary: one bad poll never ends healing
+                log.exception("self-healing poll failed")
             await self.sleep(self.settings.poll_seconds)
+
+    async def _release_all(self, why: str) -> None:
+        """Resolve every given-up alert: nothing is healing those units any more."""
+        for unit, state in list(self.units.items()):
+            if state.given_up:
+                await self._cleared(unit, why)
+                self.units.pop(unit, None)
 
     # -- one poll ----------------------------------------------------------
 
@@ -161,12 +176,19 @@ class Healer:
     async def tick(self, tg: TaskGroup) -> list[str]:
         """Look for failed units once; start healing the due ones in `tg`. Returns them."""
         failed = set(await self.failed_units())
+        if not self.settings.enabled:
+            return []  # turned off while systemctl answered: start nothing
         for unit, state in list(self.units.items()):
-            if unit not in failed and not state.healing:
+            if state.healing:
+                continue
+            if unit not in failed:
                 if state.given_up:
                     log.info("%s is no longer failed; healing it again if it fails", unit)
-                    await self._cleared(unit)
-                del self.units[unit]
+                    await self._cleared(unit, f"{unit} is no longer failed")
+                self.units.pop(unit, None)
+            elif state.given_up and not self.wanted(unit):
+                await self._cleared(unit, f"{unit} is no longer healed (healing.allow/deny)")
+                self.units.pop(unit, None)
         now = self.clock()
         started = []
         for unit in sorted(failed):
@@ -269,9 +291,11 @@ class Healer:
         except CortexError as exc:
             log.warning("healing alert not stored: %s", exc.message)
 
-    async def _cleared(self, unit: str) -> None:
+    async def _cleared(self, unit: str, why: str) -> None:
         try:
-            await self.alerts.condition_cleared(source="healing", labels={"unit": unit})
+            await self.alerts.condition_cleared(
+                source="healing", labels={"unit": unit}, description=why
+            )
         except CortexError as exc:
             log.warning("healing alert not resolved: %s", exc.message)
 

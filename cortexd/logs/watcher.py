@@ -277,4 +277,7 @@ class JournalWatcher:
                 "priority": entry["level"],
                 "similar_lines_suppressed": suppressed,
             },
+            # A log line is something that happened: it ends on its own
+            # (alerts.event_ttl_seconds after the last matching line).
+            event=True,
         )

@@ -124,6 +124,11 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cortex_alerts_firing", "Alerts firing (not acknowledged).", value=state["firing"]
         )
+        yield GaugeMetricFamily(
+            "cortex_alerts_flapping",
+            "Alerts flapping: changing state too often to be notified of each change.",
+            value=state.get("flapping", 0),
+        )
 
     def _notify(self) -> Iterator[Metric]:
         notifier = self.sources.notifier
@@ -142,7 +147,8 @@ class _Snapshot(Collector):
             yield family
         held = CounterMetricFamily(
             "cortex_notifications_suppressed",
-            "Notifications held back, by reason (silenced, cooldown, rate_limit, outbox_full).",
+            "Notifications held back (deferred, not dropped), by reason"
+            " (silenced, cooldown, rate_limit, flapping, outbox_full).",
             labels=("reason",),
         )
         for reason, count in sorted(notifier.suppressed.items()):

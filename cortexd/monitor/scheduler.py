@@ -104,6 +104,7 @@ class Monitor:
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
         await self._load_snapshot()
+        self._adopt_open_alerts()
         tg.start_soon(self._loop)
         tg.start_soon(self._watch_packages)
         self._state = "running"
@@ -149,6 +150,56 @@ class Monitor:
             if found is not None and found.thresholds is not None:
                 tracker.thresholds = found.thresholds
         self._due = {k: v for k, v in self._due.items() if k in installed}
+        self._sweep_soon()
+
+    # -- alerts of checks that no longer run -------------------------------
+
+    def _adopt_open_alerts(self) -> None:
+        """Take over the alerts a previous run left open, so their conditions can clear.
+
+        A subject that vanished while the daemon was down (an unmounted
+        filesystem) then clears at the check's first run, and a check that
+        stopped failing clears its "keeps failing" alert.
+        """
+        for alert in self.alerts.open_alerts():
+            check_id = alert.labels.get("check")
+            if check_id is None:
+                continue
+            if alert.source == "monitor":
+                self._errors[check_id] = max(self._errors.get(check_id, 0), ERRORS_BEFORE_ALERT)
+            elif alert.source == check_id:
+                self._subjects.setdefault(check_id, {})[alert.fingerprint] = dict(alert.labels)
+
+    def _sweep_soon(self) -> None:
+        if self._tg is not None and self._state == "running":
+            self._tg.start_soon(self.resolve_orphans)
+
+    async def resolve_orphans(self) -> int:
+        """Resolve the alerts of checks that no longer run (removed, disabled, unloaded).
+
+        Returns how many were resolved.
+        """
+        resolved = 0
+        for alert in self.alerts.open_alerts():
+            check_id = alert.labels.get("check")
+            owned = alert.source in ("monitor", check_id)
+            if check_id is None or not owned or check_id in self.checks:
+                continue
+            try:
+                done = await self.alerts.condition_cleared(
+                    source=alert.source,
+                    labels=alert.labels,
+                    description=f"check {check_id} no longer runs (removed or disabled)",
+                )
+            except CortexError as exc:
+                log.warning("alert of removed check %s not resolved: %s", check_id, exc.message)
+                continue
+            resolved += done is not None
+            self._subjects.pop(check_id, None)
+            self._errors.pop(check_id, None)
+        if resolved:
+            log.info("%d alerts of checks that no longer run resolved", resolved)
+        return resolved
 
     def _built(self, config: Config) -> dict[str, Check]:
         checks = {c.id: c for c in self._build(config)}
@@ -438,12 +489,21 @@ class Monitor:
                     hold=True,
                 )
             elif status in (Status.PASS, Status.SKIP):
-                await self.alerts.condition_cleared(source=check.id, labels=labels)
+                await self.alerts.condition_cleared(
+                    source=check.id,
+                    labels=labels,
+                    description=finding.message,
+                    annotations={"status": status.value, "value": finding.value},
+                )
         if overall is not Status.ERROR:
             # A subject that vanished (a filesystem unmounted) no longer holds.
             for key, labels in previous.items():
                 if key not in current:
-                    await self.alerts.condition_cleared(source=check.id, labels=labels)
+                    await self.alerts.condition_cleared(
+                        source=check.id,
+                        labels=labels,
+                        description=f"{check.name}: no longer reported",
+                    )
                     self._trackers.pop((check.id, fingerprint(check.id, _own(labels))), None)
             self._subjects[check.id] = current
         else:
@@ -455,7 +515,11 @@ class Monitor:
         labels = {"check": check.id}
         if overall is not Status.ERROR:
             if self._errors.pop(check.id, 0) >= ERRORS_BEFORE_ALERT:
-                await self.alerts.condition_cleared(source="monitor", labels=labels)
+                await self.alerts.condition_cleared(
+                    source="monitor",
+                    labels=labels,
+                    description=f"check {check.id} runs again: {_message(graded, overall)}",
+                )
             return
         count = self._errors[check.id] = self._errors.get(check.id, 0) + 1
         if count >= ERRORS_BEFORE_ALERT:

@@ -18,11 +18,9 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from cortexd.notify.rules import Action
-    from cortexd.notify.send import Answer
+from cortexd.notify.model import ACTION_TYPES, Action, Answer
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ TYPE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 Validate = Callable[[Mapping[str, Any]], list[tuple[str, str]]]
 # send(action, event, entry id, timeout) -> Answer; blocking (the notifier runs it in a
 # worker thread); raises DeliveryFailed.
-Send = Callable[["Action", dict[str, Any], "int | str", float], "Answer"]
+Send = Callable[[Action, dict[str, Any], "int | str", float], Answer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +66,6 @@ class ActionTypes:
         Raises:
             ValueError: the name is malformed, built in, or taken by another owner.
         """
-        from cortexd.notify.rules import ACTION_TYPES
-
         if not TYPE_NAME.match(type_name):
             raise ValueError(f"action type {type_name!r}: lower-case letters, digits, - or _")
         if type_name in ACTION_TYPES:

@@ -1,4 +1,9 @@
-"""Socket methods of the notifier: notify.test, notify.history, deadletter.*."""
+"""Socket methods of the notifier: notify.test, notify.history, deadletter.*.
+
+What a remote server answered (an error page, an SMTP reply) is its text,
+not ours: it may echo anything the request carried. Readers see its size
+only; admins see the text.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
-from cortexd.notify import store
 from cortexd.notify.actions import ActionTypes
+from cortexd.notify.model import DeliveryFailed
 from cortexd.notify.notifier import DAY, Notifier
-from cortexd.notify.send import DeliveryFailed
-from cortexd.notify.store import MIGRATIONS
+from cortexd.notify.store import MIGRATIONS, entry_dict
 from cortexd.protocol import InvalidParams, NotFound
 from cortexd.server import Call, Method, Param
 from cortexd.store import Database
@@ -39,38 +43,33 @@ def notify_methods(notifier: Notifier) -> list[Method]:
         try:
             answer = await notifier.send(action, notifier.test_event(), "test")
         except DeliveryFailed as exc:
-            return {**result, "delivered": False, "error": str(exc)}
+            return {**result, "delivered": False, "error": str(exc), "body": exc.body}
         return {**result, "delivered": True, "status": answer.status, "answer": answer.text}
 
     async def history(call: Call) -> dict[str, Any]:
         params = call.params
         since = params["since"] if params["since"] is not None else notifier.clock() - DAY
-        limit = params["limit"]
-        action = params["action"]
-        rows, held = await notifier.db.read(
-            lambda c: (
-                store.history(c, since, action, limit),
-                store.suppressed_since(c, since, limit),
-            )
-        )
+        rows, held = await notifier.store.history(since, params["action"], params["limit"])
         return {
-            "notifications": [store.entry_dict(r) for r in rows],
+            "notifications": [entry_dict(r, with_body=call.is_admin) for r in rows],
             "suppressed": [dict(r) for r in held],
         }
 
     async def dl_list(call: Call) -> dict[str, Any]:
         params = call.params
-        rows = await notifier.db.read(
-            lambda c: store.dead_letters(c, params["action"], params["since"], params["limit"])
-        )
-        return {"dead_letters": [store.entry_dict(r, with_payload=False) for r in rows]}
+        rows = await notifier.store.dead_letters(params["action"], params["since"], params["limit"])
+        return {
+            "dead_letters": [
+                entry_dict(r, with_payload=False, with_body=call.is_admin) for r in rows
+            ]
+        }
 
     async def dl_show(call: Call) -> dict[str, Any]:
         dead_id = call.params["id"]
-        row = await notifier.db.read(lambda c: store.dead_letter(c, dead_id))
+        row = await notifier.store.dead_letter(dead_id)
         if row is None:
             raise NotFound(f"no dead letter {dead_id}", id=dead_id)
-        return {"dead_letter": store.entry_dict(row)}
+        return {"dead_letter": entry_dict(row, with_body=call.is_admin)}
 
     async def dl_retry(call: Call) -> dict[str, Any]:
         params = call.params
@@ -78,23 +77,21 @@ def notify_methods(notifier: Notifier) -> list[Method]:
         if sum(x is not None and x is not False for x in (dead_id, since)) + every != 1:
             raise InvalidParams("id", "give exactly one of id, all: true or since")
         if dead_id is not None:
-            row = await notifier.db.read(lambda c: store.dead_letter(c, dead_id))
+            row = await notifier.store.dead_letter(dead_id)
             if row is None:
                 raise NotFound(f"no dead letter {dead_id}", id=dead_id)
             rows = [row]
         else:
-            rows = await notifier.db.read(
-                lambda c: store.dead_letters(c, params["action"], since, MAX_LIST)
-            )
-        ids = await notifier.retry_dead(rows)
-        return {"retried": [int(r["id"]) for r in rows], "outbox_ids": ids}
+            rows = await notifier.store.dead_letters(params["action"], since, MAX_LIST)
+        ids, superseded = await notifier.retry_dead(rows)
+        retried = [int(r["id"]) for r in rows if int(r["id"]) not in superseded]
+        return {"retried": retried, "outbox_ids": ids, "superseded": superseded}
 
     async def dl_purge(call: Call) -> dict[str, Any]:
         older = call.params["older_than_seconds"]
         if older is None:
             older = notifier.config.deadletter_retention_days * DAY
-        cutoff = notifier.clock() - older
-        purged = await notifier.db.run(lambda c: store.purge_dead(c, cutoff))
+        purged = await notifier.store.purge_dead(notifier.clock() - older)
         return {"purged": purged}
 
     filters = (

@@ -1,72 +1,85 @@
-"""The notifier: alert events → durable outbox → concurrent delivery.
+"""The notifier: keeps every action told the current state of every alert it routes.
 
-The alert manager calls `on_alert` for every fire, re-open, escalation and
-resolution. A notification that passes silences, cooldown and the rate
-limit is committed to the outbox before `on_alert` returns (before any
-attempt); the delivery loop claims due entries, sends each in a worker thread
-with a per-attempt timeout, at most `notify.max_concurrent` at once, and
-retries with exponential backoff and jitter until `notify.max_attempts`,
-after which the entry moves to the dead-letter table. A dead or hanging
-endpoint holds at most half the slots; the socket never waits on delivery.
+Per alert and per action the notifier remembers what that action was last
+told (`Delivery`, in `notify.db`). On every alert change, and every
+`notify.evaluation_interval_seconds` for whatever waits (a cooldown, a
+silence, the rate limit, a repeat), it decides what each action should be
+told now (`cortexd.notify.policy`) and queues those messages in the durable
+outbox, in the same transaction as the new delivery state, before the alert
+change is answered. `cortexd.notify.delivery` sends them, in order per alert
+and action, with retries and dead letters.
 
-After a crash, entries left `processing` are attempted again, so delivery is
-at least once, and firing alerts that no entry accounts for (the crash came
-between the alert's commit and its entry's) are queued at start. Every
-request carries the entry id (`X-Cortex-Notification-Id`) so a receiver can
-drop a repeat. Firing alerts sent to an Alertmanager are
-re-sent every `notify.alertmanager_resend_seconds` so they do not expire.
-Action types added at run time (notifier plugins, `cortexd.notify.actions`)
-go through the same outbox; only the attempt itself is theirs.
+After a crash, entries left `processing` are attempted again (delivery is at
+least once; each request carries `X-Cortex-Notification-Id` so a receiver
+can drop a repeat), and the first evaluation at start compares every alert
+with its delivery state, so a change committed just before the crash is
+told. Firing alerts sent to an Alertmanager are re-sent every
+`notify.alertmanager_resend_seconds` so they do not expire there.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import logging
 import random
 import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.alerts.manager import AlertManager
-from cortexd.alerts.model import Alert, ListFilter
+from cortexd.alerts.model import Alert
 from cortexd.config.schema import Config, NotifyConfig
-from cortexd.notify import store
 from cortexd.notify.actions import ActionTypes
-from cortexd.notify.payloads import ALERTMANAGER_LIFETIME_FACTOR, build
-from cortexd.notify.rules import ACTION_TYPES, Action, Rules, load_rules
-from cortexd.notify.send import Answer, DeliveryFailed, deliver
-from cortexd.notify.throttle import Throttle
+from cortexd.notify.delivery import Dispatcher
+from cortexd.notify.keepalive import Keepalive
+from cortexd.notify.model import ACTION_TYPES, Action, Answer
+from cortexd.notify.planner import Planner
+from cortexd.notify.policy import (
+    Plan,
+)
+from cortexd.notify.rules import Rules, load_rules
+from cortexd.notify.store import Message, NotifyStore
+from cortexd.notify.summary import (
+    SUMMARY_FINGERPRINT,
+    daily_due,
+    daily_text,
+    summary_actions,
+    summary_alert,
+)
+from cortexd.notify.throttle import RateLimit
 from cortexd.protocol import ConfigError, NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
 
 log = logging.getLogger(__name__)
 
-MAX_IDLE = 5.0
 HOUSEKEEPING_INTERVAL = 5.0
+# Every this many evaluation rounds, every tracked alert is compared.
+FULL_EVERY = 6
+STOP_GRACE = 2.0
 PRUNE_INTERVAL = 3600.0
-# A hung thread gets this much past its own socket timeout before we stop waiting.
-THREAD_GRACE = 2.0
-SETTLE_POLL = 0.05
 DAY = 86400.0
 SUMMARY_KEY = "daily_summary_date"
+# Delivery state of alerts no longer tracked is forgotten after this long.
+FORGET_AFTER = 3600.0
 
 
-def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
-    """Delay before retry `attempt` (1-based): base·2^(n-1), capped, with jitter in [½, 1]."""
-    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
-    return delay * (0.5 + 0.5 * rand())
+def _external_url(config: NotifyConfig) -> str:
+    """`notify.external_url`, checked: empty, or an http(s) URL. Raises ConfigError."""
+    url = config.external_url
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise ConfigError([f"notify.external_url: must be an http:// or https:// URL: {url!r}"])
+    return url
 
 
 class Notifier:
-    """Owns `notify.db`: the outbox, the dead letters and the delivery loop."""
+    """Owns `notify.db`: delivery state, the outbox, the dead letters and their loops."""
 
     name = "notify"
 
@@ -80,59 +93,86 @@ class Notifier:
         rand: Callable[[], float] = random.random,
         action_types: ActionTypes | None = None,
     ) -> None:
-        self.db = db
+        self.store = NotifyStore(db)
         self.action_types = ActionTypes() if action_types is None else action_types
         self.rules_errors: list[str] = []
         self.config: NotifyConfig = config.notify
         self.alerts = alerts
         self.clock = clock
-        self.rand = rand
         self.instance = self.config.instance or alerts.host or socket.gethostname()
         self.rules = Rules()
-        self.throttle = Throttle(
-            self.config.cooldown_seconds, self.config.rate_limit_per_minute, clock
+        self.rate = RateLimit(self.config.rate_limit_per_minute, clock)
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.config,
+            lambda name: self.rules.actions.get(name),
+            self.action_types,
+            clock=clock,
+            rand=rand,
         )
-        self._threads = anyio.CapacityLimiter(self.config.max_concurrent)
+        self.planner = Planner(alerts, self.rate)
+        self._lock = anyio.Lock()
+        self._evaluate_all = True
         self._wake = anyio.Event()
-        self._inflight: dict[int, str] = {}  # entry id -> action name
-        self._am_firing: dict[tuple[str, str], dict[str, Any]] = {}
+        self.keepalive = Keepalive(lambda name: self.rules.actions.get(name), self.send)
         self._tg: TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._done = anyio.Event()
         self._state = "starting"
-        self.pending = 0
-        self.sent: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.dead_lettered: Counter[str] = Counter()
-        self.suppressed: Counter[str] = Counter()
+
+    # -- counters kept by the delivery loop ---------------------------------
+
+    @property
+    def sent(self) -> Counter[str]:
+        return self.dispatcher.sent
+
+    @property
+    def failed(self) -> Counter[str]:
+        return self.dispatcher.failed
+
+    @property
+    def dead_lettered(self) -> Counter[str]:
+        return self.dispatcher.dead_lettered
+
+    @property
+    def suppressed(self) -> Counter[str]:
+        return self.planner.suppressed
+
+    @property
+    def pending(self) -> int:
+        return self.dispatcher.pending
 
     # -- lifecycle -------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
-        """Load the rules (ConfigError if invalid), open the outbox, start delivery."""
+        """Load the rules (ConfigError if invalid), open the outbox, catch up, start delivery."""
+        _external_url(self.config)
         self.rules = await anyio.to_thread.run_sync(
             load_rules, self.config.rules_path, self.action_types
         )
         try:
-            await self.db.open()
+            await self.store.open()
         except StoreFailed:
             # Without the outbox nothing can be queued: notifications are off,
             # the daemon serves.
             self._state = "failed"
             return
-        requeued = await self.db.run(store.requeue_interrupted)
+        requeued = await self.store.requeue_interrupted()
         if requeued:
             log.info("%d notifications interrupted by a restart will be sent again", requeued)
-        self.pending = await self.db.read(store.count_open)
+        self.dispatcher.pending = await self.store.count_open()
+        self.planner.load(await self.store.load_deliveries())
+        await self.keepalive.load(self.store, self.planner.all())
+        self._state = "running"
+        # What changed while nothing listened (a crash between an alert's commit
+        # and its notification's) is told now, before anything else.
         try:
-            await self._catch_up()
+            await self.evaluate(everything=True)
         except StoreFailed as exc:  # the alerts database failed to open: nothing to catch up
             log.warning("notifications not caught up: %s", exc.message)
-        self._tg = tg
-        tg.start_soon(self._deliver_loop)
-        tg.start_soon(self._housekeeping)
-        tg.start_soon(self._keepalive)
+        await tg.start(self._run)
         self.alerts.listeners.append(self.on_alert)
         self.action_types.listeners.append(self._types_changed)
-        self._state = "running"
         log.info(
             "%d rules, %d actions from %s; %d notifications pending",
             len(self.rules.rules),
@@ -141,12 +181,36 @@ class Notifier:
             self.pending,
         )
 
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run the notifier's loops in a scope of its own, so `stop()` can end them first."""
+        try:
+            with anyio.CancelScope() as self._scope:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    tg.start_soon(self.dispatcher.run)
+                    tg.start_soon(self._evaluate_loop)
+                    tg.start_soon(self._housekeeping)
+                    tg.start_soon(self.keepalive.run, tg, self._resend_interval)
+                    task_status.started()
+        finally:
+            self._tg = None
+            self._done.set()
+
+    def _resend_interval(self) -> float:
+        return self.config.alertmanager_resend_seconds
+
     def apply_config(self, config: Config) -> None:
         """Take new settings; the rules file is re-read in the background."""
+        try:
+            _external_url(config.notify)
+        except ConfigError as exc:
+            log.error("notify settings not applied: %s", "; ".join(exc.errors))
+            return
         self.config = config.notify
+        self.dispatcher.config = config.notify
         self.instance = self.config.instance or self.alerts.host
-        self.throttle.cooldown = self.config.cooldown_seconds
-        self.throttle.per_minute = self.config.rate_limit_per_minute
+        self.rate.per_minute = self.config.rate_limit_per_minute
+        self._evaluate_all = True
         if self._tg is not None:
             self._tg.start_soon(self._reload_rules)
 
@@ -165,18 +229,31 @@ class Notifier:
             log.error("notify rules not reloaded, keeping the old ones: %s", "; ".join(exc.errors))
             return
         self.rules_errors = []
+        self._evaluate_all = True
+        self._wake.set()
         log.info("notify: %d rules reloaded", len(self.rules.rules))
 
     async def stop(self) -> None:
-        """Stop taking events and close the outbox; pending entries wait for the next start."""
+        """Stop taking events, let sends under way finish briefly, close the outbox.
+
+        Pending entries wait for the next start.
+        """
         self._state = "stopped"
         if self.on_alert in self.alerts.listeners:
             self.alerts.listeners.remove(self.on_alert)
         if self._types_changed in self.action_types.listeners:
             self.action_types.listeners.remove(self._types_changed)
-        await self.db.close()
+        await self.dispatcher.stop()
+        if self._scope is not None:
+            self._scope.cancel()
+            with anyio.move_on_after(STOP_GRACE):
+                await self._done.wait()
+        # No evaluation may be half-way through a write while the file closes.
+        async with self._lock:
+            await self.store.close()
 
     def state(self) -> dict[str, Any]:
+        held = self.planner.held()
         return {
             "state": self._state,
             "rules": len(self.rules.rules),
@@ -184,58 +261,125 @@ class Notifier:
             "action_types": [*ACTION_TYPES, *self.action_types.names()],
             "rules_errors": list(self.rules_errors),
             "pending": self.pending,
-            "inflight": len(self._inflight),
+            "inflight": self.dispatcher.inflight,
             "sent": sum(self.sent.values()),
             "failed": sum(self.failed.values()),
             "dead_lettered": sum(self.dead_lettered.values()),
             "suppressed": dict(self.suppressed),
-            "storage": self.db.state(),
-            **self.db.failure_reason(),
+            "storage": self.store.db.state(),
+            **self.store.db.failure_reason(),
+            "held": dict(held),
         }
 
-    # -- events ----------------------------------------------------------
+    # -- evaluation --------------------------------------------------------
 
     async def on_alert(self, event: str, alert: Alert) -> None:
-        """Queue notifications for an alert event (fired, reopened, escalated, resolved).
+        """Tell every action what changed about `alert` (fired, resolved, settled, …).
 
-        Returns once the outbox entries are committed, so an accepted
-        notification survives a crash that follows.
+        Returns once the messages are committed to the outbox, so an accepted
+        change is told even if the daemon crashes next.
         """
         if self._state != "running":
             return
-        kind = "resolved" if event == "resolved" else "firing"
-        actions = self.rules.actions_for(alert)
-        if kind == "resolved":
-            actions = [a for a in actions if a.send_resolved]
-        if not actions:
-            return
-        if kind == "resolved":
-            names = [a.name for a in actions]
-            # Only where the last word was "firing": a re-fire held back by the
-            # cooldown was never announced, so its resolution is not either.
-            notified = await self.db.read(lambda c: _still_firing(c, alert.fingerprint, names))
-            actions = [a for a in actions if a.name in notified]
-            if not actions:
-                return
-        if self.alerts.is_silenced(alert):
-            await self._suppress(alert, kind, "silenced")
-            return
-        reason = self.throttle.decide(
-            alert.fingerprint, kind, alert.title, escalated=event == "escalated"
+        async with self._lock:
+            await self._commit(self._plan([alert], self.clock(), cause=event))
+
+    async def evaluate(self, *, everything: bool = False) -> int:
+        """Tell what waited and is due now; with `everything`, compare every alert.
+
+        Returns how many messages were queued.
+        """
+        async with self._lock:
+            now = self.clock()
+            alerts = list(
+                self.alerts.tracked() if everything else self.planner.due(self.rules, now)
+            )
+            alerts += await self._untracked()
+            plan = self._plan(alerts, now, cause=None)
+            await self._commit(plan)
+            return len(plan.messages)
+
+    async def _untracked(self) -> list[Alert]:
+        """Alerts told firing that the alert manager no longer tracks: they have resolved."""
+        found = []
+        for fp, delivery in list(self.planner.told_firing_untracked()):
+            try:
+                alert = await self.alerts.get(delivery.alert_id)
+            except NotFound:
+                log.warning("alert %s is gone; its delivery state is dropped", delivery.alert_id)
+                keys = [(fp, d.action) for d in self.planner.deliveries.get(fp, {}).values()]
+                await self.store.forget(keys)
+                self.planner.forget(keys)
+                continue
+            if alert.state == "resolved":
+                # Found in the database, not tracked: long settled, whatever it said then.
+                found.append(dataclasses.replace(alert, flapping=False))
+        return found
+
+    def _plan(self, alerts: Iterable[Alert], now: float, cause: str | None) -> Plan:
+        return self.planner.plan(
+            alerts,
+            now,
+            cause,
+            rules=self.rules,
+            instance=self.instance,
+            cooldown=self.config.cooldown_seconds,
         )
-        if reason is not None:
-            await self._suppress(alert, kind, reason)
+
+    def _event(
+        self, kind: str, alert: dict[str, Any], *, at: float | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        when = self.clock() if at is None else at
+        return {"kind": kind, "alert": alert, "at": when, "instance": self.instance, **extra}
+
+    async def _commit(self, plan: Plan) -> None:
+        if not plan.messages and not plan.deliveries and not plan.held:
             return
-        payload = self._event(kind, alert.to_dict(), event=event)
+        full = self.pending + len(plan.messages) > self.config.max_pending
+        if full and plan.messages:
+            log.error(
+                "notification outbox is full (%d entries); %d messages wait for room",
+                self.config.max_pending,
+                len(plan.messages),
+            )
+            waiting = self.planner.outbox_full(plan, self.clock())
+            plan = Plan(held=plan.held + waiting)  # only the records of what waits
         try:
-            await self._enqueue([(a, kind, alert.fingerprint, payload) for a in actions])
+            # Shielded: what commits must also be what this notifier remembers.
+            with anyio.CancelScope(shield=True):
+                ids = await self.store.commit(
+                    plan.messages,
+                    plan.deliveries,
+                    plan.held,
+                    max_attempts=self.config.max_attempts,
+                    now=self.clock(),
+                )
         except StorageUnavailable as exc:
-            # The outbox cannot be written (a full or read-only disk): one
-            # attempt from memory, so an alert about that very disk still goes out.
-            log.error("notifications for %s not queued (%s); sending once", alert.id, exc.reason)
-            if self._tg is not None:
-                for action in actions:
-                    self._tg.start_soon(self._send_unstored, action, payload)
+            self._unstored(plan, exc.reason)
+            return
+        except BaseException:
+            # Nothing was written: the next evaluation compares every alert again.
+            self._evaluate_all = True
+            raise
+        self.planner.committed(plan)
+        self.keepalive.queued(plan.messages)
+        if ids:
+            self.dispatcher.queued(len(ids))
+
+    def _unstored(self, plan: Plan, reason: str) -> None:
+        """The outbox cannot be written (a full or read-only disk): one attempt from memory.
+
+        So an alert about that very disk still goes out. What was sent is
+        remembered as told, so it is not sent again every round; after a
+        restart the stored state says what is still owed.
+        """
+        log.error("%d notifications not queued (%s); sending once", len(plan.messages), reason)
+        self.planner.committed(plan)
+        self.keepalive.queued(plan.messages)
+        for name, _, _, event in plan.messages:
+            action = self.rules.actions.get(name)
+            if action is not None and self._tg is not None:
+                self._tg.start_soon(self._send_unstored, action, event)
 
     async def _send_unstored(self, action: Action, event: dict[str, Any]) -> None:
         """One attempt at `action` for an event the outbox could not take; never retried."""
@@ -248,249 +392,33 @@ class Notifier:
         self.sent[action.name] += 1
         log.info("notification to %s sent without the outbox: %s", action.name, answer.status)
 
-    def _event(self, kind: str, alert: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        return {
-            "kind": kind,
-            "alert": alert,
-            "at": self.clock(),
-            "instance": self.instance,
-            **extra,
-        }
-
-    async def _suppress(self, alert: Alert, kind: str, reason: str) -> None:
-        self.suppressed[reason] += 1
-        log.info("notification for %s held back: %s", alert.id, reason)
-        item = (alert.fingerprint, kind, reason, alert.title)
-        await self.db.run(lambda c: store.record_suppressed(c, [item], self.clock()))
-
-    async def _enqueue(self, items: list[tuple[Action, str, str, dict[str, Any]]]) -> list[int]:
-        rows = [(a.name, kind, fp, event) for a, kind, fp, event in items]
-        now = self.clock()
-        limit = self.config.max_pending
-        attempts = self.config.max_attempts
-
-        def write(conn: Any) -> list[int]:
-            if store.count_open(conn) + len(rows) > limit:
-                return []
-            return store.enqueue(conn, rows, attempts, now)
-
-        ids = await self.db.run(write)
-        if not ids:
-            self.suppressed["outbox_full"] += len(rows)
-            log.error("notification outbox is full (%d entries); %d not queued", limit, len(rows))
-            await self.db.run(
-                lambda c: store.record_suppressed(
-                    c,
-                    [(fp, kind, "outbox_full", e["alert"]["title"]) for _, kind, fp, e in rows],
-                    now,
-                )
-            )
-            return []
-        self.pending += len(ids)
-        for action, kind, fp, event in items:
-            key = (action.name, fp)
-            if action.type == "alertmanager" and kind == "firing":
-                self._am_firing[key] = event
-            elif kind == "resolved":
-                self._am_firing.pop(key, None)
-        self._wake.set()
-        return ids
-
-    # -- delivery --------------------------------------------------------
-
-    async def _deliver_loop(self) -> None:
-        assert self._tg is not None
+    async def _evaluate_loop(self) -> None:
+        rounds = 0
         while True:
-            try:
-                free = self.config.max_concurrent - len(self._inflight)
-                if free > 0:
-                    rows, capped = await self.db.run(functools.partial(self._claim, limit=free))
-                    for row in rows:
-                        self._inflight[int(row["id"])] = str(row["action"])
-                        self._tg.start_soon(self._attempt, row)
-                    upcoming = await self.db.read(store.next_due)
-                    wait = MAX_IDLE if upcoming is None else upcoming - self.clock()
-                    if capped:
-                        wait = MAX_IDLE  # a finishing attempt wakes the loop
-                else:
-                    wait = MAX_IDLE
-            except Exception:  # isolation boundary: the loop outlives one bad round
-                log.exception("notify delivery round failed")
-                wait = MAX_IDLE
-            with anyio.move_on_after(max(0.01, min(MAX_IDLE, wait))):
+            with anyio.move_on_after(self.config.evaluation_interval_seconds):
                 await self._wake.wait()
             self._wake = anyio.Event()
-
-    def _claim(self, conn: Any, *, limit: int) -> tuple[list[Any], bool]:
-        busy = Counter(self._inflight.values())
-        # Half the slots at most per action: a hanging endpoint leaves the rest.
-        per_action = max(1, self.config.max_concurrent // 2)
-        return store.claim_due(conn, self.clock(), limit, dict(busy), per_action)
-
-    async def _attempt(self, row: Any) -> None:
-        entry_id = int(row["id"])
-        name = str(row["action"])
-        try:
-            event = store.entry_dict(row)["event"]
-            action = self.rules.actions.get(name)
+            rounds += 1
+            # Now and then every alert is compared, not only those waiting: a safety
+            # net for a change no event announced (a write that failed half-way).
+            everything = self._evaluate_all or rounds % FULL_EVERY == 0
+            self._evaluate_all = False
             try:
-                if action is None:
-                    raise DeliveryFailed(f"action {name!r} is no longer configured")
-                answer = await self.send(action, event, entry_id)
-            except DeliveryFailed as exc:
-                await self._failed(row, name, str(exc), permanent=action is None)
-            except Exception as exc:  # isolation boundary: one action's bug is its failure
-                log.exception("notification %d to %s: unexpected failure", entry_id, name)
-                await self._failed(row, name, f"{type(exc).__name__}: {exc}", permanent=False)
-            else:
-                self.sent[name] += 1
-                self.pending -= 1
-                text = f"{answer.status} {answer.text.strip()[:200]}"
-                await self.db.run(lambda c: store.complete(c, entry_id, text, self.clock()))
-        except Exception:  # isolation boundary: the entry stays processing until restart
-            log.exception("notification %d: delivery bookkeeping failed", entry_id)
-        finally:
-            self._inflight.pop(entry_id, None)
-            self._wake.set()
-
-    async def _failed(self, row: Any, name: str, error: str, *, permanent: bool) -> None:
-        entry_id = int(row["id"])
-        attempt = int(row["attempts"]) + 1
-        now = self.clock()
-        retry_at = None
-        if not permanent:
-            delay = backoff(
-                attempt, self.config.backoff_seconds, self.config.backoff_max_seconds, self.rand
-            )
-            retry_at = now + delay
-        dead = await self.db.run(lambda c: store.fail(c, entry_id, error, now, retry_at))
-        self.failed[name] += 1
-        if dead:
-            self.pending -= 1
-            self.dead_lettered[name] += 1
-            log.error(
-                "notification %d to %s dead-lettered after %d attempts: %s",
-                entry_id,
-                name,
-                attempt,
-                error,
-            )
-        else:
-            log.warning(
-                "notification %d to %s failed (attempt %d): %s", entry_id, name, attempt, error
-            )
+                await self.evaluate(everything=everything)
+            except Exception:  # isolation boundary: the next round tries again
+                log.exception("notify evaluation failed")
 
     async def send(self, action: Action, event: dict[str, Any], entry_id: int | str) -> Answer:
-        """One attempt at `action`, bounded by `notify.attempt_timeout_seconds`.
+        """One attempt at `action` (see `Dispatcher.send`). Raises DeliveryFailed."""
+        return await self.dispatcher.send(action, event, entry_id)
 
-        Raises:
-            DeliveryFailed: refused, failed or timed out. On cancellation the
-                worker thread is abandoned; its own socket timeout ends it.
-        """
-        if action.type not in ACTION_TYPES:
-            return await self._send_added(action, event, entry_id)
-        event = dict(event)
-        if action.type == "alertmanager":
-            event["sent_at"] = self.clock()
-            event["lifetime"] = (
-                self.config.alertmanager_resend_seconds * ALERTMANAGER_LIFETIME_FACTOR
-            )
-        request = build(action, event, entry_id)
-        timeout = self.config.attempt_timeout_seconds
-        try:
-            with anyio.fail_after(timeout + THREAD_GRACE):
-                return await anyio.to_thread.run_sync(
-                    deliver, request, timeout, abandon_on_cancel=True, limiter=self._threads
-                )
-        except TimeoutError:
-            raise DeliveryFailed(f"no answer in {timeout:g}s") from None
-
-    async def _send_added(
-        self, action: Action, event: dict[str, Any], entry_id: int | str
-    ) -> Answer:
-        added = self.action_types.get(action.type)
-        # A plugin reload unregisters its types for a moment: wait for it, not a failure.
-        with anyio.move_on_after(self.config.attempt_timeout_seconds):
-            while added is None and not self.action_types.settled:
-                await anyio.sleep(SETTLE_POLL)
-                added = self.action_types.get(action.type)
-        if added is None:
-            raise DeliveryFailed(
-                f"action type {action.type!r} is not registered "
-                "(no loaded notifier plugin provides it)"
-            )
-        timeout = min(self.config.attempt_timeout_seconds, added.timeout)
-        try:
-            with anyio.fail_after(timeout + THREAD_GRACE):
-                return await anyio.to_thread.run_sync(
-                    added.send,
-                    action,
-                    event,
-                    entry_id,
-                    timeout,
-                    abandon_on_cancel=True,
-                    limiter=self._threads,
-                )
-        except TimeoutError:
-            raise DeliveryFailed(f"no answer in {timeout:g}s") from None
-
-    # -- Alertmanager keep-alive -----------------------------------------
-
-    async def _catch_up(self) -> None:
-        """Rebuild the Alertmanager keep-alive set; queue what a crash left unqueued.
-
-        An alert is committed before its notification, so a crash between the
-        two leaves a firing alert that no outbox entry (and no suppression
-        record) accounts for; it is queued now.
-        """
-        flt = ListFilter(states=("firing", "acknowledged"), include_cleared=True, limit=10_000)
-        missing: list[tuple[Action, str, str, dict[str, Any]]] = []
-        for alert in await self.alerts.query(flt):
-            actions = self.rules.actions_for(alert)
-            if not actions:
-                continue
-            event = self._event("firing", alert.to_dict(), event="fired")
-            for action in actions:
-                if action.type == "alertmanager":
-                    self._am_firing[(action.name, alert.fingerprint)] = event
-            if alert.state != "firing" or self.alerts.is_silenced(alert):
-                continue
-            check = functools.partial(
-                _accounted, fp=alert.fingerprint, since=alert.first_seen, names=actions
-            )
-            done = await self.db.read(check)
-            missing.extend(
-                (a, "firing", alert.fingerprint, event) for a in actions if a not in done
-            )
-        if missing:
-            log.warning("queueing %d notifications a restart interrupted", len(missing))
-            await self._enqueue(missing)
-
-    async def _keepalive(self) -> None:
-        while True:
-            await anyio.sleep(self.config.alertmanager_resend_seconds)
-            for (name, fp), event in list(self._am_firing.items()):
-                action = self.rules.actions.get(name)
-                if action is None:
-                    self._am_firing.pop((name, fp), None)
-                    continue
-                assert self._tg is not None
-                self._tg.start_soon(self._resend, action, event)
-
-    async def _resend(self, action: Action, event: dict[str, Any]) -> None:
-        try:
-            await self.send(action, event, f"resend-{event['alert'].get('id', '')}")
-        except DeliveryFailed as exc:
-            log.warning("re-sending a firing alert to %s failed: %s", action.name, exc)
-
-    # -- housekeeping: rate-limit summaries, daily summary, retention ------
+    # -- housekeeping: daily summary, retention ----------------------------
 
     async def _housekeeping(self) -> None:
         last_prune = -PRUNE_INTERVAL
         while True:
             await anyio.sleep(HOUSEKEEPING_INTERVAL)
             try:
-                await self.summarise_excess()
                 if self.config.daily_summary:
                     await self._daily_summary()
                 if time.monotonic() - last_prune >= PRUNE_INTERVAL:
@@ -499,68 +427,46 @@ class Notifier:
             except Exception:  # isolation boundary: next round tries again
                 log.exception("notify housekeeping failed")
 
-    async def summarise_excess(self) -> int:
-        """Queue one summary per action for notifications the rate limit held back."""
-        excess = self.throttle.roll()
-        if excess is None or not self.rules.actions:
-            return 0
-        titles = "\n".join(f"- {t}" for t in excess.titles)
-        more = excess.count - len(excess.titles)
-        text = f"{excess.count} notifications were held back by the rate limit:\n{titles}"
-        if more > 0:
-            text += f"\n… and {more} more"
-        log.warning("rate limit held back %d notifications; sending a summary", excess.count)
-        await self._summary(f"{excess.count} notifications held back by the rate limit", text)
-        return excess.count
-
     async def _summary(self, title: str, text: str) -> None:
-        alert = {
-            "id": "",
-            "fingerprint": "summary",
-            "source": "cortexd",
-            "severity": "INFO",
-            "category": "daemon_status",
-            "title": title,
-            "description": text,
-            "labels": {},
-            "annotations": {},
-            "first_seen": self.clock(),
-            "host": self.instance,
-        }
-        event = self._event("summary", alert, text=text)
-        items = [
-            (a, "summary", "summary", event)
-            for a in self.rules.actions.values()
-            if a.type != "alertmanager"  # not an alert: Alertmanager would keep it firing
+        now = self.clock()
+        event = self._event("summary", summary_alert(title, text, now, self.instance), text=text)
+        fp = SUMMARY_FINGERPRINT
+        messages: list[Message] = [
+            (a.name, "summary", fp, event) for a in summary_actions(self.rules.actions)
         ]
-        if items:
-            await self._enqueue(items)
+        if not messages:
+            return
+        async with self._lock:
+            if self.pending + len(messages) > self.config.max_pending:
+                log.error("notification outbox is full: the summary is not sent")
+                return
+            ids = await self.store.commit(
+                messages, [], [], max_attempts=self.config.max_attempts, now=now
+            )
+        if ids:
+            self.dispatcher.queued(len(ids))
 
     async def _daily_summary(self) -> None:
         now = self.clock()
-        local = datetime.fromtimestamp(now)
-        hour, minute = (int(x) for x in self.config.daily_summary_time.split(":", 1))
-        if (local.hour, local.minute) < (hour, minute):
+        today = daily_due(now, self.config.daily_summary_time, await self.store.get_kv(SUMMARY_KEY))
+        if today is None:
             return
-        today = local.date().isoformat()
-        if await self.db.read(lambda c: store.get_kv(c, SUMMARY_KEY)) == today:
-            return
-        await self.db.run(lambda c: store.put_kv(c, SUMMARY_KEY, today))
-        counts = await self.db.read(lambda c: store.counts_since(c, now - DAY))
-        alerts = self.alerts.state()
-        text = (
-            f"Last 24 h: {counts.get('completed', 0)} notifications sent, "
-            f"{counts.get('failed', 0)} dead-lettered, {counts.get('suppressed', 0)} held back; "
-            f"{alerts.get('active', 0)} alerts active now."
-        )
+        await self.store.put_kv(SUMMARY_KEY, today)
+        counts = await self.store.counts_since(now - DAY)
+        text = daily_text(counts, int(self.alerts.state().get("active", 0)))
         await self._summary(f"daily summary for {self.instance}", text)
 
     async def prune(self) -> int:
-        """Apply history and dead-letter retention."""
+        """Apply history and dead-letter retention; forget settled state of old alerts."""
         now = self.clock()
+        async with self._lock:
+            stale = self.planner.stale(now, FORGET_AFTER)
+            if stale:
+                await self.store.forget(stale)
+                self.planner.forget(stale)
         history = now - self.config.history_days * DAY
         dead = now - self.config.deadletter_retention_days * DAY
-        return await self.db.run(lambda c: store.prune(c, history) + store.purge_dead(c, dead))
+        return await self.store.prune(history, dead)
 
     # -- operator actions ------------------------------------------------
 
@@ -589,46 +495,8 @@ class Notifier:
         }
         return self._event("test", alert)
 
-    async def retry_dead(self, rows: list[Any]) -> list[int]:
-        """Put dead letters back into the outbox as fresh entries."""
-        now = self.clock()
-        ids = await self.db.run(lambda c: store.retry_dead(c, rows, self.config.max_attempts, now))
-        self.pending += len(ids)
-        self._wake.set()
-        return ids
-
-
-def _accounted(conn: Any, *, fp: str, since: float, names: list[Action]) -> list[Action]:
-    """Which of `names` already have a firing entry (or a suppression) for `fp` since `since`."""
-    held = conn.execute(
-        "SELECT 1 FROM suppressed WHERE fingerprint = ? AND at >= ? LIMIT 1", (fp, since)
-    ).fetchone()
-    if held is not None:
-        return names
-    sent = _fired_to(conn, fp, [a.name for a in names], since)
-    return [a for a in names if a.name in sent]
-
-
-def _still_firing(conn: Any, fp: str, names: list[str]) -> set[str]:
-    """Which of `names` were last sent a firing (not a resolved) notification for `fp`."""
-    out = set()
-    for name in names:
-        row = conn.execute(
-            "SELECT kind FROM outbox WHERE fingerprint = ? AND action = ?"
-            " AND kind IN ('firing', 'resolved') ORDER BY id DESC LIMIT 1",
-            (fp, name),
-        ).fetchone()
-        if row is not None and row[0] == "firing":
-            out.add(name)
-    return out
-
-
-def _fired_to(conn: Any, fp: str, names: list[str], since: float = 0.0) -> set[str]:
-    """Which of `names` were sent (or queued) a firing notification for `fp` since `since`."""
-    marks = ",".join("?" * len(names))
-    rows = conn.execute(
-        f"SELECT DISTINCT action FROM outbox WHERE fingerprint = ? AND kind = 'firing'"
-        f" AND created_at >= ? AND action IN ({marks})",
-        (fp, since, *names),
-    ).fetchall()
-    return {str(r[0]) for r in rows}
+    async def retry_dead(self, rows: list[Any]) -> tuple[list[int], list[int]]:
+        """Put dead letters back into the outbox; returns (new ids, superseded letters)."""
+        ids, superseded = await self.store.retry_dead(rows, self.config.max_attempts, self.clock())
+        self.dispatcher.queued(len(ids))
+        return ids, superseded

@@ -1,14 +1,19 @@
 """What each action type sends: request bodies built from one notification event.
 
-An event is the JSON-ready dict stored in the outbox (`kind`, `alert`, `at`,
-and `text` for summaries); bodies are built at delivery time from the
-action's current settings, so no secret (HMAC key, routing key, password) is
-ever written to the outbox.
+An event is the JSON-ready dict stored in the outbox: `kind` (firing,
+flapping, resolved, summary, test), `alert` (the alert as it stood),
+`at`, `instance`, `event` (the change that led to it), `text` for
+summaries, and for Alertmanager `ended` (label sets this message ends: the
+alert's previous severity or labels). Bodies are built at delivery time from
+the action's current settings, so no secret (HMAC key, routing key,
+password, URL credentials) is ever written to the outbox.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import email.policy
+import email.utils
 import hashlib
 import hmac
 import re
@@ -20,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from cortexd.notify.rules import DEFAULT_PAGERDUTY_URL, Action
+from cortexd.notify.model import DEFAULT_PAGERDUTY_URL, Action, split_credentials
 
 # A zero time is how Alertmanager's webhook says "no end yet".
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -35,6 +40,20 @@ _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 _COLORS = {"CRITICAL": 0xD32F2F, "ERROR": 0xF57C00, "WARNING": 0xFBC02D, "INFO": 0x1976D2}
 _RESOLVED_COLOR = 0x388E3C
 _PD_SEVERITY = {"CRITICAL": "critical", "ERROR": "error", "WARNING": "warning", "INFO": "info"}
+_TAGS = {"resolved": "RESOLVED", "test": "TEST", "summary": "SUMMARY", "flapping": "FLAPPING"}
+_LINE_BREAKS = re.compile(r"[\r\n]+")
+MAX_SUBJECT = 200
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +88,7 @@ def labels_of(event: dict[str, Any]) -> dict[str, str]:
     alert = event["alert"]
     labels = {_LABEL_NAME.sub("_", k): str(v) for k, v in alert.get("labels", {}).items()}
     labels.update(
-        alertname=alert["source"],
+        alertname=alert.get("name") or alert["source"],
         severity=alert["severity"].lower(),
         category=alert.get("category", ""),
         instance=event["instance"],
@@ -90,7 +109,18 @@ def annotations_of(event: dict[str, Any]) -> dict[str, str]:
         notes["description"] = alert["description"]
     if event.get("text"):
         notes["description"] = event["text"]
+    if event["kind"] == "flapping":
+        notes["flapping"] = "true"
+    if event["kind"] == "resolved":
+        notes.update(_times(event))
     return notes
+
+
+def _times(event: dict[str, Any]) -> dict[str, str]:
+    alert = event["alert"]
+    fired = alert.get("first_seen") or event["at"]
+    resolved = alert.get("resolved_at") or event["at"]
+    return {"fired_at": rfc3339(fired), "resolved_at": rfc3339(resolved)}
 
 
 def status_of(event: dict[str, Any]) -> str:
@@ -100,12 +130,13 @@ def status_of(event: dict[str, Any]) -> str:
 def headline(event: dict[str, Any]) -> str:
     """One line for chat and mail subjects: `[FIRING] CRITICAL disk full on web1`."""
     alert = event["alert"]
-    tag = {"resolved": "RESOLVED", "test": "TEST", "summary": "SUMMARY"}.get(
-        event["kind"], "FIRING"
-    )
+    tag = _TAGS.get(event["kind"], "FIRING")
     if event["kind"] == "summary":
-        return f"[{tag}] {alert['title']} on {event['instance']}"
-    return f"[{tag}] {alert['severity']} {alert['title']} on {event['instance']}"
+        line = f"[{tag}] {alert['title']} on {event['instance']}"
+    else:
+        line = f"[{tag}] {alert['severity']} {alert['title']} on {event['instance']}"
+    # A title from a script may hold line breaks; a header (or a chat line) must not.
+    return _LINE_BREAKS.sub(" ", line)
 
 
 def body_text(event: dict[str, Any]) -> str:
@@ -115,25 +146,63 @@ def body_text(event: dict[str, Any]) -> str:
         lines.append(event["text"])
     elif alert.get("description"):
         lines.append(alert["description"])
+    if event["kind"] == "flapping":
+        lines.append("It is flapping: further changes are held back until it settles.")
+    if event["kind"] == "resolved":
+        lines.append(_resolution_line(event))
     labels = labels_of(event)
     lines.append(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
     return "\n".join(lines)
 
 
-def build(action: Action, event: dict[str, Any], entry_id: int | str) -> Request:
-    """The request `action` sends for `event`; `entry_id` lets receivers drop repeats."""
+def _resolution_line(event: dict[str, Any]) -> str:
+    alert = event["alert"]
+    fired = alert.get("first_seen") or event["at"]
+    resolved = alert.get("resolved_at") or event["at"]
+    return (
+        f"Fired {rfc3339(fired)}, resolved {rfc3339(resolved)} "
+        f"(after {_span(max(0.0, resolved - fired))})."
+    )
+
+
+def _span(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    return " ".join([*parts, f"{secs}s"] if secs or not parts else parts)
+
+
+def build(
+    action: Action, event: dict[str, Any], entry_id: int | str, *, external_url: str = ""
+) -> Request:
+    """The request `action` sends for `event`; `entry_id` lets receivers drop repeats.
+
+    `external_url` (`notify.external_url`) is where people can open the
+    daemon's alerts over http(s); without one, no link is sent.
+    """
     builder = _BUILDERS[action.type]
-    request = builder(action, event, str(entry_id))
+    request = builder(action, {**event, "external_url": external_url}, str(entry_id))
     ca_file = action.get("ca_file")
     return dataclasses.replace(request, ca_file=ca_file) if ca_file else request
 
 
 def _json_request(url: str, payload: Any, entry_id: str, **headers: str) -> HttpRequest:
+    # Credentials in the URL (`https://user:pw@host/…`) go as HTTP basic authentication.
+    bare, authorization = split_credentials(url)
+    if authorization is not None:
+        headers["Authorization"] = authorization
     return HttpRequest(
-        url=url,
+        url=bare,
         body=orjson.dumps(payload),
         headers={"Content-Type": "application/json", ID_HEADER: entry_id, **headers},
     )
+
+
+def _generator_url(event: dict[str, Any]) -> str:
+    base = str(event.get("external_url") or "").rstrip("/")
+    alert_id = event["alert"].get("id", "")
+    return f"{base}/alerts/{alert_id}" if base and alert_id else ""
 
 
 def _am_alert(event: dict[str, Any], *, webhook: bool) -> dict[str, Any]:
@@ -150,7 +219,7 @@ def _am_alert(event: dict[str, Any], *, webhook: bool) -> dict[str, Any]:
         "annotations": annotations_of(event),
         "startsAt": rfc3339(alert.get("first_seen") or event["at"]),
         "endsAt": ends,
-        "generatorURL": f"cortexd://{event['instance']}/alerts/{alert.get('id', '')}",
+        "generatorURL": _generator_url(event),
     }
     if webhook:
         out["status"] = status_of(event)
@@ -158,19 +227,59 @@ def _am_alert(event: dict[str, Any], *, webhook: bool) -> dict[str, Any]:
     return out
 
 
+def _ended(event: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """An alert's earlier label set (its old severity), ended when this message was made."""
+    alert = event["alert"]
+    return {
+        "labels": labels,
+        "annotations": {"summary": alert["title"]},
+        "startsAt": rfc3339(alert.get("first_seen") or event["at"]),
+        "endsAt": rfc3339(event["at"]),
+        "generatorURL": _generator_url(event),
+    }
+
+
+def go_quote(text: str) -> str:
+    """`text` quoted the way Go's `%q` prints it (what Alertmanager's keys are made of)."""
+    out = []
+    for ch in text:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def group_key(labels: dict[str, str]) -> str:
+    """Alertmanager's groupKey for the root route grouping by these labels.
+
+    As Alertmanager prints it: the route's key, then the label set with each
+    `name="value"` (Go quoting) sorted and joined by `, `.
+    """
+    pairs = sorted(f"{k}={go_quote(v)}" for k, v in labels.items())
+    return "{}:{" + ", ".join(pairs) + "}"
+
+
 def webhook_payload(action: Action, event: dict[str, Any]) -> dict[str, Any]:
     """Alertmanager's webhook v4 shape, so existing receivers accept it."""
     one = _am_alert(event, webhook=True)
+    group = {"alertname": one["labels"]["alertname"]}
     return {
         "version": "4",
-        "groupKey": f"{{}}:{{alertname={one['labels']['alertname']!r}}}",
+        "groupKey": group_key(group),
         "truncatedAlerts": 0,
         "status": one["status"],
         "receiver": action.name,
-        "groupLabels": {"alertname": one["labels"]["alertname"]},
+        "groupLabels": group,
         "commonLabels": one["labels"],
         "commonAnnotations": one["annotations"],
-        "externalURL": f"cortexd://{event['instance']}",
+        "externalURL": str(event.get("external_url") or ""),
         "alerts": [one],
     }
 
@@ -265,16 +374,26 @@ def _pagerduty(action: Action, event: dict[str, Any], entry_id: str) -> Request:
 
 def _alertmanager(action: Action, event: dict[str, Any], entry_id: str) -> Request:
     url = action.get("url").rstrip("/") + "/api/v2/alerts"
-    return _json_request(url, [_am_alert(event, webhook=False)], entry_id)
+    # One push: the alert as it is now, and the label sets it replaces ended, so
+    # Alertmanager never holds two active copies of one alert.
+    current = _am_alert(event, webhook=False)
+    ended = [_ended(event, old) for old in event.get("ended") or [] if old != current["labels"]]
+    return _json_request(url, [current, *ended], entry_id)
 
 
 def _email(action: Action, event: dict[str, Any], entry_id: str) -> Request:
-    message = EmailMessage()
-    message["Subject"] = headline(event)[:200]
-    message["From"] = action.get("from") or f"cortexd@{socket.getfqdn()}"
+    sender = action.get("from") or f"cortexd@{socket.getfqdn()}"
+    domain = sender.rpartition("@")[2] or "localhost"
+    message = EmailMessage(policy=email.policy.SMTP)
+    # RFC 5322: Date is required; Message-ID lets mail clients thread and drop repeats.
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(idstring=entry_id, domain=domain)
+    message["Subject"] = headline(event)[:MAX_SUBJECT]
+    message["From"] = sender
     message["To"] = ", ".join(action.get("to"))
     message["X-Cortex-Notification-Id"] = entry_id
-    message.set_content(body_text(event) + "\n")
+    # Quoted-printable keeps the body 7-bit clean for relays without 8BITMIME.
+    message.set_content(body_text(event) + "\n", cte="quoted-printable")
     ssl = bool(action.get("ssl"))
     starttls = bool(action.get("starttls"))
     default_port = 465 if ssl else 587 if starttls else 25

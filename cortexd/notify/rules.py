@@ -9,6 +9,7 @@ The file keeps the seed's shape::
         severity: error          # a minimum severity, optional
         labels: {mountpoint: /}  # exact label values, optional
         send_resolved: true
+        repeat_interval: 4h      # re-send a still-firing alert this often; 0: never
         actions:
           - type: webhook
             url: http://127.0.0.1:9000/hook
@@ -29,6 +30,7 @@ the known ones, except while the registering side has not loaded yet (see
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -40,12 +42,29 @@ import yaml
 
 from cortexd.alerts.model import Alert, Severity
 from cortexd.notify.actions import ActionTypes
+from cortexd.notify.model import (
+    ACTION_TYPES,
+    DEFAULT_PAGERDUTY_URL,
+    DEFAULT_REPEAT_INTERVAL,
+    Action,
+)
 from cortexd.protocol import ConfigError
 
-ACTION_TYPES = ("webhook", "slack", "discord", "email", "pagerduty", "alertmanager")
+__all__ = [
+    "ACTION_TYPES",
+    "DEFAULT_PAGERDUTY_URL",
+    "Action",
+    "Rule",
+    "Rules",
+    "load_rules",
+    "parse_rules",
+]
+
 STATUSES = ("warn", "fail")
 MAX_RULES_BYTES = 1 << 20
-DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+MAX_REPEAT = 365 * 86400.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 # The keys each action type takes (besides `type` and `name`) and which of
@@ -81,20 +100,6 @@ _COMMON_KEYS = frozenset({"ca_file"})
 
 
 @dataclass(frozen=True, slots=True)
-class Action:
-    """One configured destination; `options` holds its type's keys, checked at load."""
-
-    name: str
-    type: str
-    options: Mapping[str, Any]
-    rule: str
-    send_resolved: bool = True
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.options.get(key, default)
-
-
-@dataclass(frozen=True, slots=True)
 class Rule:
     """Conditions on an alert and the actions that receive it."""
 
@@ -105,6 +110,7 @@ class Rule:
     severity: Severity | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     send_resolved: bool = True
+    repeat_interval: float = DEFAULT_REPEAT_INTERVAL
 
     def matches(self, alert: Alert) -> bool:
         """Whether every condition of this rule holds for `alert`."""
@@ -208,7 +214,16 @@ def _rule(
         if name in names:
             errors.append(f"{where}: field 'name': used by another rule")
         names.add(name)
-    known = {"name", "check", "status", "severity", "labels", "actions", "send_resolved"}
+    known = {
+        "name",
+        "check",
+        "status",
+        "severity",
+        "labels",
+        "actions",
+        "send_resolved",
+        "repeat_interval",
+    }
     errors.extend(f"{where}: field {k!r}: unknown field" for k in item if k not in known)
     check = item.get("check")
     if check is not None and not isinstance(check, str):
@@ -232,6 +247,13 @@ def _rule(
     if not isinstance(send_resolved, bool):
         errors.append(f"{where}: field 'send_resolved': must be true or false")
         send_resolved = True
+    repeat = _duration(item.get("repeat_interval", DEFAULT_REPEAT_INTERVAL))
+    if repeat is None:
+        errors.append(
+            f"{where}: field 'repeat_interval': must be a duration such as 30m, 4h or 1d "
+            f"(0 never repeats; at most {MAX_REPEAT:g} seconds)"
+        )
+        repeat = DEFAULT_REPEAT_INTERVAL
     raw_actions = item.get("actions")
     if not isinstance(raw_actions, list) or not raw_actions:
         errors.append(f"{where}: field 'actions': required (a non-empty list)")
@@ -242,6 +264,7 @@ def _rule(
         action = _action(raw, position, name, where, send_resolved, errors, seen_types, types)
         if action is None:
             continue
+        action = dataclasses.replace(action, repeat_interval=repeat)
         if action.name in action_names:
             errors.append(
                 f"{where}: field 'actions[{position}].name': action name {action.name!r} "
@@ -257,6 +280,7 @@ def _rule(
         severity=severity,
         labels=dict(labels),
         send_resolved=send_resolved,
+        repeat_interval=repeat,
     )
 
 
@@ -306,6 +330,19 @@ def _action(
     if kind == "email" and isinstance(options.get("to"), str):
         options["to"] = [options["to"]]
     return Action(name, kind, options, rule, own_resolved)
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds from `90`, `90s`, `15m`, `4h` or `1d`; None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (found := _DURATION.match(value)):
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    else:
+        return None
+    return seconds if 0 <= seconds <= MAX_REPEAT else None
 
 
 def _added_type(

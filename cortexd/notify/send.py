@@ -6,30 +6,20 @@ with a deadline, so a hanging endpoint costs one worker slot, never the loop.
 
 from __future__ import annotations
 
+import http
 import ipaddress
 import smtplib
 import ssl as ssl_module
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from cortexd.notify.model import MAX_BODY, Answer, DeliveryFailed
 from cortexd.notify.payloads import HttpRequest, MailRequest, Request
 
-MAX_ANSWER = 2048
+__all__ = ["Answer", "DeliveryFailed", "deliver"]
+
 USER_AGENT = "cortexd-notify/1"
-
-
-class DeliveryFailed(Exception):
-    """The endpoint refused, failed or did not answer; `str()` says how."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What the endpoint said: an HTTP status or SMTP reply, and its first bytes."""
-
-    status: int
-    text: str
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -66,26 +56,35 @@ def _post(request: HttpRequest, timeout: float) -> Answer:
         except OSError as exc:
             raise DeliveryFailed(f"cannot use ca_file {request.ca_file}: {exc}") from None
     opener = urllib.request.build_opener(*handlers)
-    http = urllib.request.Request(
+    post = urllib.request.Request(
         request.url,
         data=request.body,
         headers={"User-Agent": USER_AGENT, **request.headers},
         method="POST",
     )
     try:
-        with opener.open(http, timeout=timeout) as response:
-            text = response.read(MAX_ANSWER).decode("utf-8", "replace")
+        with opener.open(post, timeout=timeout) as response:
+            text = response.read(MAX_BODY).decode("utf-8", "replace")
             return Answer(int(response.status), text)
     except urllib.error.HTTPError as exc:
-        text = exc.read(MAX_ANSWER).decode("utf-8", "replace") if exc.fp else ""
+        text = exc.read(MAX_BODY).decode("utf-8", "replace") if exc.fp else ""
         exc.close()
-        raise DeliveryFailed(f"HTTP {exc.code}: {text.strip()[:200] or exc.reason}") from None
+        # The server's words go to `body` (admins see them), never into the message.
+        raise DeliveryFailed(f"HTTP {exc.code} {_phrase(exc.code)}".strip(), body=text) from None
     except urllib.error.URLError as exc:
         raise DeliveryFailed(f"cannot reach {_where(request.url)}: {exc.reason}") from None
     except TimeoutError:
         raise DeliveryFailed(f"no answer from {_where(request.url)} in {timeout:g}s") from None
     except OSError as exc:
         raise DeliveryFailed(f"{_where(request.url)}: {exc}") from None
+
+
+def _phrase(code: int) -> str:
+    # The standard phrase, not the server's own (its words are the body's).
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return ""
 
 
 def _tls(ca_file: str | None) -> ssl_module.SSLContext:
@@ -122,9 +121,16 @@ def _mail(request: MailRequest, timeout: float) -> Answer:
             if refused:
                 raise DeliveryFailed(f"recipients refused: {', '.join(sorted(refused))}")
             code, text = client.noop()
-            return Answer(int(code), text.decode("utf-8", "replace")[:MAX_ANSWER])
+            return Answer(int(code), text.decode("utf-8", "replace")[:MAX_BODY])
     except ssl_module.SSLError as exc:
         raise DeliveryFailed(f"TLS with {request.host}:{request.port} failed: {exc}") from None
+    except smtplib.SMTPResponseException as exc:
+        said = (
+            exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else ""
+        )
+        raise DeliveryFailed(
+            f"SMTP {request.host}:{request.port}: reply {exc.smtp_code}", body=said
+        ) from None
     except smtplib.SMTPException as exc:
         raise DeliveryFailed(f"SMTP {request.host}:{request.port}: {exc}") from None
     except TimeoutError:

@@ -167,6 +167,9 @@ class PluginManager:
         try:
             if self.settings.enabled:
                 await self.reload()
+            else:
+                # No plugin checks: the monitor resolves what earlier ones left open.
+                self.refresh_checks()
         finally:
             self._release()
         await self.hooks.run("startup", {})

@@ -267,6 +267,7 @@ class RepairManager:
             log.exception("could not record fix %s", fix.id)
         try:
             # One alert per fix: a fix applied again refreshes it (its count grows).
+            # It reports something that happened, so it ends on its own (alerts.event_ttl_seconds).
             await self.alerts.notice(
                 source="repair",
                 labels={"fix": fix.id},
@@ -275,6 +276,7 @@ class RepairManager:
                 title=f"fix {fix.id} applied" + ("" if outcome.ok else " with errors"),
                 description=f"{outcome.message} (requested by {who})",
                 annotations={"ok": outcome.ok, "verified": outcome.verified},
+                event=True,
             )
         except CortexError as exc:
             log.warning("fix %s: alert not stored: %s", fix.id, exc.message)

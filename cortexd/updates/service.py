@@ -385,6 +385,7 @@ class UpdateService:
         names = ", ".join(u.package for u in chosen[:20])
         if code == 0:
             self.applied += 1
+            # Something that happened: it ends on its own (alerts.event_ttl_seconds).
             await self.alerts.notice(
                 source="updates",
                 labels={"operation": "apply", "outcome": "ok"},
@@ -393,6 +394,13 @@ class UpdateService:
                 title=f"{len(chosen)} package update(s) applied",
                 description=names,
                 annotations={"snapshot": snapshot},
+                event=True,
+            )
+            # An earlier failure is over once an apply succeeds.
+            await self.alerts.condition_cleared(
+                source="updates",
+                labels={"operation": "apply", "outcome": "failed"},
+                description=f"a later update applied: {names}",
             )
         else:
             self.failed += 1

@@ -40,6 +40,7 @@ BAD_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("alerts.ack", {"all": "yes"}, "all"),
     ("acknowledge_alert", {"alert_id": 3}, "id"),
     ("alerts.resolve", {}, "id"),
+    ("alerts.resolve", {"source": "external"}, "id"),
     ("alerts.clear", {"force": True}, "force"),
     ("alerts.raise", {}, "title"),
     ("alerts.raise", {"title": ""}, "title"),
@@ -47,6 +48,18 @@ BAD_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("alerts.raise", {"title": "t", "labels": {"a": 1}}, "labels"),
     ("alerts.raise", {"title": "t", "labels": "a=b"}, "labels"),
     ("alerts.raise", {"title": "t", "category": "weather"}, "category"),
+    ("alerts.raise", {"title": "t", "name": "Backup Failed"}, "name"),
+    ("alerts.raise", {"title": "t", "name": "9lives"}, "name"),
+    ("alerts.raise", {"title": "t", "name": ""}, "name"),
+    ("alerts.raise", {"title": "t", "key": ""}, "key"),
+    ("alerts.raise", {"title": "t", "key": "k" * 257}, "key"),
+    ("alerts.raise", {"title": "t", "key": 7}, "key"),
+    ("alerts.raise", {"title": "t", "ttl_seconds": 0}, "ttl_seconds"),
+    ("alerts.raise", {"title": "t", "ttl_seconds": -5}, "ttl_seconds"),
+    ("alerts.raise", {"title": "t", "ttl_seconds": 1e12}, "ttl_seconds"),
+    ("alerts.raise", {"title": "t", "ttl_seconds": "1h"}, "ttl_seconds"),
+    ("alerts.resolve", {"id": "x", "key": "k"}, "id"),
+    ("alerts.resolve", {"key": ""}, "key"),
     ("alerts.silence", {"duration_seconds": 60}, "matchers"),
     ("alerts.silence", {"matchers": [], "duration_seconds": 60}, "matchers"),
     ("alerts.silence", {"matchers": ['a=~"("'], "duration_seconds": 60}, "matchers"),
@@ -83,6 +96,7 @@ def test_bad_params_name_the_param(
         ("alerts.get", {"id": "nope"}),
         ("alerts.ack", {"id": "nope"}),
         ("alerts.resolve", {"id": "nope"}),
+        ("alerts.resolve", {"key": "never-raised"}),
         ("silences.delete", {"id": "nope"}),
     ],
 )
@@ -217,3 +231,61 @@ def test_alerts_survive_kill_9_during_a_burst_of_updates() -> None:
             )["alert"]
             assert again["id"] == ids[0]
             assert again["state"] == "acknowledged"
+
+
+def test_identity_is_the_key_else_source_labels_and_title(quiet_daemon: DaemonProcess) -> None:
+    # Two titles from one script: two alerts, each keeping its own level and alertname.
+    cli(quiet_daemon, "alerts", "send", "--level", "error", "-m", "Backup job failed")
+    cli(quiet_daemon, "alerts", "send", "--level", "warning", "-m", "Certificate expires in 3 days")
+    listed = quiet_daemon.call("alerts.list", {"limit": 1000})["alerts"]
+    by_title = {a["title"]: a for a in listed}
+    assert by_title["Backup job failed"]["severity"] == "ERROR"
+    assert by_title["Backup job failed"]["name"] == "backup_job_failed"
+    assert by_title["Certificate expires in 3 days"]["severity"] == "WARNING"
+    assert by_title["Certificate expires in 3 days"]["name"] == "certificate_expires_in_3_days"
+
+    # One alert raised and then updated twice by its key: title and level change in place.
+    sends = [("warning", "nightly backup is late"), ("error", "nightly backup failed")]
+    sends.append(("error", "nightly backup failed twice"))
+    for level, title in sends:
+        code, text = cli(
+            quiet_daemon,
+            *("--json", "alerts", "send", "--key", "backup-nightly", "--name", "backup_nightly"),
+            *("--level", level, "-m", title),
+        )
+        assert code == 0, text
+        alert = orjson.loads(text)
+    assert (alert["count"], alert["title"], alert["severity"]) == (3, sends[-1][1], "ERROR")
+    assert (alert["key"], alert["name"]) == ("backup-nightly", "backup_nightly")
+    keyed = [a for a in quiet_daemon.call("alerts.list", {"limit": 1000})["alerts"] if a["key"]]
+    assert [a["id"] for a in keyed] == [alert["id"]]
+    code, text = cli(quiet_daemon, "alerts", "resolve", "--key", "backup-nightly")
+    assert code == 0, text
+    assert quiet_daemon.call("alerts.get", {"id": alert["id"]})["alert"]["state"] == "resolved"
+
+    # Without a name or a usable title, the alertname is the source.
+    raised = quiet_daemon.call("alerts.raise", {"title": "!!!", "source": "cron"})["alert"]
+    assert raised["name"] == "cron"
+
+
+def test_send_help_documents_the_identity_rule_with_an_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cortexctl(["alerts", "send", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "with --key:" in text and "without --key:" in text
+    assert text.count("--key backup-nightly") >= 3
+
+
+def test_flapping_shows_in_the_list_and_the_metric() -> None:
+    flap = {"flap_window_seconds": 60, "flap_high_changes": 4, "flap_low_changes": 2}
+    with running_daemon({**QUIET, "alerts": flap}) as d:
+        for _ in range(3):
+            d.call("alerts.raise", {"key": "fan", "title": "fan speed low"})
+            d.call("alerts.resolve", {"key": "fan"})
+        alert = d.call("alerts.raise", {"key": "fan", "title": "fan speed low"})["alert"]
+        assert alert["flapping"] is True
+        code, text = cli(d, "alerts", "list")
+        assert code == 0 and "fan speed low (flapping)" in text, text
+        metrics = d.call("metrics")["text"]
+        assert "cortex_alerts_flapping 1.0" in metrics

@@ -25,26 +25,30 @@ Factory = Callable[..., AbstractAsyncContextManager[Stack]]
 
 @pytest.fixture
 def notify_stack(tmp_path: Path) -> Factory:
-    """`async with notify_stack(rules, **notify_settings) as (alerts, notifier)`."""
+    """`async with notify_stack(rules, alerts={...}, **notify_settings) as (alerts, notifier)`."""
 
     @asynccontextmanager
-    async def build(rules: dict[str, Any], **settings: Any) -> AsyncIterator[Stack]:
+    async def build(
+        rules: dict[str, Any], *, alerts: dict[str, Any] | None = None, **settings: Any
+    ) -> AsyncIterator[Stack]:
         rules_path = tmp_path / "alerts.yaml"
         rules_path.write_text(yaml.safe_dump(rules))
         notify = NotifyConfig(rules_path=str(rules_path), instance="web1", **settings)
         config = dataclasses.replace(Config(), notify=notify)
-        alerts = AlertManager(
-            Database(str(tmp_path / "alerts.db"), ALERT_MIGRATIONS), AlertsConfig(), host="web1"
+        manager = AlertManager(
+            Database(str(tmp_path / "alerts.db"), ALERT_MIGRATIONS),
+            AlertsConfig(**(alerts or {})),
+            host="web1",
         )
-        notifier = Notifier(Database(str(tmp_path / "notify.db"), MIGRATIONS), config, alerts)
+        notifier = Notifier(Database(str(tmp_path / "notify.db"), MIGRATIONS), config, manager)
         async with anyio.create_task_group() as tg:
-            await alerts.start(tg)
+            await manager.start(tg)
             await notifier.start(tg)
             try:
-                yield alerts, notifier
+                yield manager, notifier
             finally:
                 await notifier.stop()
-                await alerts.stop()
+                await manager.stop()
                 tg.cancel_scope.cancel()
 
     return build

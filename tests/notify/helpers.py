@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import random
 import socket
 import threading
 import time
@@ -46,6 +47,9 @@ class Receiver:
 
     port: int = field(default_factory=free_port)
     mode: Mode = "ok"
+    # Each message takes up to this long to process (a random share), as a real
+    # endpoint's do: messages sent at once then finish in any order.
+    jitter: float = 0.0
     posts: list[Post] = field(default_factory=list)
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,9 +65,14 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender died mid-request (a test's kill -9): not a message.
+                    return
                 if receiver.mode == "hang":
                     receiver._release.wait(HANG_SECONDS)
                     return
+                if receiver.jitter:
+                    time.sleep(random.uniform(0.0, receiver.jitter))
                 with receiver._lock:
                     receiver.posts.append(Post(self.path, dict(self.headers.items()), body))
                 code = 200 if receiver.mode == "ok" else 500
@@ -104,8 +113,8 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def receiver(mode: Mode = "ok", port: int | None = None) -> Iterator[Receiver]:
-    recv = Receiver(port=port or free_port(), mode=mode)
+def receiver(mode: Mode = "ok", port: int | None = None, jitter: float = 0.0) -> Iterator[Receiver]:
+    recv = Receiver(port=port or free_port(), mode=mode, jitter=jitter)
     recv.start()
     try:
         yield recv

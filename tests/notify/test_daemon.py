@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import os
@@ -27,6 +28,7 @@ from tests.notify.helpers import free_port, poll, receiver, smtp_server
 ALL_CHECKS = [f.name for f in dataclasses.fields(ChecksConfig)]
 NO_CHECKS = {"checks": {name: {"enabled": False} for name in ALL_CHECKS}}
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+AMTOOL = shutil.which("amtool")
 
 
 def write_rules(directory: Path, actions: list[dict[str, Any]], **conditions: Any) -> str:
@@ -37,8 +39,9 @@ def write_rules(directory: Path, actions: list[dict[str, Any]], **conditions: An
 
 
 def daemon_config(state_dir: Path, rules_path: str, **notify: Any) -> dict[str, Any]:
+    # A deep copy: a test that turns one check on must not turn it on for the next.
     return {
-        **NO_CHECKS,
+        **copy.deepcopy(NO_CHECKS),
         "state_dir": str(state_dir),
         "notify": {"rules_path": rules_path, "rate_limit_per_minute": 1000, **notify},
     }
@@ -129,6 +132,14 @@ def test_cli_test_history_and_dead_letters(tmp_path: Path) -> None:
         assert d.call("deadletter.list")["dead_letters"] == []
         code, text = cli(d, "dead-letter", "purge", "--older-than", "30d")
         assert (code, text.strip()) == (0, "purged 0 dead letter(s)")
+
+
+def test_an_external_url_that_is_not_http_stops_the_start(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path, [{"type": "webhook", "url": "http://127.0.0.1:9/x"}])
+    config = daemon_config(tmp_path / "state", rules, external_url="cortexd://web1")
+    with running_daemon(config, wait_ready=False) as d:
+        assert d.wait(30) != 0
+        assert "notify.external_url: must be an http:// or https:// URL" in d.log()
 
 
 def test_invalid_rules_stop_the_start_with_the_rule_and_field_named(tmp_path: Path) -> None:
@@ -253,3 +264,72 @@ def test_a_filled_disk_reaches_webhook_mail_and_alertmanager_then_resolves(
             )
             sent = {e["action"]: e["status"] for e in history(d)}
             assert set(sent.values()) == {"completed"}
+
+
+def amtool_active(url: str, name: str) -> list[dict[str, Any]]:
+    """The active alerts named `name` as `amtool alert query` lists them."""
+    done = subprocess.run(
+        [AMTOOL or "amtool", f"--alertmanager.url={url}", "-o", "json", "alert", "query", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    found: list[dict[str, Any]] = orjson.loads(done.stdout or "[]")
+    return [a for a in found if a["status"]["state"] == "active"]
+
+
+@pytest.mark.slow
+def test_alertmanager_holds_one_copy_across_an_escalation_and_none_after(
+    tmp_path: Path, alertmanager: str
+) -> None:
+    if AMTOOL is None:
+        pytest.skip("amtool is not installed (it comes with prometheus-alertmanager)")
+    rules = write_rules(tmp_path, [{"type": "alertmanager", "url": alertmanager}])
+    config = daemon_config(tmp_path / "state", rules, cooldown_seconds=0)
+    params = {"key": "raid", "name": "raid_degraded", "title": "RAID degraded"}
+    with running_daemon(config) as d:
+        d.call("alerts.raise", {**params, "severity": "WARNING"})
+        first = poll(lambda: amtool_active(alertmanager, "raid_degraded"), what="the alert")
+        assert [a["labels"]["severity"] for a in first] == ["warning"]
+        assert first[0].get("generatorURL", "") == ""  # no http(s) URL configured: no link
+        d.call("alerts.raise", {**params, "severity": "CRITICAL"})
+
+        def escalated() -> list[dict[str, Any]]:
+            found = amtool_active(alertmanager, "raid_degraded")
+            return found if [a["labels"]["severity"] for a in found] == ["critical"] else []
+
+        # Exactly one active copy, at the new severity: the warning ended in the same push.
+        (one,) = poll(escalated, what="one critical copy")
+        assert one["labels"]["instance"] == socket.gethostname()
+        d.call("alerts.resolve", {"key": "raid"})
+        poll(lambda: not amtool_active(alertmanager, "raid_degraded"), what="none active")
+
+
+def test_pagerduty_gets_one_dedup_key_per_alert(tmp_path: Path) -> None:
+    with receiver() as pd:
+        action = {"type": "pagerduty", "routing_key": "rk", "url": pd.url("/v2/enqueue")}
+        rules = write_rules(tmp_path, [action])
+        config = daemon_config(tmp_path / "state", rules, cooldown_seconds=0)
+        with running_daemon(config) as d:
+            for severity in ("WARNING", "CRITICAL"):
+                d.call("alerts.raise", {"key": "raid", "title": "RAID", "severity": severity})
+            d.call("alerts.raise", {"key": "other", "title": "fan", "severity": "ERROR"})
+            d.call("alerts.resolve", {"key": "raid"})
+
+            def events() -> list[dict[str, Any]]:
+                # Delivery is at least once: a receiver drops repeats by notification id.
+                # Only this test's alerts: the host may have its own (repair's checks run).
+                seen = {p.headers["X-Cortex-Notification-Id"]: p.json() for p in pd.posts}
+                ours = ("RAID", "fan")
+                return [e for e in seen.values() if any(w in e["payload"]["summary"] for w in ours)]
+
+            poll(lambda: len(events()) == 4, what="four PagerDuty events")
+        raid = [e for e in events() if "RAID" in e["payload"]["summary"]]
+        assert [(e["event_action"], e["payload"]["severity"]) for e in raid] == [
+            ("trigger", "warning"),
+            ("trigger", "critical"),
+            ("resolve", "critical"),
+        ]
+        assert len({e["dedup_key"] for e in raid}) == 1
+        assert len({e["dedup_key"] for e in events()}) == 2

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
+import email.utils
 import hashlib
 import hmac
 import ssl
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,10 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity
 from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
 from cortexd.config.schema import AlertsConfig, Config, NotifyConfig
-from cortexd.notify import store
 from cortexd.notify.notifier import Notifier
 from cortexd.notify.store import MIGRATIONS
 from cortexd.store import Database
+from tests.alerts.conftest import FakeClock
 from tests.notify.conftest import Factory
 from tests.notify.helpers import receiver, smtp_server, until
 
@@ -49,7 +53,11 @@ async def fire(alerts: AlertManager, title: str = "Disk space", **labels: str) -
 
 
 async def outbox(notifier: Notifier) -> list[Any]:
-    return await notifier.db.read(lambda c: store.history(c, 0, None, 1000))
+    return (await notifier.store.history(0, None, 1000))[0]
+
+
+async def held(notifier: Notifier) -> list[Any]:
+    return (await notifier.store.history(0, None, 1000))[1]
 
 
 async def test_webhook_slack_and_discord_receive_the_alert_and_its_resolution(
@@ -95,12 +103,18 @@ async def test_email_reaches_a_real_smtp_server(notify_stack: Factory) -> None:
             "smtp_port": smtp.port,
         }
         async with notify_stack(rules(action), **FAST) as (alerts, notifier):
-            await fire(alerts)
+            await fire(alerts, title="Plattenplatz — fast voll")
             await until(lambda: smtp.messages, what="a mail")
-            (mail,) = smtp.wait_for(1)
-            assert mail["Subject"] == "[FIRING] CRITICAL Disk space on web1"
+            # What the server received parses under the strict policy: any defect raises.
+            mail = email.message_from_bytes(smtp.messages[0][2], policy=email.policy.strict)
+            assert mail["Subject"] == "[FIRING] CRITICAL Plattenplatz — fast voll on web1"
             assert mail["To"] == "ops@example.com, oncall@example.com"
-            assert "/ is 97% full" in mail.get_payload()
+            assert mail["MIME-Version"] == "1.0"
+            sent = email.utils.parsedate_to_datetime(mail["Date"]).timestamp()
+            assert abs(sent - time.time()) < 60
+            assert mail["Message-ID"].endswith("@web1.example.com>")
+            assert mail["X-Cortex-Notification-Id"] == "1"
+            assert "/ is 97% full" in mail.get_content()
             assert smtp.messages[0][1] == ["ops@example.com", "oncall@example.com"]
             await until(lambda: notifier.sent["ops.email"] == 1, what="completed")
 
@@ -122,14 +136,14 @@ async def test_refused_endpoint_retries_then_dead_letters_then_retry_delivers(
             # Backoff: the attempts were spread out, not fired back to back.
             # The two waits were at least half of 0.05 s and of 0.1 s (jitter).
             assert entry["completed_at"] - entry["created_at"] >= 0.025 + 0.05
-            dead = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+            dead = await notifier.store.dead_letters(None, None, 10)
             assert [d["original_id"] for d in dead] == [entry["id"]]
 
             with receiver(port=port) as back:
                 await notifier.retry_dead(list(dead))
                 await until(lambda: notifier.sent["ops.webhook"] == 1, what="delivery")
                 assert len(back.posts) == 1
-                left = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+                left = await notifier.store.dead_letters(None, None, 10)
                 assert left == []
 
 
@@ -165,25 +179,33 @@ async def test_a_silenced_alert_sends_nothing_but_is_recorded(notify_stack: Fact
             await fire(alerts, title="Other disk", mountpoint="/srv")
             await until(lambda: len(recv.posts) == 1, what="the unsilenced alert")
             assert recv.posts[0].json()["alerts"][0]["labels"]["mountpoint"] == "/srv"
-            held = await notifier.db.read(lambda c: store.suppressed_since(c, 0, 10))
-            assert [(h["reason"], h["title"]) for h in held] == [("silenced", "Disk space")]
+            records = await held(notifier)
+            assert [(h["reason"], h["title"]) for h in records] == [("silenced", "Disk space")]
 
 
-async def test_rate_limit_excess_is_summarised_not_dropped(notify_stack: Factory) -> None:
+async def test_rate_limit_defers_and_never_drops(notify_stack: Factory) -> None:
     with receiver() as recv:
         config = rules({"type": "webhook", "url": recv.url()})
-        async with notify_stack(config, rate_limit_per_minute=2, **FAST) as (alerts, notifier):
+        settings = {**FAST, "rate_limit_per_minute": 2, "evaluation_interval_seconds": 0.05}
+        async with notify_stack(config, **settings) as (alerts, notifier):
+            clock = FakeClock(notifier.clock())
+            notifier.rate.clock = clock
+            notifier.rate._at = clock.now
             for i in range(5):
                 await fire(alerts, title=f"disk {i}", mountpoint=f"/m{i}")
             await until(lambda: len(recv.posts) == 2, what="two posts")
             assert notifier.suppressed["rate_limit"] == 3
-            # The window ends (stepped by hand rather than waited for).
-            notifier.throttle._excess.started -= 61  # type: ignore[union-attr]
-            assert await notifier.summarise_excess() == 3
-            await until(lambda: len(recv.posts) == 3, what="the summary")
-            summary = recv.posts[2].json()["alerts"][0]["annotations"]
-            assert "3 notifications were held back" in summary["description"]
-            assert "disk 4" in summary["description"]
+            # Half a minute later one more token is free; a minute and a half, all of them.
+            clock.step(30)
+            await until(lambda: len(recv.posts) == 3, what="the first deferred one")
+            clock.step(60)
+            posts = await until(lambda: len(recv.posts) == 5 and recv.posts, what="all five")
+            titles = sorted(p.json()["alerts"][0]["annotations"]["summary"] for p in posts)
+            assert titles == [f"disk {i}" for i in range(5)]
+            deferred = [p.json()["alerts"][0]["annotations"] for p in posts[2:]]
+            assert all(p["summary"].startswith("disk ") for p in deferred)
+            records = await held(notifier)
+            assert sorted(h["reason"] for h in records) == ["rate_limit"] * 3
 
 
 async def test_an_alert_committed_just_before_a_crash_is_notified_at_start(
@@ -247,8 +269,8 @@ async def test_cooldown_holds_back_a_quick_refire_and_its_resolution(
             await alerts.resolve(alert.id)
             await until(lambda: notifier.sent["ops.webhook"] == 2, what="two deliveries")
             assert [p.json()["status"] for p in recv.posts] == ["firing", "resolved"]
-            held = await notifier.db.read(lambda c: store.suppressed_since(c, 0, 10))
-            assert [(h["reason"], h["kind"]) for h in held] == [("cooldown", "firing")]
+            records = await held(notifier)
+            assert [(h["reason"], h["kind"]) for h in records] == [("cooldown", "firing")]
             assert len(await outbox(notifier)) == 2
 
 
@@ -310,5 +332,5 @@ async def test_email_over_starttls_verifies_the_server(
             await until(lambda: notifier.sent["ops.email"] == 1, what="the trusted mail")
             await until(lambda: notifier.dead_lettered["untrusted"] == 1, what="the refusal")
             assert len(smtp.messages) == 1
-            (dead,) = await notifier.db.read(lambda c: store.dead_letters(c, None, None, 10))
+            (dead,) = await notifier.store.dead_letters(None, None, 10)
             assert "CERTIFICATE_VERIFY_FAILED" in dead["last_error"]

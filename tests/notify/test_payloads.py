@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import email.utils
 import hashlib
 import hmac
 
 import orjson
 
-from cortexd.notify.payloads import HttpRequest, MailRequest, build, sign
+from cortexd.notify.payloads import HttpRequest, MailRequest, build, group_key, sign
 from cortexd.notify.rules import Action
 
 EVENT = {
@@ -91,3 +94,74 @@ def test_email_names_the_host_in_the_subject() -> None:
 
 def test_sign_is_hmac_sha256_of_the_body() -> None:
     assert sign("k", b"x") == "sha256=" + hmac.new(b"k", b"x", hashlib.sha256).hexdigest()
+
+
+def test_group_key_is_formatted_as_alertmanager_does() -> None:
+    assert group_key({"alertname": "disk_space"}) == '{}:{alertname="disk_space"}'
+    # Go's %q quoting, pairs sorted and joined by ", ".
+    labels = {"b": 'say "hi"\n', "a": "tab\there", "c": "\x01ü"}
+    assert group_key(labels) == '{}:{a="tab\\there", b="say \\"hi\\"\\n", c="\\x01ü"}'
+    body = orjson.loads(build(action("webhook", url="http://h/"), EVENT, 1).body)  # type: ignore[union-attr]
+    assert body["groupKey"] == '{}:{alertname="disk_space"}'
+
+
+def test_no_link_without_an_http_external_url() -> None:
+    plain = orjson.loads(build(action("webhook", url="http://h/"), EVENT, 1).body)  # type: ignore[union-attr]
+    assert plain["alerts"][0]["generatorURL"] == ""
+    assert plain["externalURL"] == ""
+    linked = build(action("webhook", url="http://h/"), EVENT, 1, external_url="https://ops/c/")
+    body = orjson.loads(linked.body)  # type: ignore[union-attr]
+    assert body["alerts"][0]["generatorURL"] == "https://ops/c/alerts/a1"
+    assert body["externalURL"] == "https://ops/c/"
+
+
+def test_alertmanager_push_ends_the_old_label_set_with_the_new_one() -> None:
+    escalated = {
+        **EVENT,
+        "sent_at": 1_700_000_000.0,
+        "lifetime": 180.0,
+        "alert": {**EVENT["alert"], "severity": "CRITICAL"},  # type: ignore[dict-item]
+        "ended": [{"alertname": "disk_space", "severity": "warning", "instance": "web1"}],
+    }
+    request = build(action("alertmanager", url="http://am:9093"), escalated, 1)
+    assert request.url == "http://am:9093/api/v2/alerts"  # type: ignore[union-attr]
+    new, old = orjson.loads(request.body)  # type: ignore[union-attr]
+    assert new["labels"]["severity"] == "critical"
+    assert new["endsAt"] == "2023-11-14T22:16:20.000Z"  # sent_at + lifetime: still firing
+    assert old["labels"]["severity"] == "warning"
+    assert old["endsAt"] == "2023-11-14T22:13:20.000Z"  # ended at the escalation
+
+
+def test_url_credentials_go_as_basic_auth_not_in_the_url() -> None:
+    request = build(action("webhook", url="https://bot:p%40ss@hooks.example/x"), EVENT, 1)
+    assert isinstance(request, HttpRequest)
+    assert request.url == "https://hooks.example/x"
+    assert request.headers["Authorization"] == "Basic Ym90OnBAc3M="  # bot:p@ss
+
+
+def test_email_conforms_to_rfc_5322_with_a_utf8_subject() -> None:
+    event = {**EVENT, "alert": {**EVENT["alert"], "title": "Plattenplatz fast voll —\nÜberlauf"}}  # type: ignore[dict-item]
+    request = build(action("email", to=["ops@example.com"], **{"from": "c@web1.example"}), event, 9)
+    assert isinstance(request, MailRequest)
+    wire = request.message.as_bytes()
+    assert wire.isascii()  # 7-bit clean: encoded words in headers, quoted-printable body
+    parsed = email.message_from_bytes(wire, policy=email.policy.strict)
+    assert parsed["Subject"] == "[FIRING] CRITICAL Plattenplatz fast voll — Überlauf on web1"
+    assert parsed["MIME-Version"] == "1.0"
+    assert email.utils.parsedate_to_datetime(parsed["Date"]).tzinfo is not None
+    assert parsed["Message-ID"].startswith("<") and parsed["Message-ID"].endswith("@web1.example>")
+    assert "Überlauf" in parsed.get_content()
+
+
+def test_a_resolution_mail_says_when_it_fired_and_resolved() -> None:
+    resolved = {
+        **EVENT,
+        "kind": "resolved",
+        "alert": {**EVENT["alert"], "resolved_at": 1_700_000_125.0, "description": "/ is 41% full"},  # type: ignore[dict-item]
+    }
+    request = build(action("email", to=["ops@example.com"]), resolved, 1)
+    text = request.message.get_content()  # type: ignore[union-attr]
+    assert "/ is 41% full" in text
+    assert (
+        "Fired 2023-11-14T21:56:40.000Z, resolved 2023-11-14T22:15:25.000Z (after 18m 45s)" in text
+    )

@@ -166,3 +166,18 @@ def test_a_missing_ca_file_is_rejected(tmp_path: Path) -> None:
     action = {"type": "webhook", "url": "https://h/x", "ca_file": str(tmp_path / "none.pem")}
     found = problems({"alerts": [{"name": "w", "actions": [action]}]}, tmp_path)
     assert any("rule 'w': field 'actions[0].ca_file': no such file" in p for p in found), found
+
+
+def test_repeat_interval_is_a_duration_per_rule() -> None:
+    def rule(**extra: object) -> dict[str, object]:
+        actions = [{"type": "webhook", "url": "http://h/"}]
+        return {"alerts": [{"name": "r", "actions": actions, **extra}]}
+
+    assert parse_rules(rule()).actions["r.webhook"].repeat_interval == 4 * 3600
+    assert parse_rules(rule(repeat_interval="30m")).actions["r.webhook"].repeat_interval == 1800
+    assert parse_rules(rule(repeat_interval=90)).actions["r.webhook"].repeat_interval == 90
+    assert parse_rules(rule(repeat_interval=0)).actions["r.webhook"].repeat_interval == 0
+    for bad in ("soon", -5, True, "2y", 400 * 86400, [1]):
+        with pytest.raises(ConfigError) as caught:
+            parse_rules(rule(repeat_interval=bad))
+        assert "rule 'r': field 'repeat_interval': must be a duration" in caught.value.errors[0]
