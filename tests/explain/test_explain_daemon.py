@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from cortexd.protocol import InvalidParams, NotFound
 from tests.daemon import DaemonProcess, running_daemon
 from tests.explain.scenarios import SCENARIOS, world
 from tests.inference.conftest import wait_state
+from tests.plugins.conftest import EXAMPLE, GOOD_CHECK, copy_example, write_plugin
 
 QUIET = {"logs": {"watch": False}}
 CALL_TIMEOUT = 120.0
@@ -231,3 +233,29 @@ def test_ask_about_the_host_with_the_model(model_path: str) -> None:
     assert list(stream[0]) == ["explanation"]
     assert [t["entry"] for t in result["topics"]] == ["disk_space"]
     _check_summary(result["summary"], max_tokens=48)
+
+
+def test_a_check_plugin_explains_its_alerts_with_its_own_runbook(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        copy_example(plugins, closed_port)
+        bad = write_plugin(plugins, "greedy", GOOD_CHECK)
+        (bad / "runbook.yaml").write_text(
+            (EXAMPLE / "runbook.yaml").read_text().replace("plugin_port_check", "disk_space")
+        )
+        os.chmod(bad / "runbook.yaml", 0o644)
+        config = {**QUIET, "plugins": {"directory": str(plugins)}}
+        with running_daemon(config) as d:
+            d.call("checks.run", {"ids": ["plugin_port_check", "plugin_greedy"]}, timeout=60)
+            alerts = {a["source"]: a for a in d.call("alerts.list")["alerts"]}
+            own = d.call("inference.explain", {"alert_id": alerts["plugin_port_check"]["id"]})
+            other = d.call("inference.explain", {"alert_id": alerts["plugin_greedy"]["id"]})
+    assert own["entry"] == "port_check"
+    assert [c["id"] for c in own["causes"] if c["pointed_to"]] == ["not_listening"]
+    assert own["commands"][1] == "cortexctl doctor --check plugin_port_check -v"
+    # A runbook that reaches beyond its own check is not used: the generic entry answers.
+    assert other["entry"] == "plugin_check"
+    assert any("greedy's runbook.yaml is not used" in n for n in other["notes"])
