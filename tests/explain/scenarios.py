@@ -301,7 +301,8 @@ SCENARIOS = (
     Scenario(
         "memory_hog",
         "memory",
-        _actor("mem-hog", "200"),
+        # Larger than the daemon itself with the model loaded (bench/explain.py loads it).
+        _actor("mem-hog", "512"),
         entry="memory",
         causes=("one_process",),
         evidence="pid {pid} (mem-hog)",
