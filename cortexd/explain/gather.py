@@ -50,13 +50,17 @@ async def gather(
     budget: float,
     limiter: anyio.CapacityLimiter,
     registry: Mapping[str, Gatherer] = GATHERERS,
+    *,
+    journal: bool = True,
 ) -> Gathered:
     """Run the gatherers `names` (from `registry`) for one subject; facts in `names` order.
 
     On cancellation the worker threads are abandoned; they stop at their deadline.
     """
     started = time.monotonic()
-    ctx = Context(labels=dict(labels), check=check, host=host, deadline=started + budget)
+    ctx = Context(
+        labels=dict(labels), check=check, host=host, deadline=started + budget, journal=journal
+    )
     results: dict[str, Found] = {}
     notes: list[str] = []
     runnable = []

@@ -13,6 +13,7 @@ the whole answer, and not an error.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from anyio.abc import TaskGroup
@@ -79,6 +80,16 @@ ANSWER_PARAMS = (
 )
 
 
+async def _unused(call: Call) -> None:
+    raise AssertionError("never called: only its access level is asked about")
+
+
+# Journal lines among an explanation's facts follow the rule of the journal
+# methods (docs/protocol.md, "Authorization"); the server's authorizer
+# answers for a method of that access level.
+JOURNAL_LINES = Method("inference.explain (journal lines)", _unused, access="journal")
+
+
 def build_host(config: Config, runner: CommandRunner) -> Host:
     """Where the gatherers look, from the settings the checks use too."""
     return Host(
@@ -113,8 +124,15 @@ class ExplainComponent:
         self.runner.kill_all()
 
 
-def explain_methods(explainer: Explainer, engine: Engine | None) -> list[Method]:
-    """`inference.explain` and `inference.ask`, bound to `explainer` and `engine`."""
+def explain_methods(
+    explainer: Explainer,
+    engine: Engine | None,
+    may_read_journal: Callable[[Call], bool] = lambda call: call.is_admin,
+) -> list[Method]:
+    """`inference.explain` and `inference.ask`, bound to `explainer` and `engine`.
+
+    `may_read_journal` says whether a caller may see journal lines among the facts.
+    """
 
     def generation(call: Call) -> GenerationParams:
         p = call.params
@@ -127,7 +145,8 @@ def explain_methods(explainer: Explainer, engine: Engine | None) -> list[Method]
         )
 
     async def explain(call: Call) -> dict[str, Any]:
-        result, topic, alert = await explainer.explain(call.params["alert_id"])
+        journal = may_read_journal(call)
+        result, topic, alert = await explainer.explain(call.params["alert_id"], journal=journal)
         if call.params["stream"]:
             await call.stream({"explanation": result})
         messages = explain_messages(alert.title, topic)
@@ -136,7 +155,7 @@ def explain_methods(explainer: Explainer, engine: Engine | None) -> list[Method]
 
     async def ask(call: Call) -> dict[str, Any]:
         question = call.params["question"].strip()
-        result, topics, not_passing = await explainer.ask(question)
+        result, topics, not_passing = await explainer.ask(question, journal=may_read_journal(call))
         if call.params["stream"]:
             await call.stream({"explanation": result})
         messages = ask_messages(question, not_passing, topics)
@@ -186,7 +205,10 @@ def install(
         plugins=plugins,
     )
     daemon.components.append(ExplainComponent(explainer, runner))
-    daemon.registry.add(explain_methods(explainer, engine))
+    authorizer = daemon.authorizer
+    daemon.registry.add(
+        explain_methods(explainer, engine, lambda call: authorizer.check(JOURNAL_LINES, call.peer))
+    )
     return explainer
 
 

@@ -160,8 +160,12 @@ class Explainer:
 
     # -- one alert --------------------------------------------------------------
 
-    async def explain(self, given_id: str) -> tuple[dict[str, Any], Topic, Alert]:
+    async def explain(
+        self, given_id: str, *, journal: bool = True
+    ) -> tuple[dict[str, Any], Topic, Alert]:
         """The deterministic explanation of one alert (id or unique prefix).
+
+        `journal`: whether the caller may see journal lines among the facts.
 
         Raises:
             InvalidParams: an ambiguous prefix. NotFound: no such alert.
@@ -175,7 +179,11 @@ class Explainer:
             entry, notes = await self._entry_for(kb, alert.source, labels)
             check_id = labels.get("check") or alert.source
             topic = await self._topic(
-                entry, labels, self._check_view(check_id), {"id": alert.id, "check": check_id}
+                entry,
+                labels,
+                self._check_view(check_id),
+                {"id": alert.id, "check": check_id},
+                journal,
             )
             shown = alert.to_dict(silenced=self.alerts.is_silenced(alert))
             result: dict[str, Any] = {
@@ -266,6 +274,7 @@ class Explainer:
         labels: Mapping[str, str],
         check: CheckView | None,
         values: Mapping[str, str],
+        journal: bool,
     ) -> Topic:
         gathered = await gather(
             entry.facts,
@@ -274,6 +283,7 @@ class Explainer:
             self.host,
             self.config.facts_timeout_seconds,
             self.limiter,
+            journal=journal,
         )
         ranked = rank(entry, gathered.facts)
         filled = {**labels, **values}
@@ -344,7 +354,9 @@ class Explainer:
                 return {**labels, **own}
         return labels
 
-    async def ask(self, question: str) -> tuple[dict[str, Any], list[Topic], list[str]]:
+    async def ask(
+        self, question: str, *, journal: bool = True
+    ) -> tuple[dict[str, Any], list[Topic], list[str]]:
         """The deterministic answer to a free question, from the runbook and the host's state.
 
         Raises ExplainBusy. On cancellation the gatherers' threads are abandoned.
@@ -355,10 +367,9 @@ class Explainer:
             topics = []
             for entry in self._topics_for(kb, question, not_passing):
                 labels = self._subject(entry)
+                view = self._check_view(entry.source)
                 topics.append(
-                    await self._topic(
-                        entry, labels, self._check_view(entry.source), {"check": entry.source}
-                    )
+                    await self._topic(entry, labels, view, {"check": entry.source}, journal)
                 )
             result: dict[str, Any] = {
                 "question": question,

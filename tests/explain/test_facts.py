@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -11,8 +12,9 @@ import anyio
 from cortexd.explain.facts import Context, Found, Gatherer, Host
 from cortexd.explain.facts.disk import _telling_dirs, walk
 from cortexd.explain.facts.model import MAX_FACTS_PER_KIND, MAX_TEXT
+from cortexd.explain.facts.system import unit_journal
 from cortexd.explain.gather import gather
-from cortexd.monitor.checks.commands import run_command
+from cortexd.monitor.checks.commands import CommandResult, run_command
 
 MIB = 1024 * 1024
 
@@ -101,3 +103,23 @@ async def test_one_gatherer_failing_or_hanging_costs_only_its_own_facts() -> Non
     assert "needs_unit: the alert names no unit, so this was not looked at" in got.notes
     assert "boom failed: RuntimeError: probe broke" in got.notes
     assert "stuck did not finish within 0.3 s" in got.notes
+
+
+def test_journal_lines_are_read_only_for_callers_who_may_read_the_journal() -> None:
+    ran: list[list[str]] = []
+
+    def runner(argv: Sequence[str], timeout: float) -> CommandResult:
+        ran.append(list(argv))
+        return CommandResult(0, "", "")
+
+    host = Host(runner=runner, kernel_clock=lambda: (0, 0, 0))
+    for journal in (False, True):
+        found = Found()
+        ctx = Context({"unit": "nginx.service"}, None, host, time.monotonic() + 5, journal)
+        unit_journal(ctx, found)
+        read = [argv for argv in ran if argv[0] == "journalctl"]
+        if journal:
+            assert read and read[-1][:3] == ["journalctl", "-u", "nginx.service"]
+        else:
+            assert read == []
+            assert "the unit's journal lines are shown to admins" in found.notes[-1]

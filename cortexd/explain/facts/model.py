@@ -128,6 +128,9 @@ class Context:
     check: CheckView | None
     host: Host
     deadline: float
+    # Whether the caller may read the journal (admins, adm, systemd-journal): the
+    # journal holds authentication logs, and explain itself is open to every reader.
+    journal: bool = True
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

@@ -86,6 +86,9 @@ def unit_journal(ctx: Context, found: Found) -> None:
         _unit_state(ctx, found, unit)
     else:
         found.note("systemd is not PID 1 here; the unit's state is unknown")
+    if not ctx.journal:
+        found.note("the unit's journal lines are shown to admins and to adm and systemd-journal")
+        return
     if not have("journalctl"):
         found.note("journalctl is not installed; the unit's journal was not read")
         return
