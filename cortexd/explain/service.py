@@ -35,10 +35,12 @@ from cortexd.knowledge import (
     load_file,
 )
 from cortexd.monitor.check import RANK, CheckResult, Status
+from cortexd.plugins.manager import Plugin
+from cortexd.plugins.manager import check_id as plugin_check_id
+from cortexd.plugins.manifest import PluginError, check_trust
 from cortexd.protocol import CortexError, ErrorCode
 
 if TYPE_CHECKING:
-    from cortexd.plugins.manager import Plugin
     from cortexd.repair.model import Fix
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class Explainer:
                 except KnowledgeError as exc:
                     log.error("the runbook does not load: %s", exc)
                     raise RunbookBroken(exc.problems) from None
+                # A source no entry names (a NUL never is one) must still find one.
                 if kb.find("\0any other program", {}) is None:
                     raise RunbookBroken(["no catch-all entry (match: {source: '*'})"])
                 for problem in check_fixes(kb, lambda fix_id: fix_id in self.fix_registry.fixes):
@@ -204,8 +207,11 @@ class Explainer:
         self, kb: KnowledgeBase, source: str, labels: Mapping[str, str]
     ) -> tuple[Entry, list[str]]:
         notes: list[str] = []
-        if self.plugins is not None and source.startswith("plugin_"):
-            found = await anyio.to_thread.run_sync(self._plugin_runbook, source)
+        plugin = self._plugin_with_check(source)
+        if plugin is not None:
+            found = await anyio.to_thread.run_sync(
+                self._plugin_runbook, plugin.name, plugin.directory, source
+            )
             if isinstance(found, str):
                 notes.append(found)
             else:
@@ -216,34 +222,33 @@ class Explainer:
         assert entry is not None  # the catch-all entry, checked at load
         return entry, notes
 
-    def _plugin_runbook(self, check_id: str) -> list[Entry] | str:
-        """The entries of a check plugin's runbook.yaml, or why there are none. Blocking."""
-        from cortexd.plugins.manager import check_id as plugin_check_id
-        from cortexd.plugins.manifest import PluginError, check_trust
-
-        assert self.plugins is not None
-        plugin = next(
+    def _plugin_with_check(self, check_id: str) -> Plugin | None:
+        """The loaded check plugin whose check is `check_id` (looked up on the loop)."""
+        if self.plugins is None or not check_id.startswith("plugin_"):
+            return None
+        return next(
             (
                 p
                 for p in self.plugins.plugins.values()
-                if p.status == "loaded" and plugin_check_id(p.name) == check_id
+                if p.status == "loaded" and p.check and plugin_check_id(p.name) == check_id
             ),
             None,
         )
-        if plugin is None:
-            return f"no loaded plugin has the check {check_id}"
-        path = os.path.join(plugin.directory, PLUGIN_RUNBOOK)
+
+    def _plugin_runbook(self, name: str, directory: str, check_id: str) -> list[Entry] | str:
+        """The entries of a check plugin's runbook.yaml, or why there are none. Blocking."""
+        path = os.path.join(directory, PLUGIN_RUNBOOK)
         try:
             st = os.stat(path)
         except OSError:
-            return f"plugin {plugin.name} ships no {PLUGIN_RUNBOOK}"
+            return f"plugin {name} ships no {PLUGIN_RUNBOOK}"
         stamp = (st.st_mtime_ns, st.st_size)
         cached = self._plugin_runbooks.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
         outcome: list[Entry] | str
         try:
-            check_trust(plugin.directory, self.euid)
+            check_trust(directory, self.euid)
             entries = load_file(path, schema())
             foreign = [e.id for e in entries if e.source != check_id]
             if foreign:
@@ -255,8 +260,8 @@ class Explainer:
                 raise KnowledgeError(unknown)
             outcome = entries
         except (KnowledgeError, PluginError) as exc:
-            log.warning("plugin %s: %s not used: %s", plugin.name, PLUGIN_RUNBOOK, exc)
-            outcome = f"plugin {plugin.name}'s {PLUGIN_RUNBOOK} is not used: {exc}"
+            log.warning("plugin %s: %s not used: %s", name, PLUGIN_RUNBOOK, exc)
+            outcome = f"plugin {name}'s {PLUGIN_RUNBOOK} is not used: {exc}"
         self._plugin_runbooks[path] = (stamp, outcome)
         return outcome
 
