@@ -24,6 +24,7 @@ def install_features(daemon: Daemon) -> None:
     """
     from cortexd.alerts.methods import install as install_alerts
     from cortexd.backup.methods import install as install_backup
+    from cortexd.explain.methods import install as install_explain
     from cortexd.healing.methods import install as install_healing
     from cortexd.inference.methods import install as install_inference
     from cortexd.logs.methods import install as install_logs
@@ -34,7 +35,7 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.repair.methods import install as install_repair
     from cortexd.updates.methods import install as install_updates
 
-    install_inference(daemon)
+    engine = install_inference(daemon)
     alerts = install_alerts(daemon)
     notifier = install_notify(daemon, alerts)
     monitor = install_monitor(daemon, alerts)
@@ -44,6 +45,9 @@ def install_features(daemon: Daemon) -> None:
     install_logs(daemon)
     install_backup(daemon, lambda: restorable_config(daemon, plugins))
     updates = install_updates(daemon, lambda: restorable_config(daemon, plugins), monitor.pending)
+    install_explain(
+        daemon, alerts=alerts, health=monitor, engine=engine, fixes=repair, plugins=plugins
+    )
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
 
 

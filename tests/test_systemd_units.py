@@ -588,6 +588,43 @@ class TestUnderSystemd:
         outsider = rpc("ping", None)
         assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
 
+    def test_explain_names_why_a_unit_failed(self, trial: Trial) -> None:
+        # A real failed unit, explained by the sandboxed daemon from the unit's own journal.
+        unit = "cortex-broken.service"
+        message = "cannot open /etc/cortex-broken/app.conf: No such file or directory"
+        service = (
+            f"[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo \"{message}\" >&2; exit 78'\n"
+        )
+        trial.run("sh", "-c", f"cat > /etc/systemd/system/{unit}", input=service)
+        trial.run("systemctl", "daemon-reload")
+        try:
+            assert trial.run("systemctl", "start", unit, check=False).returncode != 0
+            _running(trial)
+            trial.cortexctl("doctor", "--check", "systemd_failed", check=False)
+            alerts = json.loads(trial.cortexctl("--json", "alerts", "list").stdout)["alerts"]
+            (alert,) = [a for a in alerts if a["labels"].get("unit") == unit]
+            done = trial.cortexctl("--json", "explain", "--no-model", alert["id"][:8])
+            result = json.loads(done.stdout)
+        finally:
+            trial.run("systemctl", "reset-failed", unit, check=False)
+            trial.run("rm", "-f", f"/etc/systemd/system/{unit}")
+            trial.run("systemctl", "daemon-reload")
+        assert result["entry"] == "systemd_failed"
+        pointed = [c["id"] for c in result["causes"] if c["pointed_to"]]
+        assert pointed == ["missing_file", "exited_with_error"], result["text"]
+        (evidence,) = result["causes"][0]["evidence"]
+        assert (evidence["kind"], evidence["text"]) == ("unit.log", message)
+        state = next(f for f in result["facts"] if f["kind"] == "unit.state")
+        assert state["fields"] == {
+            "result": "exit-code", "exit_status": 78, "signal": False, "restarts": 0
+        }  # fmt: skip
+        (fix,) = result["fixes"]
+        assert (fix["fix_id"], fix["safety"]) == ("restart_unit", "safe")
+        assert fix["command"] == f"cortexctl repair services --service {unit}"
+        assert fix["apply"] == f"{fix['command']} --yes"
+        assert result["causes"][1]["fixes"] == ["restart_unit"]
+        assert f"  $ journalctl -u {unit} -b -n 50 --no-pager" in result["text"].splitlines()
+
     def test_the_sandbox_allows_every_feature_and_little_else(self, trial: Trial) -> None:
         trial.run("systemctl", "start", "cortex-probe.service")
         found = json.loads(trial.run("cat", "/var/lib/cortex/probe.json").stdout)

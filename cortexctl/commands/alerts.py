@@ -69,7 +69,7 @@ def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
-    alert = client.call("alerts.get", {"id": _full_id(client, args.id)})["alert"]
+    alert = client.call("alerts.get", {"id": args.id})["alert"]
     if out.as_json:
         out.json(alert)
         return EXIT_OK
@@ -99,21 +99,12 @@ def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _full_id(client: Client, given: str) -> str:
-    """Accept the 8-character prefix `alerts list` shows."""
-    if len(given) >= 36:
-        return given
-    found = client.call("alerts.list", {"state": "all", "include_cleared": True, "limit": 10000})
-    matches = [a["id"] for a in found["alerts"] if a["id"].startswith(given)]
-    return matches[0] if len(matches) == 1 else given
-
-
 def _ack(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.all:
         params: dict[str, Any] = {"all": True}
         params.update({k: v for k, v in _filters(args).items() if k != "state"})
     elif args.id:
-        params = {"id": _full_id(client, args.id)}
+        params = {"id": args.id}
     else:
         params = {}  # the daemon answers INVALID_PARAMS: never everything by accident
     result = client.call("alerts.ack", params)
@@ -131,7 +122,7 @@ def _resolve(client: Client, args: argparse.Namespace, out: Output) -> int:
             params["source"] = args.source
     else:
         # Neither an id nor a key: the daemon answers INVALID_PARAMS naming both.
-        params = {"id": _full_id(client, args.id)} if args.id else {}
+        params = {"id": args.id} if args.id else {}
     alert = client.call("alerts.resolve", params)["alert"]
     if out.as_json:
         out.json(alert)

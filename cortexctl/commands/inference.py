@@ -2,7 +2,9 @@
 
 `ask` and `explain` stream the answer to the terminal as the daemon generates
 it. Ctrl-C cancels the request on the daemon (over a second connection, since
-the first is busy with the stream) before exiting with 130.
+the first is busy with the stream) before exiting with 130. `explain` and
+`ask --host` print the deterministic part (runbook and facts) the moment it
+arrives, then the model's summary as it is generated.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cortexd.protocol import CortexError
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # Silence allowed while a request waits in the queue: the daemon's own
 # inference deadline (120 s by default) ends it before this.
@@ -29,11 +32,24 @@ MIB = 1024 * 1024
 ASK_EPILOG = """\
 examples:
   cortexctl ask "Why would a Linux disk fill up?"
+  cortexctl ask --host "Why is my disk filling up?"
   cortexctl ask --system "Answer in one sentence." "What is swap?"
   cortexctl --json ask --max-tokens 64 "What is an inode?"
 
-Ctrl-C cancels the request on the daemon.
+--host answers from this host's facts and the runbook first, then lets the
+model summarise them. Ctrl-C cancels the request on the daemon.
 """
+EXPLAIN_EPILOG = """\
+examples:
+  cortexctl explain 3f2a9c1d          (the 8 characters `alerts list` shows)
+  cortexctl explain --no-model 3f2a9c1d
+  cortexctl --json explain 3f2a9c1d
+
+First what is known for certain: the runbook's causes ranked by facts gathered
+now, the facts with their sources, commands to look further and the fixes that
+apply; then a short summary by the local model (none without a model).
+"""
+SUMMARY_HEADING = "Summary (local model; the facts above are what counts):"
 
 
 class _Streamer:
@@ -120,6 +136,15 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ask(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.host:
+        if args.system:
+            print("cortexctl: --system does not apply to --host", file=sys.stderr)
+            return EXIT_USAGE
+        params = {"question": " ".join(args.question), **_answer_params(args)}
+        return _two_parts(client, "inference.ask", params, out)
+    if args.no_model:
+        print("cortexctl: --no-model needs --host", file=sys.stderr)
+        return EXIT_USAGE
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -127,9 +152,67 @@ def _ask(client: Client, args: argparse.Namespace, out: Output) -> int:
     return _stream_answer(client, "inference.chat", {"messages": messages, **_sampling(args)}, out)
 
 
+class _TwoParts(_Streamer):
+    """Prints the deterministic part when it arrives, then the model's text under a heading."""
+
+    def __call__(self, data: Any) -> None:
+        if isinstance(data, dict) and isinstance(data.get("explanation"), dict):
+            if not self.out.as_json:
+                self.out.stream.write(str(data["explanation"].get("text", "")))
+                self.out.stream.flush()
+            return
+        if (
+            isinstance(data, dict)
+            and data.get("text")
+            and not self.printed
+            and not self.out.as_json
+        ):
+            self.out.line()
+            self.out.line(SUMMARY_HEADING)
+        super().__call__(data)
+
+
+def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
+    streamer = _TwoParts(out)
+    try:
+        result = client.call(
+            method,
+            {**params, "stream": True},
+            on_stream=streamer,
+            timeout=max(client.timeout, ANSWER_TIMEOUT),
+        )
+    except KeyboardInterrupt:
+        _cancel(client, streamer.request_id)
+        if streamer.printed:
+            out.line()
+        print("cortexctl: cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if out.as_json:
+        out.json(result)
+        return EXIT_OK
+    summary = result.get("summary")
+    if summary is not None:
+        if streamer.printed:
+            out.line()
+        reason = summary.get("stop_reason")
+        if reason in ("cancelled", "timeout"):
+            print(f"cortexctl: the summary was cut short ({reason})", file=sys.stderr)
+        _print_stats(summary)
+    elif params.get("model", True) and result.get("summary_skipped"):
+        print(f"cortexctl: no model summary: {result['summary_skipped']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _answer_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = _sampling(args)
+    if args.no_model:
+        params["model"] = False
+    return params
+
+
 def _explain(client: Client, args: argparse.Namespace, out: Output) -> int:
-    params = {"alert_id": args.alert_id, **_sampling(args)}
-    return _stream_answer(client, "inference.explain", params, out)
+    params = {"alert_id": args.alert_id, **_answer_params(args)}
+    return _two_parts(client, "inference.explain", params, out)
 
 
 def _model_status(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -217,6 +300,12 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_no_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-model", action="store_true", help="only the deterministic part (with --host for ask)"
+    )
+
+
 def register(sub: Any) -> None:
     """Add this module's commands to the top-level subparsers."""
     ask = sub.add_parser(
@@ -227,11 +316,23 @@ def register(sub: Any) -> None:
     )
     ask.add_argument("question", nargs="+", help="the question")
     ask.add_argument("--system", metavar="TEXT", help="a system prompt")
+    ask.add_argument(
+        "--host", action="store_true", help="answer from this host's facts and the runbook"
+    )
+    _add_no_model(ask)
     _add_sampling(ask)
     ask.set_defaults(run=_ask)
 
-    explain = sub.add_parser("explain", help="explain an alert with the host's health as context")
-    explain.add_argument("alert_id", help="the alert's id (see `cortexctl alerts list`)")
+    explain = sub.add_parser(
+        "explain",
+        help="explain an alert: causes ranked by host facts, then a model summary",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument(
+        "alert_id", help="the alert's id, or its first 8+ characters (`cortexctl alerts list`)"
+    )
+    _add_no_model(explain)
     _add_sampling(explain)
     explain.set_defaults(run=_explain)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, cast
 
+from cortexd.alerts.ids import accept_id_prefixes
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.matchers import MatcherError
 from cortexd.alerts.model import (
@@ -306,5 +307,5 @@ def install(daemon: Daemon) -> AlertManager:
     db = Database(os.path.join(daemon.config.state_dir, "alerts.db"), MIGRATIONS)
     manager = AlertManager(db, daemon.config.alerts)
     daemon.components.append(manager)
-    daemon.registry.add(alert_methods(manager))
+    daemon.registry.add(accept_id_prefixes(alert_methods(manager), manager))
     return manager

@@ -256,6 +256,12 @@ class BackupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExplainConfig:
+    max_tokens: int = field(default=160, metadata=_bound(1, 4096))
+    facts_timeout_seconds: float = field(default=3.0, metadata=_bound(0.1, 60))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the daemon is configured with; built once per load, never mutated."""
 
@@ -275,6 +281,7 @@ class Config:
     logs: LogsConfig = field(default_factory=LogsConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -293,6 +300,7 @@ SECTIONS: dict[str, type[Any]] = {
     "logs": LogsConfig,
     "updates": UpdatesConfig,
     "backup": BackupConfig,
+    "explain": ExplainConfig,
 }
 
 # Sections that later capabilities own; accepted without a warning so a config

@@ -19,7 +19,6 @@ from anyio.abc import TaskGroup
 
 from cortexd.config.schema import Config
 from cortexd.inference.engine import Engine
-from cortexd.inference.explain import explain_messages
 from cortexd.inference.job import GenerationParams, Job
 from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
@@ -158,8 +157,8 @@ async def run_job(engine: Engine, call: Call, job: Job, stream: bool) -> dict[st
         engine.forget(job)
 
 
-def methods(engine: Engine, daemon: Daemon) -> list[Method]:
-    """The inference methods bound to `engine` (and to `daemon` for explain)."""
+def methods(engine: Engine) -> list[Method]:
+    """The inference methods bound to `engine` (`inference.explain` lives in cortexd.explain)."""
 
     def new_job(call: Call, **kwargs: Any) -> Job:
         return Job(
@@ -177,11 +176,6 @@ def methods(engine: Engine, daemon: Daemon) -> list[Method]:
 
     async def chat(call: Call) -> dict[str, Any]:
         job = new_job(call, messages=list(call.params["messages"]))
-        return await run_job(engine, call, job, call.params["stream"])
-
-    async def explain(call: Call) -> dict[str, Any]:
-        messages = await explain_messages(daemon, call, call.params["alert_id"])
-        job = new_job(call, messages=messages)
         return await run_job(engine, call, job, call.params["stream"])
 
     async def cancel(call: Call) -> dict[str, Any]:
@@ -213,13 +207,6 @@ def methods(engine: Engine, daemon: Daemon) -> list[Method]:
             summary="answer chat messages using the model's chat template",
         ),
         Method(
-            "inference.explain",
-            explain,
-            params=(Param("alert_id", str, required=True, check=_non_empty), *SAMPLING),
-            timeout=METHOD_TIMEOUT,
-            summary="explain an alert with the host's health as context",
-        ),
-        Method(
             "inference.cancel",
             cancel,
             params=(Param("request_id", str, required=True),),
@@ -244,8 +231,9 @@ def methods(engine: Engine, daemon: Daemon) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon) -> None:
+def install(daemon: Daemon) -> Engine:
     """Add the inference engine to `daemon`: its component and its methods."""
     engine = Engine(daemon.config.inference)
     daemon.components.append(InferenceComponent(engine))
-    daemon.registry.add(methods(engine, daemon))
+    daemon.registry.add(methods(engine))
+    return engine

@@ -1,4 +1,7 @@
-"""cortexctl ask / explain / model / inference cancel against the real daemon and model."""
+"""cortexctl ask / model / inference cancel against the real daemon and model.
+
+`cortexctl explain` and `ask --host` are tested in tests/explain.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ import sys
 from typing import Any
 
 import orjson
-import pytest
 
-from cortexd.protocol import MethodNotFound
 from tests.daemon import DaemonProcess
 from tests.inference.conftest import wait_for
 from tests.inference.helpers import LONG_PROMPT
@@ -116,39 +117,3 @@ def test_model_load_resolves_a_relative_path(model_daemon: DaemonProcess, model_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("loaded ")
-
-
-def test_explain_needs_the_alert_manager_or_an_existing_alert(
-    model_daemon: DaemonProcess,
-) -> None:
-    done = cortexctl(model_daemon, "explain", "no-such-alert")
-    assert done.returncode == 1
-    try:
-        model_daemon.call("alerts.get", {"id": "no-such-alert"})
-    except MethodNotFound:
-        assert "UNAVAILABLE" in done.stderr
-        assert "alert manager" in done.stderr
-    except Exception:
-        # With the alert manager the unknown id is its error, not the model's.
-        assert "UNAVAILABLE" not in done.stderr
-
-
-def test_explain_streams_an_explanation_of_a_real_alert(model_daemon: DaemonProcess) -> None:
-    try:
-        raised = model_daemon.call(
-            "alerts.raise",
-            {
-                "title": "Disk /var is 97% full",
-                "severity": "CRITICAL",
-                "description": "/var has 300 MB free of 10 GB",
-            },
-        )
-    except MethodNotFound:
-        pytest.skip("this daemon has no alert manager")
-    alert_id = str(raised["alert"]["id"])
-    done = cortexctl(model_daemon, "--json", "explain", "--max-tokens", "8", alert_id)
-    assert done.returncode == 0, done.stderr
-    result = orjson.loads(done.stdout)
-    assert result["eval_count"] > 0
-    # The alert's own words went into the prompt, beyond the fixed instructions.
-    assert result["prompt_tokens"] > 100

@@ -1,0 +1,216 @@
+"""Socket methods of the explain feature (`inference.explain`, `inference.ask`) and `install`.
+
+Both answer in two parts. The deterministic part (runbook + facts) is built
+first; with `stream: true` it is the first stream notification
+(`{"explanation": …}`), before the model is even asked. The model's short
+summary follows through the inference engine's queue like any chat request
+(its `request_id` and text arrive as the usual stream notifications) and
+lands in the result's `summary`. Without a model, or with `model: false`,
+`summary` is null and `summary_skipped` says why: the deterministic part is
+the whole answer, and not an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from anyio.abc import TaskGroup
+
+from cortexd.alerts.ids import AlertLookup
+from cortexd.alerts.manager import AlertManager
+from cortexd.config.schema import Config
+from cortexd.explain.facts import Host, schema
+from cortexd.explain.prompt import ask_messages, explain_messages
+from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
+from cortexd.explain.summary import SUMMARY_STOP, summarise
+from cortexd.inference.engine import Engine
+from cortexd.inference.job import GenerationParams
+from cortexd.inference.methods import METHOD_TIMEOUT
+from cortexd.knowledge import KnowledgeBase, load_builtin
+from cortexd.monitor.checks.commands import CommandRunner
+from cortexd.monitor.checks.system import kernel_clock_state
+from cortexd.repair.methods import cortex_roots
+from cortexd.server import Call, Method, Param
+
+if TYPE_CHECKING:
+    from cortexd.app import Daemon
+
+MAX_TOKENS = 4096
+MAX_QUESTION = 2000
+MAX_ID = 128
+SEED_LIMIT = 2**32
+# A summary retells facts: little randomness keeps it from wandering.
+TEMPERATURE = 0.2
+TOP_P = 0.9
+
+
+def _length(limit: int) -> Any:
+    def check(value: str) -> str | None:
+        return None if value.strip() and len(value) <= limit else f"must be 1 to {limit} characters"
+
+    return check
+
+
+def _max_tokens(value: int) -> str | None:
+    return None if 1 <= value <= MAX_TOKENS else f"must be between 1 and {MAX_TOKENS}"
+
+
+def _temperature(value: float) -> str | None:
+    return None if 0.0 <= value <= 2.0 else "must be between 0 and 2"
+
+
+def _top_p(value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else "must be greater than 0 and at most 1"
+
+
+def _seed(value: int) -> str | None:
+    return None if 0 <= value < SEED_LIMIT else f"must be between 0 and {SEED_LIMIT - 1}"
+
+
+ANSWER_PARAMS = (
+    Param("model", bool, default=True),
+    Param("max_tokens", int, check=_max_tokens),
+    Param("temperature", float, default=TEMPERATURE, check=_temperature),
+    Param("top_p", float, default=TOP_P, check=_top_p),
+    Param("seed", int, check=_seed),
+    Param("stream", bool, default=False),
+    Param("priority", str, default="interactive", choices=("interactive", "background")),
+)
+
+
+async def _unused(call: Call) -> None:
+    raise AssertionError("never called: only its access level is asked about")
+
+
+# Journal lines among an explanation's facts follow the rule of the journal
+# methods (docs/protocol.md, "Authorization"); the server's authorizer
+# answers for a method of that access level.
+JOURNAL_LINES = Method("inference.explain (journal lines)", _unused, access="journal")
+
+
+def build_host(config: Config, runner: CommandRunner) -> Host:
+    """Where the gatherers look, from the settings the checks use too."""
+    return Host(
+        runner=runner,
+        kernel_clock=kernel_clock_state,
+        apt_root=config.repair.root,
+        cortex_roots=tuple(cortex_roots(config)),
+        owner=os.geteuid(),
+    )
+
+
+class ExplainComponent:
+    """The explain feature as a daemon component: status, reload, stop."""
+
+    name = "explain"
+
+    def __init__(self, explainer: Explainer, runner: CommandRunner) -> None:
+        self.explainer = explainer
+        self.runner = runner
+
+    def state(self) -> dict[str, Any]:
+        return self.explainer.state()
+
+    async def start(self, tg: TaskGroup) -> None:
+        return None
+
+    def apply_config(self, config: Config) -> None:
+        self.explainer.config = config.explain
+        self.explainer.host = build_host(config, self.runner)
+
+    async def stop(self) -> None:
+        self.runner.kill_all()
+
+
+def explain_methods(
+    explainer: Explainer,
+    engine: Engine | None,
+    may_read_journal: Callable[[Call], bool] = lambda call: call.is_admin,
+) -> list[Method]:
+    """`inference.explain` and `inference.ask`, bound to `explainer` and `engine`.
+
+    `may_read_journal` says whether a caller may see journal lines among the facts.
+    """
+
+    def generation(call: Call) -> GenerationParams:
+        p = call.params
+        return GenerationParams(
+            max_tokens=p["max_tokens"] or explainer.config.max_tokens,
+            temperature=p["temperature"],
+            top_p=p["top_p"],
+            seed=p["seed"],
+            stop=SUMMARY_STOP,
+        )
+
+    async def explain(call: Call) -> dict[str, Any]:
+        journal = may_read_journal(call)
+        result, topic, alert = await explainer.explain(call.params["alert_id"], journal=journal)
+        if call.params["stream"]:
+            await call.stream({"explanation": result})
+        messages = explain_messages(alert.title, topic)
+        result.update(await summarise(engine, call, messages, generation(call)))
+        return result
+
+    async def ask(call: Call) -> dict[str, Any]:
+        question = call.params["question"].strip()
+        result, topics, not_passing = await explainer.ask(question, journal=may_read_journal(call))
+        if call.params["stream"]:
+            await call.stream({"explanation": result})
+        messages = ask_messages(question, not_passing, topics)
+        result.update(await summarise(engine, call, messages, generation(call)))
+        return result
+
+    return [
+        Method(
+            "inference.explain",
+            explain,
+            params=(Param("alert_id", str, required=True, check=_length(MAX_ID)), *ANSWER_PARAMS),
+            param_aliases={"id": "alert_id"},
+            timeout=METHOD_TIMEOUT,
+            summary="explain an alert: runbook causes ranked by host facts, then a model summary",
+        ),
+        Method(
+            "inference.ask",
+            ask,
+            params=(
+                Param("question", str, required=True, check=_length(MAX_QUESTION)),
+                *ANSWER_PARAMS,
+            ),
+            timeout=METHOD_TIMEOUT,
+            summary="answer a question about this host from its facts and the runbook",
+        ),
+    ]
+
+
+def install(
+    daemon: Daemon,
+    *,
+    alerts: AlertManager,
+    health: HealthSource,
+    engine: Engine | None,
+    fixes: FixRegistry,
+    plugins: PluginSource | None = None,
+) -> Explainer:
+    """Build the explain feature from what other features give it; add it and its methods."""
+    runner = CommandRunner()
+    explainer = Explainer(
+        daemon.config.explain,
+        _builtin,
+        build_host(daemon.config, runner),
+        alerts=AlertLookup(alerts),
+        health=health,
+        fixes=fixes,
+        plugins=plugins,
+    )
+    daemon.components.append(ExplainComponent(explainer, runner))
+    authorizer = daemon.authorizer
+    daemon.registry.add(
+        explain_methods(explainer, engine, lambda call: authorizer.check(JOURNAL_LINES, call.peer))
+    )
+    return explainer
+
+
+def _builtin() -> KnowledgeBase:
+    return load_builtin(schema())
