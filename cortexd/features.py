@@ -32,8 +32,8 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.repair.methods import install as install_repair
     from cortexd.updates.methods import install as install_updates
 
-    install_inference(daemon)
     alerts = install_alerts(daemon)
+    install_inference(daemon, alerts)
     notifier = install_notify(daemon, alerts)
     monitor = install_monitor(daemon, alerts)
     repair = install_repair(daemon, monitor, alerts)

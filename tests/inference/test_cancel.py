@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from tests.daemon import DaemonProcess, running_daemon
-from tests.inference.conftest import wait_for, wait_state
+from tests.inference.conftest import inference_config, wait_for, wait_state
 from tests.inference.helpers import COUNTING_PROMPT, LONG_PROMPT, Background
 
 
@@ -78,7 +78,7 @@ def test_a_client_that_disconnects_cancels_its_request(model_daemon: DaemonProce
 
 
 def test_a_request_past_its_deadline_returns_partial_text(model_path: str) -> None:
-    config = {"inference": {"model_path": model_path, "n_threads": 1, "request_timeout": 3.0}}
+    config = inference_config(model_path, request_timeout=3.0)
     with running_daemon(config) as d:
         wait_state(d, {"ready"})
         result = d.call(
@@ -98,7 +98,7 @@ def test_a_request_past_its_deadline_returns_partial_text(model_path: str) -> No
 
 def test_the_daemon_stops_cleanly_during_a_generation(model_path: str) -> None:
     config = {
-        "inference": {"model_path": model_path, "n_threads": 1},
+        **inference_config(model_path),
         # The generation outlives the grace period, so the daemon has to cancel it.
         "server": {"shutdown_timeout": 1.0},
     }
