@@ -22,7 +22,8 @@ from cortexd.inference.process import ExitInfo
 log = logging.getLogger(__name__)
 
 SOURCE = "inference"
-CATEGORY = "inference"
+# One of the alert categories (alerts.model.CATEGORIES) clients filter by.
+CATEGORY = "llm_error"
 PENDING = 32
 
 

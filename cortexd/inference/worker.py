@@ -69,6 +69,7 @@ OUT_OF_MEMORY_SIGNS = (
     "out of memory",
     "bad_alloc",
     "memoryerror",
+    "failed to map segment",
 )
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3

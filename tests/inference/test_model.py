@@ -62,7 +62,7 @@ def test_a_bad_model_fails_at_start_and_the_daemon_keeps_serving(
 
 
 def test_model_load_reports_each_bad_file_and_keeps_the_running_model(
-    model_daemon: DaemonProcess, bad_files: dict[str, str]
+    model_daemon: DaemonProcess, bad_files: dict[str, str], model_path: str
 ) -> None:
     for kind, path in sorted(bad_files.items()):
         with pytest.raises(Unavailable) as info:
@@ -70,6 +70,8 @@ def test_model_load_reports_each_bad_file_and_keeps_the_running_model(
         assert REASONS[kind] in info.value.message
         status = model_daemon.call("model.status")
         assert status["state"] == "ready"
+        # The path that serves, not the one that failed.
+        assert status["path"] == model_path
         assert REASONS[kind] in status["last_error"]["reason"]
     assert model_daemon.call("inference.generate", GENERATE)["text"].startswith(" 9,")
 
