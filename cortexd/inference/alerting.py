@@ -53,13 +53,15 @@ class CrashAlerts:
 
     def __init__(self, sink: AlertSink | None) -> None:
         self._sink = sink
-        send, receive = anyio.create_memory_object_stream[_Report](PENDING)
-        self._send: MemoryObjectSendStream[_Report] = send
-        self._receive: MemoryObjectReceiveStream[_Report] = receive
+        self._send: MemoryObjectSendStream[_Report] | None = None
 
     def start(self, tg: TaskGroup) -> None:
-        if self._sink is not None:
-            tg.start_soon(self._deliver)
+        """Start the delivering task (the streams exist only while it runs)."""
+        if self._sink is None:
+            return
+        send, receive = anyio.create_memory_object_stream[_Report](PENDING)
+        self._send = send
+        tg.start_soon(self._deliver, self._sink, receive)
 
     def fire(self, path: str, message: str, info: ExitInfo) -> None:
         """A runner serving `path` crashed."""
@@ -76,7 +78,7 @@ class CrashAlerts:
         self._queue(("clear", path, "", {}))
 
     def _queue(self, report: _Report) -> None:
-        if self._sink is None:
+        if self._send is None:
             return
         try:
             self._send.send_nowait(report)
@@ -86,17 +88,17 @@ class CrashAlerts:
             pass
 
     async def close(self) -> None:
-        await self._send.aclose()
+        if self._send is not None:
+            await self._send.aclose()
 
-    async def _deliver(self) -> None:
-        assert self._sink is not None
-        async with self._receive:
-            async for kind, path, message, annotations in self._receive:
+    async def _deliver(self, sink: AlertSink, receive: MemoryObjectReceiveStream[_Report]) -> None:
+        async with receive:
+            async for kind, path, message, annotations in receive:
                 labels = {"model": path}
                 try:
                     if kind == "fire":
                         stderr = annotations.get("stderr") or []
-                        await self._sink.notice(
+                        await sink.notice(
                             source=SOURCE,
                             labels=labels,
                             severity=Severity.ERROR,
@@ -106,6 +108,6 @@ class CrashAlerts:
                             annotations=annotations,
                         )
                     else:
-                        await self._sink.condition_cleared(source=SOURCE, labels=labels)
+                        await sink.condition_cleared(source=SOURCE, labels=labels)
                 except Exception:  # isolation boundary: a failing alert store never stops inference
                     log.exception("inference alert for %s not stored", path)

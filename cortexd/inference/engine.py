@@ -384,6 +384,10 @@ class Engine:
             "runner": slot.status(),
         }
 
+    def runner_status(self) -> dict[str, Any]:
+        """The runner's pid, memory, restarts, crashes and last exit (for metrics)."""
+        return self.slot.status()
+
     def summary(self) -> dict[str, Any]:
         """The short form for the daemon's `status` (no request ids: readers see it)."""
         slot = self.slot

@@ -70,9 +70,11 @@ def crash_message(info: ExitInfo, path: str) -> str:
     return f"{message} ({info.detail})" if info.detail else message
 
 
-def unavailable(message: str, path: str, info: ExitInfo | None, **extra: Any) -> Unavailable:
+def unavailable(
+    message: str, path: str, info: ExitInfo | None, reason: str | None = None
+) -> Unavailable:
     """The error a request or a load gets: with the runner's end when it died."""
-    data: dict[str, Any] = {"path": path, "reason": message, **extra}
+    data: dict[str, Any] = {"path": path, "reason": reason or message}
     if info is not None:
         data.update(
             signal=info.signal,
@@ -377,7 +379,9 @@ class RunnerSlot:
                 self.state = previous
             else:
                 self.state, self.reason, self.failed_at = "failed", reason, time.time()
-            error = unavailable(f"cannot load {ref.path}: {reason}", ref.path, failure.exit)
+            error = unavailable(
+                f"cannot load {ref.path}: {reason}", ref.path, failure.exit, reason=reason
+            )
             error.data["state"] = self.state
             return error
         old = self.runner

@@ -15,6 +15,7 @@ from cortexd.protocol import ModelNotLoaded, ShuttingDown, Unavailable
 from tests.daemon import DaemonProcess, running_daemon
 from tests.inference.conftest import inference_config, wait_for, wait_state
 from tests.inference.helpers import COUNTING_PROMPT, Background
+from tests.metrics.helpers import promtool, sample
 
 GENERATE = {"prompt": COUNTING_PROMPT, "max_tokens": 4, "temperature": 0}
 LONG = {"prompt": COUNTING_PROMPT, "max_tokens": 3000, "temperature": 0, "stream": True}
@@ -79,6 +80,16 @@ def test_kill_9_mid_generation_answers_an_error_and_restarts(model_path: str) ->
         assert summary["restarts"] == 1
         assert summary["last_exit"] == "SIGKILL while generating"
         assert d.call("inference.generate", GENERATE)["text"].startswith(" 9,")
+        metrics = d.call("metrics")["text"]
+        promtool(metrics)
+        assert sample(metrics, "cortex_inference_runner_up ") == 1
+        assert sample(metrics, "cortex_inference_runner_pid ") == status["runner"]["pid"]
+        assert sample(metrics, "cortex_inference_runner_restarts_total ") == 1
+        assert sample(metrics, "cortex_inference_runner_crashes_total ") == 1
+        assert (
+            'cortex_inference_runner_last_exit_timestamp_seconds{during="generating",how="SIGKILL"}'
+            in metrics
+        )
         # The crash raised an alert, resolved once a runner served again.
         wait_for(lambda: inference_alerts(d, "resolved"))
         (alert,) = inference_alerts(d, "resolved")
