@@ -136,6 +136,7 @@ class RunnerProcess:
     started_at: float = 0.0  # wall clock, for status
     stopping: bool = False
     activity: str = "loading"  # what it does now, for the exit report
+    nice: int | None = None  # the level it runs at, as it reported
     stderr_tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=STDERR_KEPT)
     )
@@ -213,6 +214,8 @@ class RunnerProcess:
             self.kill()
             raise LoadFailed(f"the runner answered the load with {ready['op']!r}")
         self.activity = "idle"
+        nice = ready.get("nice")
+        self.nice = nice if isinstance(nice, int) else None
         tg.start_soon(self._read_frames)
         return ready
 

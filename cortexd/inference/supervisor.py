@@ -199,7 +199,7 @@ class RunnerSlot:
             "crashes": self.crashes,
             "last_exit": self.last_exit.as_dict() if self.last_exit is not None else None,
             "next_restart": restart,
-            "nice": self.config.nice,
+            "nice": runner.nice if runner is not None else None,
             "memory_limit_bytes": self._memory_limit,
         }
 

@@ -16,7 +16,7 @@ Frames (see `frames.py`), daemon → runner:
 - `cancel`: `id`, `reason` (`cancelled` or `timeout`);
 - `exit`, or the end of the stream: finish the running request and exit.
 
-Runner → daemon: `ready` (`model`, `pid`) or `load_failed` (`reason`,
+Runner → daemon: `ready` (`model`, `pid`, `nice`: the level it got) or `load_failed` (`reason`,
 `out_of_memory`); then per request `phase` (`id`, `phase`, `prompt_tokens`,
 `prompt_evaluated`), `text` (`id`, `text`, `generated`), and one `done`
 (`id`, `outcome`) or `error` (`id`, `error` as a JSON-RPC error object).
@@ -129,17 +129,33 @@ class Channel:
         self.sock.sendall(encode(frame, MAX_RUNNER_FRAME))
 
 
-def apply_limits(memory_limit: int, nice: int) -> None:
-    """Lower this process's priority and cap its address space.
+def apply_limits(memory_limit: int, nice: int) -> int:
+    """Lower this process's priority and cap its address space; returns the nice
+    level it runs at.
 
     Done first, while the process has one thread: on Linux the nice value
-    belongs to a thread, and the threads llama.cpp starts inherit it.
+    belongs to a thread, and the threads llama.cpp starts inherit it. A
+    system-call filter that refuses setpriority (the shipped unit's
+    `~@resources`) leaves the level as it was; that is reported, not fatal.
     """
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            current = nice
+        except PermissionError:
+            print(
+                f"runner: nice level {nice} not applied (setpriority refused); "
+                f"running at {current}",
+                file=sys.stderr,
+                flush=True,
+            )
     if memory_limit > 0:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            memory_limit = min(memory_limit, hard)  # a limit can only be lowered
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    return current
 
 
 def _die_with_parent() -> None:
@@ -170,7 +186,7 @@ def load(channel: Channel, frame: Frame, log: LlamaLog) -> LoadedModel | None:
     memory_limit = int(frame.get("memory_limit_bytes") or 0)
     name = str(frame["name"])
     try:
-        apply_limits(memory_limit, int(frame.get("nice") or 0))
+        nice = apply_limits(memory_limit, int(frame.get("nice") or 0))
         import llama_cpp
 
         log.install(llama_cpp)
@@ -191,7 +207,7 @@ def load(channel: Channel, frame: Frame, log: LlamaLog) -> LoadedModel | None:
         reason, oom = _memory_reason(detail, memory_limit)
         channel.send({"op": "load_failed", "reason": reason, "out_of_memory": oom})
         return None
-    channel.send({"op": "ready", "model": model.describe(), "pid": os.getpid()})
+    channel.send({"op": "ready", "model": model.describe(), "pid": os.getpid(), "nice": nice})
     return model
 
 

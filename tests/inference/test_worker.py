@@ -160,3 +160,19 @@ def test_a_bad_frame_from_the_daemon_ends_the_runner_with_a_reason(runner: Runne
 def test_a_frame_larger_than_the_bound_is_refused_unread(runner: Runner) -> None:
     runner.sock.sendall(HEADER.pack(1 << 31))
     assert runner.proc.wait(TIMEOUT) == 4
+
+
+def test_a_refused_setpriority_leaves_the_level_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The shipped unit's seccomp filter (~@resources) answers setpriority with
+    # EPERM; without systemd as PID 1 here, the refusal is simulated.
+    from cortexd.inference import worker
+
+    def refuse(*_: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setattr(worker.os, "setpriority", refuse)
+    assert worker.apply_limits(0, before + 5) == before
+    assert f"nice level {before + 5} not applied" in capsys.readouterr().err
