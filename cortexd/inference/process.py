@@ -284,13 +284,25 @@ class RunnerProcess:
     # -- the process -----------------------------------------------------
 
     async def _reap(self) -> None:
+        """Wait for the runner to end and record how. If the daemon stops first
+        (this task is cancelled), the runner is killed: a runner must never
+        outlive the daemon, nor keep it waiting."""
         process = self._process
         assert process is not None
-        with anyio.CancelScope(shield=True):
+        try:
             code = await process.wait()
+        except anyio.get_cancelled_exc_class():
+            self.kill()
+            with anyio.CancelScope(shield=True):
+                await self._ended(await process.wait())
+            raise
+        with anyio.CancelScope(shield=True):
             # The last lines (an assertion's message) may still be in the pipe.
             with anyio.move_on_after(STDERR_DRAIN):
                 await self._stderr_closed.wait()
+            await self._ended(code)
+
+    async def _ended(self, code: int) -> None:
         status, signame = describe_returncode(code)
         self._exit = ExitInfo(
             code=status,

@@ -189,3 +189,12 @@ def test_n_ctx_beyond_the_training_context_needs_to_be_allowed(model_path: str) 
     with running_daemon(allowed) as d:
         status = wait_state(d, {"ready"})
         assert status["model"]["n_ctx"] == 16384
+
+
+def test_the_runner_does_not_outlive_a_daemon_killed_with_sigkill(model_path: str) -> None:
+    with running_daemon(inference_config(model_path)) as d:
+        wait_state(d, {"ready"})
+        pid = runner_pid(d)
+        d.proc.kill()
+        d.proc.wait(30)
+        wait_for(lambda: gone(pid))
