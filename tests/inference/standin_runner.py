@@ -12,6 +12,7 @@ The prompt says what to do:
 - `deaf`: run and ignore cancels (the engine must kill the runner);
 - `explode`: raise an unexpected error; `oom`: fail with UNAVAILABLE;
 - `abort`: `os.abort()` mid-request; `garbage`: send a malformed frame;
+- `half`: send the first bytes of a frame, then exit with status 7;
 - anything else: answer "hello world" in two pieces.
 
 A model file whose name contains `abort-on-load` makes the runner abort
@@ -69,6 +70,9 @@ class StandIn:
             raise Unavailable("out of memory while generating", reason="out_of_memory")
         if prompt == "abort":
             os.abort()
+        if prompt == "half":
+            self.channel.sock.sendall(HEADER.pack(100) + b'{"op":"te')
+            os._exit(7)
         if prompt == "garbage":
             self.channel.sock.sendall(HEADER.pack(5) + b"nope!")
             time.sleep(60)

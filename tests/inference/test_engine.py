@@ -378,6 +378,21 @@ async def test_a_malformed_frame_ends_the_runner(harness: Harness) -> None:
     await harness.until(lambda: engine.state == "ready")
 
 
+async def test_an_exit_in_the_middle_of_a_frame_is_reported_as_such(harness: Harness) -> None:
+    engine = harness.engine
+    job = harness.job("a", prompt="half")
+    engine.submit(job)
+    with pytest.raises(Unavailable) as info:
+        await outcome(job)
+    assert info.value.data["exit_status"] == 7
+    assert info.value.data["signal"] is None
+    assert info.value.message == (
+        f"inference runner crashed: exit status 7 while generating with {harness.path('first')}"
+        " (the runner's stream ended inside a frame)"
+    )
+    await harness.until(lambda: engine.state == "ready")
+
+
 async def test_it_gives_up_after_the_configured_failed_starts(tmp_path: Path) -> None:
     bad = str(tmp_path / "models" / "abort-on-load.gguf")
     async with started(tmp_path, ready=False, model_path=bad, max_load_failures=2) as h:
