@@ -84,8 +84,10 @@ class _Control:
     error: CortexError | None = None
 
     def complete(self, error: CortexError | None) -> None:
-        self.error = error
-        self.done.set()
+        """The outcome; the first one stands (a shutdown may answer before the change ends)."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
 
 
 class Engine:
