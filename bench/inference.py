@@ -1,6 +1,6 @@
 """Inference benchmark: the daemon beside llama-cpp-python called directly, in one run.
 
-Run: `CORTEX_TEST_MODEL=… .venv/bin/python bench/inference.py [--rounds N] [--json]`.
+Run: `CORTEX_TEST_MODEL=… .venv/bin/python bench/inference.py [--rounds N] [--nice N] [--json]`.
 
 What it measures, all on this machine in the same run:
 
@@ -56,7 +56,7 @@ PROMPTS = (
 LONG_PROMPT = "word " * 1500
 PINGS = 400
 # The daemon's default inference.nice; the direct side runs at the same level.
-NICE = 10
+DEFAULT_NICE = 10
 
 
 class Conn:
@@ -98,7 +98,7 @@ class Conn:
 
 
 @contextlib.contextmanager
-def daemon(model: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def daemon(model: str, nice: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """cortexd serving `model` with one llama.cpp thread, in a temp dir."""
     workdir = tempfile.mkdtemp(prefix="cxi", dir="/tmp")
     sock_path = os.path.join(workdir, "d.sock")
@@ -106,7 +106,7 @@ def daemon(model: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         "state_dir": os.path.join(workdir, "state"),
         "server": {"socket_path": sock_path},
         "logging": {"level": "WARN", "target": "stderr"},
-        "inference": {"model_path": model, "n_threads": THREADS, "n_ctx": N_CTX},
+        "inference": {"model_path": model, "n_threads": THREADS, "n_ctx": N_CTX, "nice": nice},
     }
     config_path = os.path.join(workdir, "daemon.conf")
     Path(config_path).write_text(yaml.safe_dump(config))
@@ -290,15 +290,15 @@ def runner_pid(path: str) -> int:
     return pid
 
 
-def run(model: str, rounds: int) -> dict[str, Any]:
+def run(model: str, rounds: int, nice: int) -> dict[str, Any]:
     # Before llama.cpp starts its threads: on Linux a nice value is per thread.
-    if os.getpriority(os.PRIO_PROCESS, 0) < NICE:
-        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+    if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     from llama_cpp import Llama
 
     llm = Llama(model, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
-    figures: dict[str, Any] = {"model": model, "threads": THREADS, "rounds": rounds, "nice": NICE}
-    with daemon(model) as (proc, path):
+    figures: dict[str, Any] = {"model": model, "threads": THREADS, "rounds": rounds, "nice": nice}
+    with daemon(model, nice) as (proc, path):
         runner = runner_pid(path)
         figures["rss_loaded"] = rss(proc.pid)
         figures["runner_rss_loaded"] = rss(runner)
@@ -410,8 +410,14 @@ def main() -> int:
     parser.add_argument("--model", default=os.environ.get("CORTEX_TEST_MODEL", DEFAULT_MODEL))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=DEFAULT_NICE,
+        help="the runner's inference.nice, and this process's for the direct side",
+    )
     args = parser.parse_args()
-    figures = run(args.model, args.rounds)
+    figures = run(args.model, args.rounds, args.nice)
     if args.json:
         sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
