@@ -197,6 +197,11 @@ class Daemon:
         """True once a shutdown has been requested."""
         return self._shutdown.is_set()
 
+    async def wait_stopping(self) -> None:
+        """Return once a shutdown has been requested (for components that must
+        answer their own waiting requests before the connections close)."""
+        await self._shutdown.wait()
+
     def request_shutdown(self, reason: str) -> None:
         """Begin a graceful shutdown (idempotent)."""
         if not self._shutdown.is_set():

@@ -35,8 +35,8 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.repair.methods import install as install_repair
     from cortexd.updates.methods import install as install_updates
 
-    engine = install_inference(daemon)
     alerts = install_alerts(daemon)
+    engine = install_inference(daemon, alerts)
     notifier = install_notify(daemon, alerts)
     monitor = install_monitor(daemon, alerts)
     repair = install_repair(daemon, monitor, alerts)

@@ -175,7 +175,8 @@ def _config(base: Path, webhook: Receiver, model_path: str) -> dict[str, Any]:
     rules.write_text(yaml.safe_dump({"alerts": [rule]}))
     return {
         "state_dir": str(base / "state"),
-        "inference": {"model_path": model_path},
+        # model.load's examples load the installed model, outside this state directory.
+        "inference": {"model_path": model_path, "model_dirs": [os.path.dirname(model_path)]},
         "notify": {
             "rules_path": str(rules),
             "max_attempts": 2,

@@ -249,8 +249,19 @@ def _model_status(client: Client, args: argparse.Namespace, out: Output) -> int:
         ),
         ("generated", f"{totals['generated_tokens']} tokens, {totals['tokens_per_second']} /s"),
     ]
+    hidden = result.get("hidden") or {}
+    if hidden.get("queued") or hidden.get("in_flight"):
+        rows.append(("others", f"{hidden['queued']} waiting, {hidden['in_flight']} running"))
     if result.get("rss_bytes"):
-        rows.append(("memory", f"{result['rss_bytes'] / MIB:.0f} MiB resident"))
+        rows.append(("memory", f"{result['rss_bytes'] / MIB:.0f} MiB resident (daemon)"))
+    runner = result.get("runner") or {}
+    if runner.get("pid"):
+        rss = runner.get("rss_bytes") or 0
+        rows.append(("runner", f"pid {runner['pid']}, {rss / MIB:.0f} MiB resident"))
+    if runner.get("restarts") or runner.get("last_exit"):
+        last = runner.get("last_exit")
+        ended = f"; last ended by {last['how']} while {last['during']}" if last else ""
+        rows.append(("restarts", f"{runner.get('restarts', 0)}{ended}"))
     if result.get("last_error"):
         error = result["last_error"]
         rows.append(("last error", f"{error['path']}: {error['reason']}"))

@@ -90,6 +90,16 @@ class InferenceConfig:
     queue_depth: int = field(default=100, metadata=_bound(1, 100000))
     request_timeout: float = field(default=120.0, metadata=_bound(0.1, 86400))
     keep_alive: float = field(default=0.0, metadata=_bound(0, 86400 * 365))
+    # The runner process, its bounds and who may load what (docs/config.md).
+    model_dirs: tuple[str, ...] = field(default=(), metadata=_root_only())
+    max_queued_per_user: int = field(default=0, metadata=_bound(0, 100000))
+    reserved_admin_slots: int = field(default=2, metadata=_bound(0, 100000))
+    allow_ctx_beyond_train: bool = False
+    memory_limit_mb: int = field(default=0, metadata=_bound(0, 1 << 24))
+    nice: int = field(default=10, metadata=_bound(0, 19))
+    max_load_failures: int = field(default=3, metadata=_bound(1, 1000))
+    restart_backoff_seconds: float = field(default=1.0, metadata=_bound(0.01, 3600))
+    restart_backoff_max_seconds: float = field(default=60.0, metadata=_bound(0.01, 86400))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,260 +1,304 @@
-"""The inference engine: one worker thread, one queue, one model.
+"""The inference engine: the daemon's side of a supervised runner process.
 
-The worker thread is the only code that touches the `LoadedModel` (llama.cpp
-is not thread-safe), and it also loads and unloads it, so a model change can
-never race a running request. The event loop talks to it through the
-thread-safe `RequestQueue` and a single pending control action (load,
-unload, exit); the worker reports back by scheduling calls on the loop
-(`anyio.from_thread.run_sync` for outcomes, a queued call for streamed text),
-so the loop-side `Job` state is only ever touched by the loop.
+The model lives in a runner child process (`worker.py`); the daemon keeps
+what clients see: the bounded queue, jobs and request ids, streaming,
+cancellation, statistics and `model.status`. One supervisor task owns the
+runner: it starts it, sends it one request at a time, relays cancels, and
+stops it. Everything here runs on the event loop, so no state is shared
+with another thread.
 
 Model changes drain: once `model.load` or `model.unload` is accepted, new
 requests get MODEL_NOT_LOADED (state `loading`/`unloading`) while those
-already queued finish on the old model; then the change runs.
+already queued finish on the old model; then the change runs. A load starts
+a new runner next to the old one and switches only once it is ready, so a
+model that fails to load leaves the previous one serving.
+
+A runner that dies (a llama.cpp abort, a segfault, an OOM kill) fails the
+request it was running with UNAVAILABLE naming the signal or exit status and
+its last stderr lines; the queued requests wait for a restart, which comes
+after a backoff (`inference.restart_backoff_seconds`, doubling up to
+`inference.restart_backoff_max_seconds`). After `inference.max_load_failures`
+failed starts in a row the engine gives up until `model.load` or a config
+reload. Each crash raises an alert that resolves when a runner serves the
+model again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
-import threading
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
-import anyio.from_thread
-import anyio.to_thread
-from anyio.lowlevel import EventLoopToken, current_token
+from anyio.abc import TaskGroup
 
 from cortexd.config.schema import InferenceConfig
-from cortexd.inference.gguf import ModelFileError, check_fits, inspect
-from cortexd.inference.job import NS_PER_S, Job, StopReason, empty_result
+from cortexd.inference.alerting import AlertSink
+from cortexd.inference.frames import Frame, FrameError
+from cortexd.inference.job import Job, StopReason, empty_result, result_from
+from cortexd.inference.modelfile import ModelRef, check_allowed
+from cortexd.inference.process import RUNNER_GONE
 from cortexd.inference.queue import RequestQueue
 from cortexd.inference.stats import Totals, rss_bytes
+from cortexd.inference.supervisor import ModelState, RunnerSlot
 from cortexd.protocol import (
     Busy,
     CortexError,
-    InternalError,
+    InvalidParams,
     ModelNotLoaded,
     NotFound,
     PermissionDenied,
+    ShuttingDown,
     Unavailable,
+    error_from_wire,
 )
 
 log = logging.getLogger(__name__)
 
-ModelState = Literal[
-    "not_configured", "loading", "ready", "failed", "unloading", "unloaded", "idle"
-]
-JOIN_TIMEOUT = 10.0
-NOT_CONFIGURED = (
-    "no model is configured: set inference.model_path, start cortexd with --model PATH, "
-    "or load one with model.load"
-)
 MAX_LISTED = 100
+# A runner that has not stopped a cancelled request this long after the
+# cancel frame is stuck inside llama.cpp: it is killed (and restarted).
+KILL_GRACE = 10.0
 
 
-def expand(path: str) -> str:
-    """`~` expansion for model paths (the seed's config used `~/.cortex/models/...`)."""
-    return os.path.expanduser(path)
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who asks for `model.status`: readers see only their own requests in detail."""
 
-
-def default_threads(configured: int) -> int:
-    """`n_threads` 0 means every core but one, so the event loop keeps a core."""
-    if configured > 0:
-        return configured
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    uid: int
+    is_admin: bool
 
 
 @dataclass(eq=False)
 class _Control:
-    """A pending model change or the worker's exit; completed on the loop."""
+    """A pending `model.load` or `model.unload`; completed by the supervisor."""
 
-    kind: Literal["load", "unload", "exit"]
-    path: str = ""
-    drain: bool = True
+    kind: Literal["load", "unload"]
+    ref: ModelRef | None = None
+    previous: ModelState = "not_configured"
     done: anyio.Event = field(default_factory=anyio.Event)
-    error: str | None = None
+    error: CortexError | None = None
 
-    def complete(self, error: str | None) -> None:
-        self.error = error
-        self.done.set()
+    def complete(self, error: CortexError | None) -> None:
+        """The outcome; the first one stands (a shutdown may answer before the change ends)."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
 
 
 class Engine:
-    """Queued inference over one model owned by one worker thread."""
+    """Queued inference over one model served by one supervised runner process."""
 
     def __init__(
         self,
         config: InferenceConfig,
         *,
-        loader: Callable[[str, InferenceConfig, int], Any] | None = None,
-        validate: Callable[[str, InferenceConfig], None] | None = None,
+        model_dirs: Sequence[str] = (),
+        alerts: AlertSink | None = None,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`loader` and `validate` replace the llama.cpp loader and the file checks
-        (tests use a stand-in model); both run on the worker thread."""
+        """`model_dirs` bounds `model.load`; `alerts` hears about crashes;
+        `command` starts a runner (default: this interpreter running the
+        worker module; tests give a stand-in speaking the same frames)."""
         self.config = config
-        self.queue: RequestQueue[Job] = RequestQueue(config.queue_depth, clock)
+        self.model_dirs = tuple(model_dirs)
+        self.queue: RequestQueue[Job] = RequestQueue(
+            config.queue_depth, config.max_queued_per_user, config.reserved_admin_slots
+        )
         self.totals = Totals()
         self._clock = clock
-        self._loader = loader
-        self._validate = validate or _check_file
-        self._lock = threading.Lock()
-        self._state: ModelState = "not_configured"
-        self._reason: str | None = NOT_CONFIGURED
-        self._path = expand(config.model_path) if config.model_path else ""
-        self._describe: dict[str, Any] | None = None
-        self._last_error: dict[str, Any] | None = None
+        self.slot = RunnerSlot(
+            config,
+            alerts=alerts,
+            command=command,
+            env=env,
+            clock=clock,
+            on_frame=self._on_frame,
+            on_crash=self._on_crash,
+            on_give_up=self._on_give_up,
+            on_change=self._notify,
+        )
         self._control: _Control | None = None
-        self._waking = False
-        self._model: Any = None  # LoadedModel, worker thread only
         self._current: Job | None = None
         self._jobs: dict[str, Job] = {}
-        self._thread: threading.Thread | None = None
-        self._token: EventLoopToken | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_active = clock()
+        self._closing = False
+        self._wake = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
 
-    # -- loop side: lifecycle ---------------------------------------------
+    # -- lifecycle -------------------------------------------------------
 
     @property
     def state(self) -> ModelState:
-        return self._state
+        return self.slot.state
 
     def now(self) -> float:
         """The engine's clock (monotonic seconds), which job deadlines use."""
         return self._clock()
 
-    def start(self) -> None:
-        """Capture the loop and, if a model is configured, begin loading it in the background."""
-        self._token = current_token()
-        native = self._token.native_token
-        self._loop = native if isinstance(native, asyncio.AbstractEventLoop) else None
-        if self._path:
-            self._request(_Control("load", self._path, drain=False), "loading")
+    async def start(self, tg: TaskGroup) -> None:
+        """Start the supervisor and, if a model is configured, begin loading it."""
+        self.slot.start(tg)
+        tg.start_soon(self._supervise)
 
-    def apply_config(self, config: InferenceConfig) -> None:
-        """Take live settings (queue depth, timeout, keep-alive); the rest need a restart."""
-        self.config = config
-        self.queue.resize(config.queue_depth)
-        self.queue.interrupt()  # the worker re-reads keep_alive
+    def apply_config(self, config: InferenceConfig, model_dirs: Sequence[str]) -> None:
+        """Take live settings; a model the engine gave up on gets a new try.
+
+        Settings of the runner itself (n_ctx, threads, memory limit, nice)
+        apply from its next start.
+        """
+        self.config = self.slot.config = config
+        self.model_dirs = tuple(model_dirs)
+        self.queue.resize(
+            config.queue_depth, config.max_queued_per_user, config.reserved_admin_slots
+        )
+        self.slot.retry_after_reload()
+        self._notify()
+
+    def shutting_down(self) -> None:
+        """The daemon is stopping: answer every queued and running request
+        with SHUTTING_DOWN now, so each gets its answer before its connection
+        closes, and start no more work."""
+        self._closing = True
+        for job in self.queue.drain():
+            job.stop_requested = "cancelled"
+            job.fail(ShuttingDown())
+        current = self._current
+        if current is not None:
+            current.stop_requested = current.stop_requested or "cancelled"
+            current.fail(ShuttingDown())
+        control, self._control = self._control, None
+        if control is not None:
+            control.complete(ShuttingDown())
+        self._notify()
 
     async def stop(self) -> None:
-        """Cancel every request, stop the worker and free the model.
-
-        On cancellation the worker is abandoned (it is a daemon thread).
-        """
+        """Cancel every request and end the runner (SIGKILL if it does not exit)."""
+        self._closing = True
         now = self._clock()
         for job in self.queue.drain():
             job.stop_requested = "cancelled"
             job.finish(empty_result(job, "cancelled", now))
-        current = self._current
+        if self._scope is not None:
+            self._scope.cancel()
+        await self.slot.close()
+        current, self._current = self._current, None
         if current is not None:
-            current.stop_requested = "cancelled"
-        thread = self._thread
-        if thread is None:
-            return
-        with self._lock:
-            self._control = _Control("exit", drain=False)
-        self.queue.interrupt()
-        await anyio.to_thread.run_sync(thread.join, JOIN_TIMEOUT, abandon_on_cancel=True)
-        if thread.is_alive():
-            log.warning("inference worker did not stop within %gs", JOIN_TIMEOUT)
+            current.fail(ShuttingDown())
+
+    def _notify(self) -> None:
+        self._wake.set()
+
+    # -- model changes -----------------------------------------------------
 
     def _request(self, control: _Control, state: ModelState) -> None:
-        with self._lock:
-            if self._control is not None or self._state in ("loading", "unloading"):
-                raise Busy(
-                    f"a model {self._control.kind if self._control else 'change'} is already "
-                    "in progress",
-                    state=self._state,
-                )
-            self._control = control
-            self._state = state
-            self._reason = None
-            if control.kind == "load":
-                self._path = control.path
-        self._ensure_worker()
-        self.queue.interrupt()
-
-    def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._work, name="cortexd-inference", daemon=True
+        if self._closing:
+            raise ShuttingDown()
+        slot = self.slot
+        if self._control is not None or slot.state in ("loading", "unloading"):
+            raise Busy(
+                f"a model {self._control.kind if self._control else 'change'} is already "
+                "in progress",
+                state=slot.state,
             )
-            self._thread.start()
+        control.previous = slot.state
+        self._control = control
+        slot.state, slot.reason = state, None
+        self._notify()
 
     async def load(self, path: str) -> dict[str, Any]:
-        """Load `path` (after queued requests finish); returns the model's description.
+        """Load `path` (after queued requests finish); returns `model.status`.
 
         Raises:
+            PermissionDenied: `path` is not inside `inference.model_dirs`.
             Busy: another load or unload is in progress.
-            Unavailable: the model could not be loaded (data: path, reason, state).
+            Unavailable: the model could not be loaded (data: path, reason,
+                state, and how the runner ended if it died); the previous
+                model, if any, keeps serving.
         On cancellation the load still completes in the background.
         """
-        path = expand(path)
-        control = _Control("load", path)
+        ref = ModelRef(check_allowed(path, self.model_dirs), "load")
+        control = _Control("load", ref)
         self._request(control, "loading")
         await control.done.wait()
         if control.error is not None:
-            raise Unavailable(
-                f"cannot load {path}: {control.error}",
-                path=path,
-                reason=control.error,
-                state=self._state,
-            )
+            raise control.error
         return self.status()
 
     async def unload(self) -> dict[str, Any]:
-        """Free the model after queued requests finish.
+        """End the runner after queued requests finish; its memory goes back to the OS.
 
         Raises:
             Busy: another load or unload is in progress.
             ModelNotLoaded: there is no model to unload.
         """
-        if self._state not in ("ready", "idle"):
-            raise ModelNotLoaded(self._state, self._reason)
+        if self.slot.state not in ("ready", "idle"):
+            raise ModelNotLoaded(self.slot.state, self.slot.reason)
         control = _Control("unload")
         self._request(control, "unloading")
         await control.done.wait()
+        if control.error is not None:
+            raise control.error
         return self.status()
 
-    # -- loop side: requests -----------------------------------------------
+    async def _change(self, control: _Control) -> None:
+        try:
+            if control.kind == "unload":
+                await self.slot.unload("unloaded", "unloaded by model.unload")
+                self._fail_queued(ModelNotLoaded("unloaded", self.slot.reason))
+                control.complete(None)
+                return
+            assert control.ref is not None
+            outcome = await self.slot.load(control.ref, control.previous)
+            if isinstance(outcome, Unavailable):
+                control.complete(outcome)
+                return
+            self._loaded(outcome)
+            control.complete(None)
+        finally:
+            if self._control is control:
+                self._control = None
 
-    def submit(self, job: Job) -> int:
+    def _loaded(self, load_ns: int) -> None:
+        self._last_active = self._clock()
+        for job in self.queue.snapshot():
+            job.load_ns = load_ns
+
+    # -- requests ------------------------------------------------------------
+
+    def submit(self, job: Job, *, privileged: bool = True) -> int:
         """Queue `job`; returns its position (1 = next to run).
 
+        `privileged` (root or an admin) is not held to the per-user share and
+        may take the places reserved for admins.
+
         Raises:
+            ShuttingDown: the daemon is stopping.
             ModelNotLoaded: no model ready (data: state, reason).
-            QueueFull: the queue holds `queue_depth` requests already.
+            QueueFull: no place left for this caller (data: depth, scope).
         """
-        with self._lock:
-            if self._state == "idle" and self._control is None:
-                # Unloaded after keep_alive: this request brings the model back.
-                self._control = _Control("load", self._path, drain=False)
-                self._state = "loading"
-                self._waking = True
-                wake = True
-            else:
-                wake = False
-            if self._state != "ready" and not self._waking:
-                raise ModelNotLoaded(self._state, self._reason)
+        if self._closing:
+            raise ShuttingDown()
+        slot = self.slot
+        if self._control is None and slot.state == "idle":
+            slot.wake()  # unloaded after keep_alive: this request brings it back
+        if self._control is not None or not (slot.state == "ready" or slot.accepting):
+            raise ModelNotLoaded(slot.state, slot.reason)
         job.submitted = self._clock()
         job.deadline = job.submitted + self.config.request_timeout
         try:
-            position = self.queue.put_nowait(job)
+            position = self.queue.put_nowait(job, privileged=privileged)
         except CortexError:
             self.totals.add(rejected_full=1)
             raise
         self._jobs[job.request_id] = job
-        if wake:
-            self._ensure_worker()
-            self.queue.interrupt()
+        self._notify()
         return position
 
     def forget(self, job: Job) -> None:
@@ -264,12 +308,14 @@ class Engine:
         self._jobs.pop(job.request_id, None)
 
     def cancel_job(self, job: Job, reason: StopReason) -> None:
-        """Stop `job`: a waiting one ends now, a running one at the next check."""
+        """Stop `job`: a waiting one ends now, a running one as soon as the runner sees it."""
         if job.stop_requested is None:
             job.stop_requested = reason
         if self.queue.remove(job.request_id) is not None:
             self._count_stop(reason)
             job.finish(empty_result(job, reason, self._clock()))
+        elif job is self._current:
+            self._notify()
 
     def cancel(self, request_id: str, uid: int, is_admin: bool) -> dict[str, Any]:
         """`inference.cancel`: the owner (same uid) or an admin may cancel.
@@ -292,257 +338,239 @@ class Engine:
     def position(self, request_id: str) -> int | None:
         return self.queue.position(request_id)
 
-    # -- loop side: status -------------------------------------------------
+    def _fail_queued(self, error: CortexError) -> None:
+        for job in self.queue.drain():
+            job.fail(error)
 
-    def status(self) -> dict[str, Any]:
-        """`model.status`: state, model, queue (with positions), in-flight request, totals."""
+    # -- status ----------------------------------------------------------
+
+    def status(self, viewer: Viewer | None = None) -> dict[str, Any]:
+        """`model.status`: state, model, runner, queue, in-flight request, totals.
+
+        A viewer who is not an admin sees the details (ids, methods, phases)
+        of their own requests only; the others appear in `hidden` as counts.
+        """
         now = self._clock()
+        slot = self.slot
         waiting = self.queue.snapshot()
         current = self._current
+
+        def visible(job: Job) -> bool:
+            return viewer is None or viewer.is_admin or job.uid == viewer.uid
+
+        shown = [job.summary(now, i + 1) for i, job in enumerate(waiting) if visible(job)]
+        in_flight = current.summary(now) if current is not None and visible(current) else None
         return {
-            "state": self._state,
-            "reason": self._reason,
-            "path": self._path or None,
-            "model": self._describe,
-            "last_error": self._last_error,
+            "state": slot.state,
+            "reason": slot.reason,
+            "failed_at": slot.failed_at if slot.state == "failed" else None,
+            "path": slot.shown_path(),
+            "model": slot.describe,
+            "last_error": slot.last_error,
             "queue_depth": len(waiting),
             "queue_limit": self.queue.depth,
-            "queue": [job.summary(now, i + 1) for i, job in enumerate(waiting[:MAX_LISTED])],
-            "in_flight": current.summary(now) if current is not None else None,
+            "queue": shown[:MAX_LISTED],
+            "in_flight": in_flight,
+            "hidden": {
+                "queued": len(waiting) - len(shown),
+                "in_flight": int(current is not None and in_flight is None),
+            },
+            "share": {
+                "max_queued_per_user": self.queue.per_user,
+                "reserved_admin_slots": self.queue.reserved,
+            },
             "request_timeout": self.config.request_timeout,
             "keep_alive": self.config.keep_alive,
             "totals": self.totals.snapshot(),
             "rss_bytes": rss_bytes(),
+            "runner": slot.status(),
         }
 
+    def runner_status(self) -> dict[str, Any]:
+        """The runner's pid, memory, restarts, crashes and last exit (for metrics)."""
+        return self.slot.status()
+
     def summary(self) -> dict[str, Any]:
-        """The short form for the daemon's `status`."""
-        model = self._describe or {}
+        """The short form for the daemon's `status` (no request ids: readers see it)."""
+        slot = self.slot
+        model = slot.describe or {}
         current = self._current
+        runner = slot.runner
+        last = slot.last_exit
         return {
-            "state": self._state,
-            "reason": self._reason,
+            "state": slot.state,
+            "reason": slot.reason,
             "model": model.get("name"),
             "size_bytes": model.get("size_bytes"),
             "n_ctx": model.get("n_ctx"),
             "queue_depth": len(self.queue),
-            "in_flight": current.request_id if current is not None else None,
+            "in_flight": current.phase if current is not None else None,
+            "runner_pid": runner.pid if runner is not None else None,
+            "runner_rss_bytes": runner.rss_bytes() if runner is not None else None,
+            "restarts": slot.restarts,
+            "last_exit": f"{last.how} while {last.during}" if last is not None else None,
             "totals": self.totals.snapshot(),
         }
 
-    # -- worker thread -------------------------------------------------------
+    # -- the supervisor ----------------------------------------------------
 
-    def _to_loop(self, fn: Callable[..., object], *args: Any) -> None:
-        # RuntimeError: the loop is gone (shutdown finished); nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(fn, *args, token=self._token)
-
-    def _post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run `fn(*args)` on the loop without waiting for it (streamed text).
-
-        anyio's `from_thread.run_sync` waits for the loop to run the call; once
-        per token that round trip cost the worker several percent of its
-        throughput, so on asyncio the worker only queues the call. Calls run in
-        the order queued, so text always arrives before the `finish` that
-        follows it; a job queues at most `max_tokens` of them.
-        """
-        if self._loop is None:
-            self._to_loop(fn, *args)
-            return
-        # RuntimeError: the loop is closed (shutdown finished).
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _work(self) -> None:
-        try:
+    async def _supervise(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
             while True:
-                control = self._due_control()
-                if control is not None:
-                    if control.kind == "exit":
-                        self._unload_model()
-                        self._to_loop(control.complete, None)
-                        return
-                    self._do_control(control)
-                    continue
-                job = self.queue.get(self._idle_timeout())
-                if job is None:
-                    self._maybe_idle_unload()
-                    continue
-                self._run_job(job)
-        except BaseException:  # isolation boundary: a worker crash must be visible
-            log.exception("inference worker crashed")
-            with self._lock:
-                self._state, self._reason = "failed", "the inference worker crashed; see the log"
-            raise
+                wake = self._wake = anyio.Event()
+                delay = await self._step()
+                if delay is not None:
+                    with anyio.move_on_after(delay):
+                        await wake.wait()
 
-    def _due_control(self) -> _Control | None:
-        with self._lock:
-            control = self._control
-            if control is None or (control.drain and len(self.queue) > 0):
-                return None
-            return control
-
-    def _idle_timeout(self) -> float | None:
-        keep = self.config.keep_alive
-        if keep <= 0 or self._model is None:
+    async def _step(self) -> float | None:
+        """Do the next thing due; None if it did something, else how long to wait."""
+        now = self._clock()
+        job = self._current
+        if job is not None:
+            return await self._tend(job, now)
+        if self._closing:
+            return math.inf
+        slot = self.slot
+        control = self._control
+        if control is not None and (not len(self.queue) or slot.runner is None):
+            await self._change(control)
             return None
-        return max(0.0, self._last_active + keep - self._clock())
-
-    def _maybe_idle_unload(self) -> None:
+        runner = slot.runner
+        if runner is None:
+            if slot.want and slot.target is not None and control is None:
+                if now < slot.restart_at:
+                    return slot.restart_at - now
+                load_ns = await slot.bring_up()
+                if load_ns is not None:
+                    self._loaded(load_ns)
+                return None
+            return math.inf
+        job = self.queue.pop()
+        if job is not None:
+            await self._dispatch(job, now)
+            return None
         keep = self.config.keep_alive
-        if keep <= 0 or self._model is None or len(self.queue) > 0:
-            return
-        if self._clock() - self._last_active < keep:
-            return
-        with self._lock:
-            if self._control is not None:
-                return
-        log.info("unloading the model after %gs idle (inference.keep_alive)", keep)
-        self._unload_model()
-        with self._lock:
-            self._state = "idle"
-            self._reason = f"unloaded after {keep:g}s idle; the next request loads it again"
+        if keep > 0 and control is None:
+            idle = now - self._last_active
+            if idle >= keep:
+                log.info("ending the inference runner after %gs idle (inference.keep_alive)", keep)
+                await slot.unload(
+                    "idle", f"unloaded after {keep:g}s idle; the next request loads it again"
+                )
+                return None
+            return keep - idle
+        return math.inf
 
-    def _do_control(self, control: _Control) -> None:
-        error: str | None = None
-        if control.kind == "unload":
-            self._unload_model()
-            with self._lock:
-                self._state, self._reason = "unloaded", "unloaded by model.unload"
-        else:
-            error = self._load(control.path)
-        with self._lock:
-            self._control = None
-            self._waking = False
-        self._to_loop(control.complete, error)
-
-    def _load(self, path: str) -> str | None:
-        started = time.perf_counter()
-        log.info("loading model %s", path)
-        try:
-            # Check the new file before giving up the old model, so a bad
-            # path leaves the running model in place.
-            self._validate(path, self.config)
-            self._unload_model()
-            model = self._load_model(path)
-        except ModelFileError as exc:
-            return self._load_failed(path, str(exc))
-        except Exception as exc:  # isolation boundary: llama.cpp may raise anything
-            log.exception("loading %s failed", path)
-            return self._load_failed(path, f"{type(exc).__name__}: {exc}")
-        seconds = time.perf_counter() - started
-        load_ns = int(seconds * NS_PER_S)
-        for job in self.queue.snapshot():
-            job.load_ns = load_ns
-        self._model = model
-        self._last_active = self._clock()
-        self._last_error = None
-        with self._lock:
-            self._describe = model.describe()
-            self._state, self._reason = "ready", None
-        described = self._describe or {}
-        log.info(
-            "model %s ready in %.2fs (n_ctx %s)",
-            described.get("name"),
-            seconds,
-            described.get("n_ctx"),
+    async def _tend(self, job: Job, now: float) -> float:
+        """The running job: relay its cancel; kill a runner that ignores it."""
+        runner = self.slot.runner
+        if runner is None:
+            return math.inf
+        if job.stop_requested is not None and job.cancel_sent is None:
+            job.cancel_sent = now
+            frame = {"op": "cancel", "id": job.request_id, "reason": job.stop_requested}
+            # A runner that is going cannot take it; its end fails the job.
+            with contextlib.suppress(*RUNNER_GONE):
+                await runner.send(frame)
+        if job.cancel_sent is None:
+            return math.inf
+        left = job.cancel_sent + KILL_GRACE - now
+        if left > 0:
+            return left
+        self.slot.kill(
+            f"the runner did not stop request {job.request_id} within {KILL_GRACE:g}s "
+            "of its cancel; it was killed"
         )
-        return None
+        return math.inf
 
-    def _load_model(self, path: str) -> Any:
-        if self._loader is not None:
-            return self._loader(path, self.config, default_threads(self.config.n_threads))
-        from cortexd.inference.runner import load_model
-
-        return load_model(path, self.config, default_threads(self.config.n_threads))
-
-    def _load_failed(self, path: str, reason: str) -> str:
-        log.error("cannot load model %s: %s", path, reason)
-        self._last_error = {"path": path, "reason": reason, "at": time.time()}
-        with self._lock:
-            if self._model is not None:
-                self._state, self._reason = "ready", None
-            else:
-                self._state, self._reason = "failed", reason
-                self._describe = None
-        # Requests queued behind an automatic reload cannot run now.
-        if self._model is None:
-            for job in self.queue.drain():
-                self._to_loop(job.fail, ModelNotLoaded("failed", reason))
-        return reason
-
-    def _unload_model(self) -> None:
-        model, self._model = self._model, None
-        if model is not None:
-            model.close()
-            with self._lock:
-                self._describe = None
-
-    def _run_job(self, job: Job) -> None:
-        totals = self.totals
-        totals.add(requests=1)
-        if job.stop_requested is not None:
-            self._count_stop(job.stop_requested)
-            self._to_loop(job.finish, empty_result(job, job.stop_requested, self._clock()))
-            return
-        model = self._model
-        if model is None:
-            totals.add(failed=1)
-            self._to_loop(job.fail, ModelNotLoaded(self._state, self._reason))
-            return
+    async def _dispatch(self, job: Job, now: float) -> None:
+        runner = self.slot.runner
+        assert runner is not None
+        self.totals.add(requests=1)
+        job.started = now
         self._current = job
-        try:
-            result = model.generate(job, lambda text: self._post(job.deliver_text, text))
-        except CortexError as exc:
-            totals.add(failed=1)
-            self._to_loop(job.fail, exc)
-            return
-        except Exception:  # isolation boundary: one request's bug must not kill the worker
-            log.exception(
-                "inference request %s failed", job.request_id, extra={"REQUEST_ID": job.request_id}
-            )
-            totals.add(failed=1)
-            self._to_loop(
-                job.fail,
-                InternalError(
-                    f"inference failed (request_id {job.request_id})", request_id=job.request_id
-                ),
-            )
-            return
-        finally:
-            job.phase = "done"
-            self._current = None
-            self._last_active = self._clock()
-        reason = result["stop_reason"]
-        if reason in ("stop", "length"):
-            totals.add(completed=1)
+        runner.activity = "prompt"
+        frame: Frame = {
+            "op": "run",
+            "id": job.request_id,
+            "sampling": job.params.frame(),
+            "timeout_s": max(0.0, job.deadline - now),
+        }
+        if job.messages is not None:
+            frame["messages"] = job.messages
         else:
-            self._count_stop(reason)
-        if result.get("ttft_ms") is not None:
-            totals.observe_ttft(result["ttft_ms"] / 1000)
-        totals.add(
-            prompt_tokens=result["prompt_eval_count"],
-            generated_tokens=result["eval_count"],
-            eval_seconds=result["eval_duration"] / NS_PER_S,
-        )
-        log.debug(
-            "request %s %s: %d prompt tokens, %d generated, %.1f tokens/s, %.0f ms",
-            job.request_id,
-            reason,
-            result["prompt_eval_count"],
-            result["eval_count"],
-            result.get("tokens_per_second", 0.0),
-            result.get("total_ms", 0.0),
-            extra={"REQUEST_ID": job.request_id},
-        )
-        self._to_loop(job.finish, result)
+            frame["prompt"] = job.prompt
+        try:
+            await runner.send(frame)
+        except FrameError:
+            self.totals.add(failed=1)
+            self._job_ended(job)
+            job.fail(InvalidParams("prompt", "is too large to hand to the runner"))
+        except RUNNER_GONE:
+            pass  # the runner is going; its end fails the job
+
+    def _on_frame(self, frame: Frame) -> None:
+        job = self._current
+        if job is None or frame.get("id") != job.request_id:
+            log.debug("runner frame %s for a request no longer running", frame.get("op"))
+            return
+        try:
+            self._apply(job, frame)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.slot.kill(f"the runner sent a malformed {frame.get('op')} frame ({exc})")
+
+    def _apply(self, job: Job, frame: Frame) -> None:
+        op = frame["op"]
+        if op == "text":
+            text = frame["text"]
+            if not isinstance(text, str):
+                raise TypeError("text is not a string")
+            job.generated = int(frame["generated"])
+            job.deliver_text(text)
+        elif op == "phase":
+            phase = frame["phase"]
+            if phase not in ("prompt", "generating"):
+                raise ValueError(f"unknown phase {phase!r}")
+            job.phase = phase
+            job.prompt_tokens = int(frame["prompt_tokens"])
+            job.prompt_evaluated = int(frame["prompt_evaluated"])
+            if self.slot.runner is not None:
+                self.slot.runner.activity = phase
+        elif op == "done":
+            result = result_from(job, frame["outcome"], self._clock())
+            self.totals.record(result)
+            self.slot.served()
+            self._job_ended(job)
+            job.finish(result)
+        elif op == "error":
+            error = error_from_wire(dict(frame["error"]))
+            self.totals.add(failed=1)
+            self._job_ended(job)
+            job.fail(error)
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    def _job_ended(self, job: Job) -> None:
+        job.phase = "done"
+        self._current = None
+        self._last_active = self._clock()
+        runner = self.slot.runner
+        if runner is not None:
+            runner.activity = "idle"
+        self._notify()
+
+    def _on_crash(self, error: Unavailable) -> None:
+        job, self._current = self._current, None
+        if job is not None:
+            job.phase = "done"
+            self.totals.add(failed=1)
+            error.data["request_id"] = job.request_id
+            job.fail(error)
+
+    def _on_give_up(self, error: Unavailable) -> None:
+        self._fail_queued(error)
 
     def _count_stop(self, reason: StopReason) -> None:
-        if reason == "timeout":
-            self.totals.add(timed_out=1)
-        else:
-            self.totals.add(cancelled=1)
-
-
-def _check_file(path: str, config: InferenceConfig) -> None:
-    check_fits(inspect(path), config.n_ctx, config.use_mmap)
+        self.totals.add(**{"timed_out" if reason == "timeout" else "cancelled": 1})

@@ -169,18 +169,28 @@ def inspect(path: str) -> ModelInfo:
         raise ModelFileError(f"not a regular file: {path}")
     try:
         with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            magic = fh.read(4)
-            if magic != GGUF_MAGIC:
-                raise ModelFileError(
-                    f"not a GGUF model: the file starts with {magic!r}, not {GGUF_MAGIC!r}"
-                )
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(path, buf, size)
+            return inspect_fd(fh.fileno(), path)
     except PermissionError:
         raise ModelFileError(f"permission denied reading {path}") from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def inspect_fd(fd: int, name: str) -> ModelInfo:
+    """`inspect` for a file already open as `fd`; `name` is the path it was opened by.
+
+    A message never quotes the file's bytes: the file may not be a model at
+    all, and what it holds is not the caller's to read.
+
+    Raises:
+        ModelFileError: not GGUF, or truncated.
+        OSError: the file cannot be read.
+    """
+    size = os.fstat(fd).st_size
+    if os.pread(fd, len(GGUF_MAGIC), 0) != GGUF_MAGIC:
+        raise ModelFileError("not a GGUF model: the file does not start with the GGUF signature")
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+        return _parse(name, buf, size)
 
 
 def _parse(path: str, buf: mmap.mmap, size: int) -> ModelInfo:
@@ -292,13 +302,24 @@ def _cgroup_headroom() -> list[int]:
         return []
 
 
-def check_fits(info: ModelInfo, n_ctx: int, use_mmap: bool) -> None:
-    """Refuse an `n_ctx` whose KV cache cannot fit in the memory left.
+def check_fits(
+    info: ModelInfo, n_ctx: int, use_mmap: bool, memory_limit: int | None = None
+) -> None:
+    """Refuse an `n_ctx` whose KV cache cannot fit in the memory left, or a model
+    that cannot fit in the runner's address-space limit (`memory_limit` bytes).
 
     Raises:
         ModelFileError: naming the sizes and the setting to change.
     """
     kv = info.kv_bytes(n_ctx)
+    if memory_limit and info.size_bytes + (kv or 0) > memory_limit:
+        kv_part = f" and {_mib(kv)} MiB of KV cache for n_ctx {n_ctx}" if kv else ""
+        raise ModelFileError(
+            f"the model needs at least {_mib(info.size_bytes + (kv or 0))} MiB of address "
+            f"space (its {_mib(info.size_bytes)} MiB file{kv_part}) but the runner's memory "
+            f"limit is {_mib(memory_limit)} MiB; raise inference.memory_limit_mb or lower "
+            "inference.n_ctx"
+        )
     available = available_memory()
     if kv is None or available is None:
         return
@@ -309,6 +330,23 @@ def check_fits(info: ModelInfo, n_ctx: int, use_mmap: bool) -> None:
             f"({_mib(kv)} MiB of KV cache) but only {_mib(available)} MiB of memory is "
             "available; lower inference.n_ctx"
         )
+
+
+def check_context(info: ModelInfo, n_ctx: int, allow_beyond_train: bool) -> None:
+    """Refuse an `n_ctx` past the context the model was trained for, unless allowed.
+
+    Raises:
+        ModelFileError: naming both sizes and the two ways out.
+    """
+    trained = info.context_length
+    if allow_beyond_train or not trained or n_ctx <= trained:
+        return
+    raise ModelFileError(
+        f"inference.n_ctx {n_ctx} is beyond the {trained} tokens {info.name} was trained "
+        f"for; lower inference.n_ctx to {trained} or less, or set "
+        "inference.allow_ctx_beyond_train: true to run it anyway (answers degrade past "
+        f"{trained} tokens)"
+    )
 
 
 def _mib(n: int) -> int:

@@ -1,12 +1,8 @@
-"""One inference request as it travels from the socket to the worker and back.
+"""One inference request as it travels from the socket to the runner and back.
 
-A `Job` is shared by two threads with a strict split: the event loop owns the
-delivery side (`_pieces`, `_event`, the outcome) and only the loop touches it
-— the worker schedules `deliver_text`, `finish` and `fail` to run on the loop
-(see `Engine._post` and `Engine._to_loop`); the worker owns `phase` and the
-progress counters, which the loop only reads for status. `stop_requested` is
-the one field the loop writes and the worker reads (a single reference
-assignment, atomic under the GIL).
+A `Job` lives on the event loop only: the engine updates its phase and
+progress from the runner's frames and delivers its text and outcome; the
+connection's handler waits on it and streams what arrives.
 """
 
 from __future__ import annotations
@@ -34,6 +30,21 @@ class GenerationParams:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Not taken from the socket yet; the runner already applies them.
+    repeat_penalty: float = 1.0
+    grammar: str | None = None
+
+    def frame(self) -> dict[str, Any]:
+        """The `sampling` member of a `run` frame."""
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": list(self.stop),
+            "seed": self.seed,
+            "repeat_penalty": self.repeat_penalty,
+            "grammar": self.grammar,
+        }
 
 
 @dataclass(eq=False)
@@ -50,15 +61,17 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     deadline: float = 0.0
     stop_requested: StopReason | None = None
-    # Written by the worker, read by status.
+    # When the cancel frame went to the runner (engine clock).
+    cancel_sent: float | None = None
+    # Progress, from the runner's frames.
     phase: Phase = "queued"
-    started: float | None = None
+    started: float | None = None  # when the run frame went to the runner
     prompt_tokens: int = 0
     prompt_evaluated: int = 0
     generated: int = 0
     load_ns: int = 0
-    # Event-loop side only.
     _pieces: list[str] = field(default_factory=list)
+    _parts: list[str] = field(default_factory=list)
     _event: anyio.Event = field(default_factory=anyio.Event)
     _result: dict[str, Any] | None = None
     _error: CortexError | None = None
@@ -67,22 +80,21 @@ class Job:
     def finished(self) -> bool:
         return self._result is not None or self._error is not None
 
-    # -- event-loop side -------------------------------------------------
-
     def deliver_text(self, text: str) -> None:
-        """Loop thread: queue streamed text for the handler."""
+        """Queue streamed text for the handler (and keep it for the result)."""
         if not self.finished:
             self._pieces.append(text)
+            self._parts.append(text)
             self._event.set()
 
     def finish(self, result: dict[str, Any]) -> None:
-        """Loop thread: the final result (also for cancelled and timed-out requests)."""
+        """The final result (also for cancelled and timed-out requests)."""
         if not self.finished:
             self._result = result
             self._event.set()
 
     def fail(self, error: CortexError) -> None:
-        """Loop thread: the request failed as a whole."""
+        """The request failed as a whole."""
         if not self.finished:
             self._error = error
             self._event.set()
@@ -143,3 +155,45 @@ def empty_result(job: Job, reason: StopReason, now: float) -> dict[str, Any]:
         "total_ms": round(total * 1000, 3),
         "tokens_per_second": 0.0,
     }
+
+
+def result_from(job: Job, outcome: dict[str, Any], now: float) -> dict[str, Any]:
+    """The final result of a job the runner ran, from its `done` outcome.
+
+    The runner measures durations from when it received the request; the
+    engine's clock places that at `job.started`, so queue and first-token
+    times are the daemon's (as a client sees them) and the rest the runner's.
+    """
+    started = job.started if job.started is not None else now
+    generated = int(outcome["generated"])
+    prompt_s = float(outcome["prompt_s"])
+    eval_s = float(outcome["eval_s"])
+    first_s = outcome.get("first_s")
+    reason: StopReason = outcome["stop_reason"]
+    queue_s = started - job.submitted
+    total_s = now - job.submitted
+    # The first token is sampled at the end of prompt evaluation, so the
+    # generation rate counts the tokens after it.
+    rate = (generated - 1) / eval_s if generated > 1 and eval_s > 0 else 0.0
+    ttft = (
+        round((started + float(first_s) - job.submitted) * 1000, 3) if first_s is not None else None
+    )
+    result: dict[str, Any] = {
+        "request_id": job.request_id,
+        "text": "".join(job._parts) + str(outcome.get("tail") or ""),
+        "stop_reason": reason,
+        "prompt_tokens": int(outcome["prompt_tokens"]),
+        "prompt_eval_count": int(outcome["prompt_evaluated"]),
+        "eval_count": generated,
+        "total_duration": int(total_s * NS_PER_S),
+        "load_duration": job.load_ns,
+        "prompt_eval_duration": int(prompt_s * NS_PER_S),
+        "eval_duration": int(eval_s * NS_PER_S),
+        "queue_ms": round(queue_s * 1000, 3),
+        "ttft_ms": ttft,
+        "total_ms": round(total_s * 1000, 3),
+        "tokens_per_second": round(rate, 2),
+    }
+    if reason in ("cancelled", "timeout"):
+        result["cancelled_in"] = "prompt" if first_s is None else "generation"
+    return result

@@ -6,20 +6,24 @@ the queue position, the following ones the text as it is generated. The
 handler's own deadline (`inference.request_timeout`) ends the request with
 `stop_reason: timeout` and the partial text; the method's server deadline is
 set far beyond it so the generic 5 s deadline never cuts inference short.
-If the handler is cancelled (the client went away, the daemon is stopping)
-the job is cancelled with it, inside prompt processing too.
+If the handler is cancelled (the client went away) the job is cancelled
+with it, inside prompt processing too. When the daemon begins to stop, every
+queued and running request is answered SHUTTING_DOWN at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.config.schema import Config
-from cortexd.inference.engine import Engine
+from cortexd.inference.alerting import AlertSink
+from cortexd.inference.engine import Engine, Viewer
 from cortexd.inference.job import GenerationParams, Job
+from cortexd.inference.modelfile import model_dirs
 from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
 
@@ -29,8 +33,9 @@ if TYPE_CHECKING:
 # Longest possible inference.request_timeout plus room for the handler's own
 # grace period: the server-level deadline must never fire first.
 METHOD_TIMEOUT = 86400.0 + 120.0
-# After the deadline the worker stops within a token or a graph node; this
-# only bounds the wait if it somehow does not.
+# After the deadline the runner stops within a token or a graph node; one
+# that does not is killed by the engine (KILL_GRACE, 10 s). This only bounds
+# the wait if even that fails.
 STOP_GRACE = 30.0
 # model.load may wait for the queue to drain first.
 LOAD_TIMEOUT = 3600.0
@@ -102,21 +107,34 @@ def sampling(params: dict[str, Any]) -> GenerationParams:
 
 
 class InferenceComponent:
-    """The engine as a daemon `Component`: status, start, reload, stop."""
+    """The engine as a daemon `Component`: status, start, reload, stop.
+
+    `stopping` returns once the daemon begins to shut down: the engine then
+    answers its requests SHUTTING_DOWN while their connections are still open.
+    """
 
     name = "inference"
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, stopping: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.engine = engine
+        self._stopping = stopping
 
     def state(self) -> dict[str, Any]:
         return self.engine.summary()
 
     async def start(self, tg: TaskGroup) -> None:
-        self.engine.start()
+        await self.engine.start(tg)
+        if self._stopping is not None:
+            tg.start_soon(self._answer_at_shutdown, self._stopping)
+
+    async def _answer_at_shutdown(self, stopping: Callable[[], Awaitable[None]]) -> None:
+        await stopping()
+        self.engine.shutting_down()
 
     def apply_config(self, config: Config) -> None:
-        self.engine.apply_config(config.inference)
+        self.engine.apply_config(config.inference, model_dirs(config))
 
     async def stop(self) -> None:
         await self.engine.stop()
@@ -129,7 +147,7 @@ async def run_job(engine: Engine, call: Call, job: Job, stream: bool) -> dict[st
     job's own error (e.g. INVALID_PARAMS for an over-long prompt). On
     cancellation the job is cancelled too.
     """
-    position = engine.submit(job)
+    position = engine.submit(job, privileged=call.is_admin)
     try:
         if stream:
             await call.stream(
@@ -182,7 +200,7 @@ def methods(engine: Engine) -> list[Method]:
         return engine.cancel(call.params["request_id"], call.peer.uid, call.is_admin)
 
     def model_status(call: Call) -> dict[str, Any]:
-        return engine.status()
+        return engine.status(Viewer(call.peer.uid, call.is_admin))
 
     async def model_load(call: Call) -> dict[str, Any]:
         return await engine.load(call.params["path"])
@@ -231,9 +249,14 @@ def methods(engine: Engine) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon) -> Engine:
-    """Add the inference engine to `daemon`: its component and its methods."""
-    engine = Engine(daemon.config.inference)
-    daemon.components.append(InferenceComponent(engine))
+def install(daemon: Daemon, alerts: AlertSink | None = None) -> Engine:
+    """Add the inference engine to `daemon`: its component and its methods.
+
+    `alerts` hears about runner crashes; it must be started before the engine
+    (installed first).
+    """
+    config = daemon.config
+    engine = Engine(config.inference, model_dirs=model_dirs(config), alerts=alerts)
+    daemon.components.append(InferenceComponent(engine, daemon.wait_stopping))
     daemon.registry.add(methods(engine))
     return engine

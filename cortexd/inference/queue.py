@@ -1,25 +1,40 @@
-"""The inference queue: one bounded, two-priority, thread-safe waiting line.
+"""The inference queue: one bounded, two-priority waiting line with a fair share.
 
-The event loop puts requests in (never blocking: a full queue raises
-`QueueFull` at once) and takes them out again on cancellation; the worker
-thread blocks in `get` for the next one. Interactive requests always go
-ahead of background work; within a priority the order is arrival order.
-A lock guards the two deques because two threads touch them; every critical
-section is a few list operations, so the loop never waits on it for long.
+Only the event loop touches it (the runner is another process now), so it
+needs no lock. Putting never waits: a full queue raises `QueueFull` at once.
+Interactive requests always go ahead of background work; within a priority
+the order is arrival order.
+
+The share: a caller who is not an admin may have at most `per_user`
+requests waiting, and may not take the last `reserved` places, which are
+kept for admins (root included) so that one reader resubmitting in a loop
+cannot lock them out.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Generic, Literal, Protocol, TypeVar
 
-from cortexd.protocol import QueueFull
+from cortexd.protocol import CortexError, QueueFull
 
 Priority = Literal["interactive", "background"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "background")
+
+
+class UserQueueFull(QueueFull):
+    """One caller already has their share of the queue waiting."""
+
+    def __init__(self, limit: int, depth: int) -> None:
+        # QueueFull's own message names only the depth; this one names the share.
+        CortexError.__init__(
+            self,
+            f"you already have {limit} requests waiting, the most one user may "
+            "(inference.max_queued_per_user)",
+            depth=depth,
+            scope="user",
+            limit=limit,
+        )
 
 
 class Queued(Protocol):
@@ -31,119 +46,130 @@ class Queued(Protocol):
     @property
     def priority(self) -> Priority: ...
 
+    @property
+    def uid(self) -> int: ...
+
 
 T = TypeVar("T", bound=Queued)
 
 
+def user_share(depth: int, configured: int) -> int:
+    """`inference.max_queued_per_user`, or by default a quarter of the queue (at least 1)."""
+    return configured if configured > 0 else max(1, depth // 4)
+
+
 class RequestQueue(Generic[T]):
-    """Bounded waiting line with two priorities; `depth` counts waiting items only.
+    """Bounded waiting line with two priorities; `depth` counts waiting items only."""
 
-    `get` also wakes for `interrupt()` (a control action such as a model load
-    or the worker's shutdown), returning None so the worker can look at its
-    control state.
-    """
-
-    def __init__(self, depth: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, depth: int, per_user: int = 0, reserved: int = 0) -> None:
         self._depth = depth
-        self._clock = clock
+        self._per_user = user_share(depth, per_user)
+        self._reserved = reserved
         self._lanes: dict[Priority, deque[T]] = {p: deque() for p in PRIORITIES}
-        self._cond = threading.Condition(threading.Lock())
-        self._interrupted = False
+        self._by_uid: dict[int, int] = {}
 
     @property
     def depth(self) -> int:
         return self._depth
 
-    def resize(self, depth: int) -> None:
-        """Take a new bound; items already waiting stay even if over it."""
-        with self._cond:
-            self._depth = depth
+    @property
+    def per_user(self) -> int:
+        return self._per_user
+
+    @property
+    def reserved(self) -> int:
+        return self._reserved
+
+    def resize(self, depth: int, per_user: int = 0, reserved: int = 0) -> None:
+        """Take new bounds; items already waiting stay even if over them."""
+        self._depth = depth
+        self._per_user = user_share(depth, per_user)
+        self._reserved = reserved
 
     def __len__(self) -> int:
-        with self._cond:
-            return self._waiting()
-
-    def _waiting(self) -> int:
         return sum(len(lane) for lane in self._lanes.values())
 
-    def put_nowait(self, item: T) -> int:
+    def waiting_for(self, uid: int) -> int:
+        """How many items of `uid` are waiting."""
+        return self._by_uid.get(uid, 0)
+
+    def put_nowait(self, item: T, *, privileged: bool = True) -> int:
         """Add `item`; returns its 1-based position.
 
+        `privileged` (an admin or root) may use every place and has no
+        per-user share.
+
         Raises:
-            QueueFull: `depth` items are already waiting (data: depth).
+            UserQueueFull: an unprivileged caller has `per_user` items waiting
+                (data: scope "user", limit, depth).
+            QueueFull: the places open to the caller are taken (data: depth,
+                scope "queue", reserved).
         """
-        with self._cond:
-            if self._waiting() >= self._depth:
-                raise QueueFull(self._depth)
-            self._lanes[item.priority].append(item)
-            self._cond.notify()
-            return self._position(item)
+        waiting = len(self)
+        if not privileged:
+            if self._by_uid.get(item.uid, 0) >= self._per_user:
+                raise UserQueueFull(self._per_user, self._depth)
+            open_places = self._depth - self._reserved
+        else:
+            open_places = self._depth
+        if waiting >= open_places:
+            full = QueueFull(self._depth)
+            full.data.update(scope="queue", reserved=self._reserved)
+            raise full
+        self._lanes[item.priority].append(item)
+        self._by_uid[item.uid] = self._by_uid.get(item.uid, 0) + 1
+        return self._position(item)
 
-    def get(self, timeout: float | None = None) -> T | None:
-        """The next item, blocking up to `timeout` seconds (None: no limit).
-
-        Returns None on timeout or after `interrupt()`.
-        """
-        deadline = None if timeout is None else self._clock() + timeout
-        with self._cond:
-            while True:
-                if self._interrupted:
-                    self._interrupted = False
-                    return None
-                for priority in PRIORITIES:
-                    lane = self._lanes[priority]
-                    if lane:
-                        return lane.popleft()
-                if deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-
-    def interrupt(self) -> None:
-        """Wake the thread blocked in `get` (once) without giving it an item."""
-        with self._cond:
-            self._interrupted = True
-            self._cond.notify_all()
+    def pop(self) -> T | None:
+        """The next item to run, or None if nothing waits."""
+        for priority in PRIORITIES:
+            lane = self._lanes[priority]
+            if lane:
+                item = lane.popleft()
+                self._forget(item)
+                return item
+        return None
 
     def remove(self, request_id: str) -> T | None:
         """Take a waiting item out (cancellation); None if it is not waiting any more."""
-        with self._cond:
-            for lane in self._lanes.values():
-                for item in lane:
-                    if item.request_id == request_id:
-                        lane.remove(item)
-                        return item
+        for lane in self._lanes.values():
+            for item in lane:
+                if item.request_id == request_id:
+                    lane.remove(item)
+                    self._forget(item)
+                    return item
         return None
 
     def drain(self) -> list[T]:
-        """Remove and return every waiting item (shutdown)."""
-        with self._cond:
-            items = [item for p in PRIORITIES for item in self._lanes[p]]
-            for lane in self._lanes.values():
-                lane.clear()
-            return items
+        """Remove and return every waiting item, in run order."""
+        items = self._ordered()
+        for lane in self._lanes.values():
+            lane.clear()
+        self._by_uid.clear()
+        return items
 
     def position(self, request_id: str) -> int | None:
         """1-based place in the line (the next to run is 1); None if not waiting."""
-        with self._cond:
-            for index, item in enumerate(self._ordered()):
-                if item.request_id == request_id:
-                    return index + 1
+        for index, item in enumerate(self._ordered()):
+            if item.request_id == request_id:
+                return index + 1
         return None
 
     def _position(self, item: T) -> int:
-        for index, other in enumerate(self._ordered()):
-            if other is item:
-                return index + 1
-        raise AssertionError("item is not queued")  # only called under the lock after append
+        if item.priority == "interactive":
+            return len(self._lanes["interactive"])
+        return len(self._lanes["interactive"]) + len(self._lanes["background"])
+
+    def _forget(self, item: T) -> None:
+        left = self._by_uid.get(item.uid, 0) - 1
+        if left > 0:
+            self._by_uid[item.uid] = left
+        else:
+            self._by_uid.pop(item.uid, None)
 
     def snapshot(self) -> list[T]:
         """Waiting items in the order they will run."""
-        with self._cond:
-            return list(self._ordered())
+        return self._ordered()
 
     def _ordered(self) -> list[T]:
         return [item for p in PRIORITIES for item in self._lanes[p]]

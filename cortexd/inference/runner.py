@@ -1,13 +1,15 @@
-"""The model as the worker thread sees it: load, format, generate, measure.
+"""The model as the runner process sees it: load, format, generate, measure.
 
-Everything here runs on the one worker thread that owns the `Llama` object
-(llama.cpp contexts are not thread-safe). `llama_cpp` is imported inside
-`load_model`, so a daemon without a model never imports it (nor numpy).
+This module runs only inside the runner child process (see `worker.py`), on
+the one thread that owns the `Llama` object (llama.cpp contexts are not
+thread-safe). The daemon never imports it, so neither `llama_cpp` nor numpy
+is ever loaded into the daemon.
 
-Cancellation has two paths: between tokens the loop checks the job's stop
-flag; during prompt processing — one `llama_decode` over up to `n_batch`
+Cancellation has two paths: between tokens the loop checks the request's
+stop flag; during prompt processing — one `llama_decode` over up to `n_batch`
 tokens that can take seconds — llama.cpp's abort callback checks the same
-flag at every graph node and makes the decode fail with status 2. The
+flag at every graph node and makes the decode fail with status 2. The flag
+is set by the runner's reader thread when a cancel frame arrives. The
 callback is installed only while the prompt is evaluated: during generation
 a check per token is prompt enough, and the callback's ~600 Python calls per
 token would cost a few percent of throughput.
@@ -16,21 +18,19 @@ token would cost a few percent of throughput.
 from __future__ import annotations
 
 import codecs
-import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from cortexd.config.schema import InferenceConfig
-from cortexd.inference.gguf import ModelFileError, ModelInfo, check_fits, inspect
-from cortexd.inference.job import NS_PER_S, Job, StopReason
 from cortexd.protocol import InvalidParams, Unavailable
 
-log = logging.getLogger(__name__)
+StopReason = Literal["stop", "length", "cancelled", "timeout"]
+Phase = Literal["queued", "prompt", "generating", "done"]
 
-# create_completion's defaults for the knobs we do not expose, so results
-# match llama-cpp-python called directly with the same params.
+# create_completion's defaults for the knobs a request does not set, so
+# results match llama-cpp-python called directly with the same params.
 TOP_K = 40
 MIN_P = 0.05
 TYPICAL_P = 1.0
@@ -38,49 +38,108 @@ REPEAT_PENALTY = 1.0
 ABORTED = 2  # llama_decode's status when the abort callback said stop
 _SEED_RANGE = 2**32
 
-Emit = Callable[[str], None]
+Emit = Callable[[str, int], None]
+OnPhase = Callable[["Request"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How to load a model: the daemon's `inference.*` settings, resolved."""
+
+    n_ctx: int
+    n_batch: int
+    n_threads: int
+    use_mmap: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Generation parameters of one request, as the frame carries them.
+
+    A generic set, so a later feature can constrain output with a GBNF
+    `grammar` or raise `repeat_penalty` without a new frame type.
+    """
+
+    max_tokens: int = 512
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = TOP_K
+    min_p: float = MIN_P
+    typical_p: float = TYPICAL_P
+    repeat_penalty: float = REPEAT_PENALTY
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    grammar: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """One request as the runner runs it.
+
+    `stop_requested` is the one field another thread writes (the reader
+    thread, on a cancel frame): a single reference assignment, atomic under
+    the GIL, read by the abort callback and the token loop.
+    """
+
+    id: str
+    sampling: Sampling
+    deadline: float
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    stop_requested: StopReason | None = None
+    phase: Phase = "queued"
+    prompt_tokens: int = 0
+    prompt_evaluated: int = 0
+    generated: int = 0
+    received: float = field(default_factory=time.monotonic)
 
 
 class LoadedModel:
-    """A loaded `Llama` plus what we know about it; used only on the worker thread."""
+    """A loaded `Llama`; used only on the runner's main thread.
 
-    def __init__(self, info: ModelInfo, config: InferenceConfig, n_threads: int) -> None:
+    `open_path` is what llama.cpp opens (the daemon passes the file as an
+    inherited descriptor, `/proc/self/fd/N`, so the file checked is the file
+    loaded); `name` is how errors name it.
+    """
+
+    def __init__(self, open_path: str, name: str, settings: Settings) -> None:
+        import contextlib
+        import io
+
         import llama_cpp
 
         self._lib = llama_cpp
-        self.info = info
-        self.n_threads = n_threads
+        self.name = name
+        self.settings = settings
         started = time.perf_counter()
-        n_batch = min(config.n_batch, config.n_ctx)
-        try:
+        n_batch = min(settings.n_batch, settings.n_ctx)
+        # verbose=True only so llama-cpp-python does not point fd 2 at
+        # /dev/null while loading: an assertion that aborts the runner must
+        # reach the daemon. Its Python-level chatter goes nowhere instead.
+        with contextlib.redirect_stderr(io.StringIO()):
             self.llm = llama_cpp.Llama(
-                model_path=info.path,
-                n_ctx=config.n_ctx,
+                model_path=open_path,
+                n_ctx=settings.n_ctx,
                 n_batch=n_batch,
                 n_ubatch=n_batch,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                use_mmap=config.use_mmap,
-                verbose=False,
+                n_threads=settings.n_threads,
+                n_threads_batch=settings.n_threads,
+                use_mmap=settings.use_mmap,
+                verbose=True,
             )
-        except MemoryError:
-            raise ModelFileError(
-                f"out of memory loading {info.path} with n_ctx {config.n_ctx}"
-            ) from None
-        except ValueError as exc:
-            raise ModelFileError(f"llama.cpp could not load {info.path}: {exc}") from None
+        self.llm.verbose = False
         self.load_seconds = time.perf_counter() - started
         self.n_ctx = int(self.llm.n_ctx())
-        self._job: Job | None = None
+        self._request: Request | None = None
         # Kept referenced for as long as llama.cpp may call it.
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
         self._no_cb = llama_cpp.ggml_abort_callback(0)
         self._formatter = self._chat_formatter()
 
     def _should_abort(self, _data: Any) -> bool:
-        job = self._job
-        return job is not None and (
-            job.stop_requested is not None or time.monotonic() >= job.deadline
+        request = self._request
+        return request is not None and (
+            request.stop_requested is not None or time.monotonic() >= request.deadline
         )
 
     def _set_abort(self, on: bool) -> None:
@@ -105,19 +164,14 @@ class LoadedModel:
         )
 
     def close(self) -> None:
-        self._job = None
+        self._request = None
         self.llm.close()
 
     def describe(self) -> dict[str, Any]:
+        """What only the loaded model knows; the daemon adds what the file header says."""
         return {
-            "path": self.info.path,
-            "name": self.info.name,
-            "architecture": self.info.architecture,
-            "size_bytes": self.info.size_bytes,
             "n_ctx": self.n_ctx,
-            "n_ctx_train": self.info.context_length,
-            "n_threads": self.n_threads,
-            "kv_cache_bytes": self.info.kv_bytes(self.n_ctx),
+            "n_threads": self.settings.n_threads,
             "chat_template": self._formatter is not None,
             "load_seconds": round(self.load_seconds, 3),
         }
@@ -144,28 +198,53 @@ class LoadedModel:
         body = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True) if prompt else []
         return [*bos, *body, *eos]
 
+    def _grammar(self, text: str | None) -> Any:
+        """A `LlamaGrammar` for `text`, after checking that llama.cpp can parse it.
+
+        Raises:
+            InvalidParams: llama.cpp refuses the grammar.
+        """
+        if text is None:
+            return None
+        from llama_cpp.llama_grammar import LLAMA_GRAMMAR_DEFAULT_ROOT, LlamaGrammar
+
+        lib = self._lib
+        # llama-cpp-python adds a grammar to the sampler chain without checking
+        # that it parsed; a NULL sampler there would crash the runner.
+        probe = lib.llama_sampler_init_grammar(
+            self.llm._model.vocab, text.encode("utf-8"), LLAMA_GRAMMAR_DEFAULT_ROOT.encode("utf-8")
+        )
+        if not probe:
+            raise InvalidParams("grammar", "is not a GBNF grammar llama.cpp can parse")
+        lib.llama_sampler_free(probe)
+        return LlamaGrammar.from_string(text, verbose=False)
+
     # -- generation ------------------------------------------------------
 
-    def generate(self, job: Job, emit: Emit) -> dict[str, Any]:
-        """Run `job` to its end; stream text through `emit`; return the final result.
+    def generate(self, request: Request, emit: Emit, on_phase: OnPhase) -> dict[str, Any]:
+        """Run `request` to its end; stream text through `emit`; return its outcome.
 
-        A cancelled or timed-out job returns its partial text with that
-        stop reason. Raises:
-            InvalidParams: the prompt does not fit in the context (data: both sizes).
-            Unavailable: llama.cpp ran out of memory (the model stays usable).
+        The outcome holds the counts and durations (seconds from when the
+        runner received the request) the daemon builds the result from, and
+        `tail`: text not streamed because it might have been the start of a
+        stop string when the request was cancelled. A cancelled or timed-out
+        request ends normally with that stop reason.
+
+        Raises:
+            InvalidParams: the prompt does not fit in the context, or a bad grammar.
+            Unavailable: llama.cpp failed or ran out of memory (the model stays usable).
         """
-        started = time.monotonic()
-        job.started = started
+        sampling = request.sampling
         param = "prompt"
-        stops = list(job.params.stop)
-        if job.messages is not None:
+        stops = list(sampling.stop)
+        if request.messages is not None:
             param = "messages"
-            prompt, template_stops = self.format_chat(job.messages)
+            prompt, template_stops = self.format_chat(request.messages)
             stops.extend(s for s in template_stops if s not in stops)
         else:
-            prompt = job.prompt or ""
+            prompt = request.prompt or ""
         tokens = self.tokenize(prompt)
-        job.prompt_tokens = len(tokens)
+        request.prompt_tokens = len(tokens)
         if not tokens:
             raise InvalidParams(param, "is empty")
         if len(tokens) >= self.n_ctx:
@@ -175,33 +254,44 @@ class LoadedModel:
                 prompt_tokens=len(tokens),
                 n_ctx=self.n_ctx,
             )
-        return self._run(job, tokens, stops, emit, started)
+        grammar = self._grammar(sampling.grammar)
+        return self._run(request, tokens, stops, grammar, emit, on_phase)
 
     def _run(
-        self, job: Job, tokens: list[int], stops: list[str], emit: Emit, started: float
+        self,
+        request: Request,
+        tokens: list[int],
+        stops: list[str],
+        grammar: Any,
+        emit: Emit,
+        on_phase: OnPhase,
     ) -> dict[str, Any]:
         llm = self.llm
-        params = job.params
-        max_tokens = min(params.max_tokens, self.n_ctx - len(tokens))
-        llm.set_seed(params.seed if params.seed is not None else random.randrange(_SEED_RANGE))
+        sampling = request.sampling
+        max_tokens = min(sampling.max_tokens, self.n_ctx - len(tokens))
+        seed = sampling.seed if sampling.seed is not None else random.randrange(_SEED_RANGE)
+        llm.set_seed(seed)
         # Every request is evaluated from an empty cache, so the same request
         # gives the same answer whatever ran before it.
         llm.n_tokens = 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         stream = _StopScanner(stops)
         reason: StopReason = "length"
+        started = time.monotonic()
         first: float | None = None
-        self._job = job
-        job.phase = "prompt"
+        self._request = request
+        request.phase = "prompt"
+        on_phase(request)
         self._set_abort(True)
         gen = llm.generate(
             tokens,
-            top_k=TOP_K,
-            top_p=params.top_p,
-            min_p=MIN_P,
-            typical_p=TYPICAL_P,
-            temp=params.temperature,
-            repeat_penalty=REPEAT_PENALTY,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            typical_p=sampling.typical_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+            grammar=grammar,
         )
         vocab = llm._model.vocab
         is_eog = self._lib.llama_vocab_is_eog
@@ -210,35 +300,36 @@ class LoadedModel:
                 if first is None:
                     first = time.monotonic()
                     self._set_abort(False)
-                    job.prompt_evaluated = len(tokens)
-                    job.phase = "generating"
+                    request.prompt_evaluated = len(tokens)
+                    request.phase = "generating"
+                    on_phase(request)
                 if is_eog(vocab, token):
                     reason = "stop"
                     break
-                job.generated += 1
+                request.generated += 1
                 piece = decoder.decode(llm.detokenize([token]))
                 ready, hit = stream.feed(piece)
                 if ready:
-                    emit(ready)
+                    emit(ready, request.generated)
                 if hit:
                     reason = "stop"
                     break
-                if job.generated >= max_tokens:
+                if request.generated >= max_tokens:
                     break
-                stopped = self._stop_reason(job)
+                stopped = _stop_reason(request)
                 if stopped is not None:
                     reason = stopped
                     break
             else:
                 reason = "stop"
         except RuntimeError as exc:
-            stopped = self._stop_reason(job)
+            stopped = _stop_reason(request)
             if stopped is None or f"returned {ABORTED}" not in str(exc):
                 self._recover()
                 raise Unavailable(f"llama.cpp failed: {exc}", reason="decode_failed") from None
             reason = stopped
             if first is None:
-                job.prompt_evaluated = int(llm.n_tokens)
+                request.prompt_evaluated = int(llm.n_tokens)
         except MemoryError:
             self._recover()
             raise Unavailable(
@@ -248,27 +339,41 @@ class LoadedModel:
         finally:
             gen.close()
             self._set_abort(False)
-            self._job = None
+            self._request = None
+        tail = ""
         if reason in ("stop", "length"):
-            tail = stream.flush(decoder.decode(b"", final=True))
-            if tail:
-                emit(tail)
+            rest = stream.flush(decoder.decode(b"", final=True))
+            if rest:
+                emit(rest, request.generated)
         else:
+            tail = stream.rest()
             llm.n_tokens = 0
         ended = time.monotonic()
-        return _result(job, stream.text, reason, started, first, ended)
-
-    def _stop_reason(self, job: Job) -> StopReason | None:
-        if job.stop_requested is not None:
-            return job.stop_requested
-        if time.monotonic() >= job.deadline:
-            return "timeout"
-        return None
+        request.phase = "done"
+        return {
+            "stop_reason": reason,
+            "tail": tail,
+            "prompt_tokens": request.prompt_tokens,
+            "prompt_evaluated": request.prompt_evaluated,
+            "generated": request.generated,
+            "prompt_s": (first if first is not None else ended) - started,
+            "first_s": first - request.received if first is not None else None,
+            "eval_s": ended - first if first is not None else 0.0,
+            "total_s": ended - request.received,
+        }
 
     def _recover(self) -> None:
         # A failed decode may leave half a batch in the KV cache; the next
         # request starts from an empty cache anyway, so forget the rest.
         self.llm.n_tokens = 0
+
+
+def _stop_reason(request: Request) -> StopReason | None:
+    if request.stop_requested is not None:
+        return request.stop_requested
+    if time.monotonic() >= request.deadline:
+        return "timeout"
+    return None
 
 
 class _StopScanner:
@@ -314,51 +419,6 @@ class _StopScanner:
         self._sent = len(self.text)
         return out
 
-
-def _result(
-    job: Job, text: str, reason: StopReason, started: float, first: float | None, ended: float
-) -> dict[str, Any]:
-    queue_s = started - job.submitted
-    prompt_s = (first if first is not None else ended) - started
-    eval_s = ended - first if first is not None else 0.0
-    # The first token is sampled at the end of prompt evaluation, so the
-    # generation rate counts the tokens after it.
-    rate = (job.generated - 1) / eval_s if job.generated > 1 and eval_s > 0 else 0.0
-    total_s = ended - job.submitted
-    result: dict[str, Any] = {
-        "request_id": job.request_id,
-        "text": text,
-        "stop_reason": reason,
-        "prompt_tokens": job.prompt_tokens,
-        "prompt_eval_count": job.prompt_evaluated,
-        "eval_count": job.generated,
-        "total_duration": int(total_s * NS_PER_S),
-        "load_duration": job.load_ns,
-        "prompt_eval_duration": int(prompt_s * NS_PER_S),
-        "eval_duration": int(eval_s * NS_PER_S),
-        "queue_ms": round(queue_s * 1000, 3),
-        "ttft_ms": round((first - job.submitted) * 1000, 3) if first is not None else None,
-        "total_ms": round(total_s * 1000, 3),
-        "tokens_per_second": round(rate, 2),
-    }
-    if reason in ("cancelled", "timeout"):
-        result["cancelled_in"] = "prompt" if first is None else "generation"
-    return result
-
-
-def load_model(path: str, config: InferenceConfig, n_threads: int) -> LoadedModel:
-    """Check the file, check the memory, then load it with llama.cpp.
-
-    Raises:
-        ModelFileError: with the reason in an operator's words.
-    """
-    info = inspect(path)
-    check_fits(info, config.n_ctx, config.use_mmap)
-    if info.context_length and config.n_ctx > info.context_length:
-        log.warning(
-            "n_ctx %d is larger than %s was trained for (%d); answers may degrade",
-            config.n_ctx,
-            info.name,
-            info.context_length,
-        )
-    return LoadedModel(info, config, n_threads)
+    def rest(self) -> str:
+        """Text held back and never sent: the request ended before it was safe to."""
+        return self.text[self._sent :]

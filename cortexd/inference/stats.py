@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+NS_PER_S = 1_000_000_000
 # Seconds; a small model answers in tens of milliseconds, a queued request waits longer.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -17,9 +18,9 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 class Totals:
     """Counters for `status`.
 
-    The worker counts what it runs; the loop counts rejections and requests
-    cancelled while still queued. Both go through `add`, under a lock, since
-    `+=` on an attribute is not atomic across threads.
+    The engine counts on the event loop; the metrics may read them from a
+    thread (the HTTP exporter), so every change goes through `add`, under a
+    lock, and readers take a snapshot.
     """
 
     requests: int = 0
@@ -43,6 +44,20 @@ class Totals:
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def record(self, result: dict[str, Any]) -> None:
+        """Count the final result of a request the runner ran."""
+        reason = result["stop_reason"]
+        outcome = {"stop": "completed", "length": "completed", "timeout": "timed_out"}
+        counts: dict[str, float] = {
+            outcome.get(reason, "cancelled"): 1,
+            "prompt_tokens": result["prompt_eval_count"],
+            "generated_tokens": result["eval_count"],
+            "eval_seconds": result["eval_duration"] / NS_PER_S,
+        }
+        self.add(**counts)
+        if result.get("ttft_ms") is not None:
+            self.observe_ttft(result["ttft_ms"] / 1000)
 
     def observe_ttft(self, seconds: float) -> None:
         """Record one request's time to first token (queue wait included)."""
@@ -75,7 +90,7 @@ class Totals:
 
 
 def rss_bytes() -> int | None:
-    """The daemon's resident memory (model weights mapped in count once touched)."""
+    """The daemon's own resident memory (the model's is the runner's)."""
     try:
         with open("/proc/self/statm", encoding="ascii") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

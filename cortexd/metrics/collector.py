@@ -202,6 +202,46 @@ class _Snapshot(Collector):
             "Generated tokens per second of generation, since start.",
             value=totals.get("tokens_per_second", 0.0),
         )
+        yield from _runner(engine.runner_status())
+
+
+def _runner(runner: dict[str, Any]) -> Iterator[Metric]:
+    """The inference runner process: up, pid, memory, restarts, crashes, last exit."""
+    pid = runner.get("pid")
+    yield GaugeMetricFamily(
+        "cortex_inference_runner_up",
+        "1 while a runner process serves the model.",
+        value=int(bool(pid)),
+    )
+    if pid:
+        yield GaugeMetricFamily(
+            "cortex_inference_runner_pid", "Process id of the inference runner.", value=pid
+        )
+    if runner.get("rss_bytes") is not None:
+        yield GaugeMetricFamily(
+            "cortex_inference_runner_resident_memory_bytes",
+            "Resident memory of the inference runner (the model's; the daemon's is apart).",
+            value=runner["rss_bytes"],
+        )
+    yield CounterMetricFamily(
+        "cortex_inference_runner_restarts",
+        "Automatic restarts of the inference runner after a crash or a failed start.",
+        value=runner.get("restarts", 0),
+    )
+    yield CounterMetricFamily(
+        "cortex_inference_runner_crashes",
+        "Inference runners that died (a signal or an unexpected exit).",
+        value=runner.get("crashes", 0),
+    )
+    last = runner.get("last_exit")
+    if last:
+        ended = GaugeMetricFamily(
+            "cortex_inference_runner_last_exit_timestamp_seconds",
+            "When the last runner crash happened, labelled by how it ended and what it was doing.",
+            labels=("how", "during"),
+        )
+        ended.add_metric((last["how"], last["during"]), last["at"])
+        yield ended
 
 
 class Sources:

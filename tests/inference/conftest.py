@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,10 +50,30 @@ def wait_for(predicate: Any, deadline: float = 30.0) -> Any:
         time.sleep(POLL)
 
 
+def inference_config(model_path: str, **settings: Any) -> dict[str, Any]:
+    """A daemon config serving `model_path` with one thread; `model.load` may load
+    files from the model's directory (it is outside the test's state directory)."""
+    inference = {
+        "model_path": model_path,
+        "n_threads": 1,
+        "model_dirs": [os.path.dirname(model_path)],
+        **settings,
+    }
+    return {"inference": inference}
+
+
 @pytest.fixture(scope="module")
-def model_daemon(model_path: str) -> Iterator[DaemonProcess]:
-    """One daemon serving the model with a queue of one, shared by a module's tests."""
-    config = {"inference": {"model_path": model_path, "n_threads": 1, "queue_depth": 1}}
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory of the module's daemon, for the files its tests load."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def model_daemon(model_path: str, models_dir: Path) -> Iterator[DaemonProcess]:
+    """One daemon serving the model with a queue of one, shared by a module's tests;
+    `model.load` may load from the model's directory and from `models_dir`."""
+    config = inference_config(model_path, queue_depth=1)
+    config["inference"]["model_dirs"].append(str(models_dir))
     with running_daemon(config) as d:
         wait_state(d, {"ready"})
         yield d

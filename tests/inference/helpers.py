@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 from typing import Any
 
@@ -40,3 +41,25 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def write_tiny_gguf(path: str, name: str) -> str:
+    """A valid GGUF file with a name and no tensors: enough for the daemon's checks,
+    for tests whose runner is a stand-in that never loads it."""
+    kv = {"general.architecture": "standin", "general.name": name}
+    body = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kv))
+    for key, value in kv.items():
+        body += _gguf_string(key) + struct.pack("<I", GGUF_STRING) + _gguf_string(value)
+    body += b"\0" * (-len(body) % GGUF_ALIGNMENT)
+    with open(path, "wb") as fh:
+        fh.write(body)
+    return path
+
+
+GGUF_STRING = 8
+GGUF_ALIGNMENT = 32
+
+
+def _gguf_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw

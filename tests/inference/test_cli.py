@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,8 @@ def test_model_status_and_cancel_commands(model_daemon: DaemonProcess) -> None:
     assert done.returncode == 0, done.stderr
     assert "ready" in done.stdout
     assert "2048 tokens" in done.stdout
+    pid = model_daemon.call("model.status")["runner"]["pid"]
+    assert re.search(rf"runner\s+pid {pid}, \d+ MiB resident", done.stdout), done.stdout
     missing = cortexctl(model_daemon, "inference", "cancel", "nosuchrequest")
     assert missing.returncode == 1
     assert "NOT_FOUND" in missing.stderr

@@ -16,7 +16,7 @@ from tests.daemon import (
     DaemonProcess,
     running_daemon,
 )
-from tests.inference.conftest import wait_for, wait_state
+from tests.inference.conftest import inference_config, wait_for, wait_state
 from tests.inference.helpers import COUNTING_PROMPT, Background
 
 GENERATE = {"prompt": COUNTING_PROMPT, "max_tokens": 4, "temperature": 0}
@@ -27,7 +27,9 @@ HUGE_N_CTX = 1 << 20
 
 
 @pytest.fixture
-def bad_files(model_path: str, tmp_path: Path) -> dict[str, str]:
+def bad_files(model_path: str, models_dir: Path) -> dict[str, str]:
+    """Bad model files inside the module daemon's model directory."""
+    tmp_path = models_dir
     truncated = tmp_path / "truncated.gguf"
     with open(model_path, "rb") as src, open(truncated, "wb") as dst:
         dst.write(src.read(os.path.getsize(model_path) // 2))
@@ -60,7 +62,7 @@ def test_a_bad_model_fails_at_start_and_the_daemon_keeps_serving(
 
 
 def test_model_load_reports_each_bad_file_and_keeps_the_running_model(
-    model_daemon: DaemonProcess, bad_files: dict[str, str]
+    model_daemon: DaemonProcess, bad_files: dict[str, str], model_path: str
 ) -> None:
     for kind, path in sorted(bad_files.items()):
         with pytest.raises(Unavailable) as info:
@@ -68,6 +70,8 @@ def test_model_load_reports_each_bad_file_and_keeps_the_running_model(
         assert REASONS[kind] in info.value.message
         status = model_daemon.call("model.status")
         assert status["state"] == "ready"
+        # The path that serves, not the one that failed.
+        assert status["path"] == model_path
         assert REASONS[kind] in status["last_error"]["reason"]
     assert model_daemon.call("inference.generate", GENERATE)["text"].startswith(" 9,")
 
@@ -82,7 +86,9 @@ def limited_daemon(config: dict[str, object]) -> Iterator[DaemonProcess]:
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 def test_a_context_too_large_for_memory_fails_clearly(model_path: str) -> None:
-    with limited_daemon({"inference": {"model_path": model_path, "n_ctx": HUGE_N_CTX}}) as d:
+    # Past the training context too: allowed here, so the memory check is what refuses it.
+    config = inference_config(model_path, n_ctx=HUGE_N_CTX, allow_ctx_beyond_train=True)
+    with limited_daemon(config) as d:
         status = wait_state(d, {"failed"})
         assert f"n_ctx {HUGE_N_CTX} needs about" in status["reason"]
         assert "lower inference.n_ctx" in status["reason"]
@@ -134,7 +140,7 @@ def test_a_model_change_waits_for_the_running_request_and_is_single_flight(
 
 
 def test_keep_alive_unloads_when_idle_and_the_next_request_reloads(model_path: str) -> None:
-    config = {"inference": {"model_path": model_path, "n_threads": 1, "keep_alive": 0.5}}
+    config = inference_config(model_path, keep_alive=0.5)
     with running_daemon(config) as d:
         wait_state(d, {"ready"})
         status = wait_state(d, {"idle"})
