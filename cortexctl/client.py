@@ -2,7 +2,9 @@
 
 Errors the daemon answers with are raised as the typed exceptions of
 `cortexd.protocol` (`QueueFull`, `PermissionDenied`, …); failing to reach the
-daemon at all is `DaemonUnreachable`. Only the standard library is
+daemon at all is `DaemonUnreachable`. A call that is interrupted (Ctrl-C) or
+whose stream callback raises closes the connection, which makes the daemon
+cancel the request; the next call reconnects. Only the standard library is
 imported, so command-line use stays fast.
 
 Before a byte is sent, the client checks whom it talks to (`check_directory`,
@@ -31,6 +33,7 @@ from typing import Any
 from cortexd.protocol import (
     DEFAULT_SYSTEM_SOCKET,
     JSONRPC,
+    CortexError,
     InvalidRequest,
     default_socket_path,
     error_from_wire,
@@ -200,6 +203,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer.clear()
 
     def __enter__(self) -> Client:
         if self._sock is None:
@@ -227,7 +231,13 @@ class Client:
         Raises:
             CortexError: (a subclass) the daemon answered with an error.
             DaemonUnreachable: the connection failed or closed.
-            TimeoutError: no answer within `timeout` seconds of silence.
+            TimeoutError: no answer within `timeout` seconds of silence (the
+                daemon may still finish the request).
+
+        Interrupted (KeyboardInterrupt), or when `on_stream` raises, the
+        connection is closed before the exception propagates: the daemon
+        cancels what a vanished client started, so the request does not run
+        on. The next call opens a new connection.
         """
         if self._sock is None:
             self.connect()
@@ -257,13 +267,16 @@ class Client:
                 if "error" in reply:
                     raise error_from_wire(reply["error"])
                 return reply.get("result")
-        except TimeoutError:
+        except (TimeoutError, CortexError, DaemonUnreachable):
             raise
         except OSError as exc:
             self.close()
             raise DaemonUnreachable(
                 self.path, f"connection failed: {exc}", "check the daemon's log: " + LOG_HINT
             ) from None
+        except BaseException:
+            self.close()
+            raise
 
     def _raise_parting_error(self) -> None:
         """Raise the error frame the daemon left in our buffer, if any."""
