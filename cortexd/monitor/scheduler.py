@@ -302,7 +302,7 @@ class Monitor:
         try:
             await self.run_check(check)
         except Exception:  # isolation boundary: grading/alerting bugs never stop the loop
-            log.exception("monitor: handling %s failed", check.id)
+            log.exception("handling %s failed", check.id)
 
     async def run_many(
         self,

@@ -155,7 +155,7 @@ class Notifier:
             log.error("notify rules not reloaded, keeping the old ones: %s", "; ".join(exc.errors))
             return
         self.rules_errors = []
-        log.info("notify: %d rules reloaded", len(self.rules.rules))
+        log.info("%d rules reloaded", len(self.rules.rules))
 
     async def stop(self) -> None:
         """Stop taking events and close the outbox; pending entries wait for the next start."""
