@@ -18,17 +18,16 @@ in /tmp before ours) and receive what the caller sends. A mismatch is
 
 from __future__ import annotations
 
+# The C socket type that `socket.socket` extends: the `socket` module builds
+# four IntEnums and imports selectors when loaded, a tenth of a CLI call, and
+# this client needs none of what it adds.
+import _socket
 import errno
-import grp
 import itertools
 import json
 import os
-import socket
 import stat
 import sys
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any
 
 from cortexd.protocol import (
     DEFAULT_SYSTEM_SOCKET,
@@ -40,13 +39,22 @@ from cortexd.protocol import (
     user_runtime_dir,
 )
 
+# `typing` alone is a tenth of a `cortexctl status` run; the annotations are
+# strings (PEP 563), so only the type checker needs these names.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any
+
+    StreamHandler = Callable[[Any], None]
+
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
 DEFAULT_SOCKET_GROUP = "cortex"
 # How long to look for the daemon's parting error line after a failed send.
 PARTING_READ_TIMEOUT = 0.5
 LOG_HINT = "journalctl -u cortexd (or the terminal running `make run`)"
-StreamHandler = Callable[[Any], None]
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -124,13 +132,13 @@ def check_directory(path: str, owners: frozenset[int], who: str) -> None:
             raise UntrustedSocket(path, f"the socket belongs to uid {owner}, not {who}")
 
 
-def check_peer(sock: socket.socket, path: str, owners: frozenset[int], who: str) -> None:
+def check_peer(sock: _socket.socket, path: str, owners: frozenset[int], who: str) -> None:
     """Refuse a connection whose server process does not run as an expected uid.
 
     Raises:
         UntrustedSocket: naming the uid that answered.
     """
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     uid = int.from_bytes(raw[4:8], sys.byteorder)  # struct ucred: pid, uid, gid
     if uid not in owners:
         raise UntrustedSocket(path, f"the process answering on it runs as uid {uid}, not {who}")
@@ -138,6 +146,8 @@ def check_peer(sock: socket.socket, path: str, owners: frozenset[int], who: str)
 
 def _socket_group(path: str) -> str:
     """The group owning the socket file (what the user must join), else `cortex`."""
+    import grp
+
     try:
         return grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):
@@ -173,7 +183,7 @@ class Client:
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path or default_socket_path()
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buffer = bytearray()
         self._ids = itertools.count(1)
 
@@ -186,7 +196,7 @@ class Client:
         """
         owners, who = expected_owners(self.path)
         check_directory(self.path, owners, who)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
