@@ -1,7 +1,10 @@
-"""What operators read when something is reported: a log line names its component once."""
+"""What operators read when something is reported: a config error's problems, each
+once; a log line naming its component once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +12,41 @@ from pathlib import Path
 import yaml
 
 from tests.daemon import running_daemon
+
+CLI_TIMEOUT = 60
+
+
+def test_a_config_error_prints_each_problem_once(tmp_path: Path) -> None:
+    with running_daemon() as daemon:
+        config = Path(daemon.config_path)
+        good = yaml.safe_load(config.read_text())
+        one = {**good, "server": {**good["server"], "max_connections": -1}}
+        config.write_text(yaml.safe_dump(one))
+        done = subprocess.run(
+            [sys.executable, "-m", "cortexctl", "--socket", daemon.socket_path, "config", "reload"],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+        assert done.returncode == 1
+        assert done.stderr.count("server.max_connections") == 1, done.stderr
+        assert done.stderr.startswith("cortexctl: CONFIG_ERROR: invalid configuration: ")
+
+        two = {**one, "alerts": {"coalesce_seconds": "often"}}
+        config.write_text(yaml.safe_dump(two))
+        done = subprocess.run(
+            [sys.executable, "-m", "cortexctl", "--socket", daemon.socket_path, "config", "reload"],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+        assert done.returncode == 1
+        lines = done.stderr.splitlines()
+        assert lines[0] == "cortexctl: CONFIG_ERROR: invalid configuration:"
+        assert sum("server.max_connections" in line for line in lines) == 1
+        assert sum("alerts.coalesce_seconds" in line for line in lines) == 1
+        # The daemon kept its configuration and serves.
+        assert daemon.call("ping")["pong"] is True
 
 
 def test_the_rules_reload_log_line_names_its_component_once(tmp_path: Path) -> None:

@@ -52,7 +52,13 @@ def test_ask_json_gives_the_result_and_statistics(model_daemon: DaemonProcess) -
     ):
         done = cortexctl(model_daemon, *args)
         assert done.returncode == 0, done.stderr
-        result: dict[str, Any] = orjson.loads(done.stdout)
+        # JSON lines: each stream message as it came, then the result.
+        lines = [orjson.loads(line) for line in done.stdout.splitlines()]
+        *streamed, last = lines
+        assert all(set(line) == {"stream"} for line in streamed)
+        assert "request_id" in streamed[0]["stream"]
+        result: dict[str, Any] = last["result"]
+        assert "".join(line["stream"].get("text", "") for line in streamed) == result["text"]
         assert result["stop_reason"] in ("stop", "length")
         assert result["eval_count"] <= 8
         assert {"prompt_eval_count", "eval_duration", "ttft_ms", "tokens_per_second"} <= set(result)
@@ -148,7 +154,7 @@ def test_explain_streams_an_explanation_of_a_real_alert(model_daemon: DaemonProc
     alert_id = str(raised["alert"]["id"])
     done = cortexctl(model_daemon, "--json", "explain", "--max-tokens", "8", alert_id)
     assert done.returncode == 0, done.stderr
-    result = orjson.loads(done.stdout)
+    result = orjson.loads(done.stdout.splitlines()[-1])["result"]
     assert result["eval_count"] > 0
     # The alert's own words went into the prompt, beyond the fixed instructions.
     assert result["prompt_tokens"] > 100
