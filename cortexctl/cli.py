@@ -40,6 +40,7 @@ EXAMPLES = (
     "cortexctl status --json | jq .components",
     "cortexctl config show server",
     "sudo cortexctl config reload",
+    "cortexctl completion bash > ~/.local/share/bash-completion/completions/cortexctl",
 )
 
 # Each capability adds its commands in one module with a `register(sub)`;
@@ -56,6 +57,7 @@ COMMAND_MODULES = (
     "notify",
     "backup",
     "update",
+    "completion",
 )
 # Which modules a top-level command needs. Only those are imported and
 # registered, so a command pays for its own parser, not for fifty others.
@@ -83,6 +85,7 @@ COMMAND_OWNERS: dict[str, tuple[str, ...]] = {
     "backup": ("backup",),
     "restore": ("backup",),
     "update": ("update",),
+    "completion": ("completion",),
 }
 # Commands without options or arguments of their own, which monitoring and
 # shell prompts run every few seconds: their command lines skip argparse,
@@ -90,6 +93,7 @@ COMMAND_OWNERS: dict[str, tuple[str, ...]] = {
 # named here lists them in its SIMPLE_COMMANDS.
 FAST_COMMANDS = {"ping": "core", "version": "core", "status": "core", "health": "monitor"}
 GLOBAL_VALUE_OPTIONS = frozenset({"--socket", "--timeout"})
+COMPLETE_WORD = "__complete"
 
 
 class Args:
@@ -194,6 +198,10 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring)."""
     words = sys.argv[1:] if argv is None else list(argv)
     stream = stdout if stdout is not None else sys.stdout
+    if words[:1] == [COMPLETE_WORD]:
+        from cortexctl.completion import complete
+
+        return complete(words[1:], stream)
     doctor = requested_command(words) == "doctor"
     try:
         args = parse(words)
@@ -223,7 +231,7 @@ def _run(args: Any, out: Output) -> int:
     doctor = args.command == "doctor"
     try:
         if getattr(args, "offline", False):
-            # Commands that need no daemon (`plugins create`) run without a client.
+            # Commands that need no daemon (`plugins create`, `completion`) run without a client.
             return run(None, args, out)
         with Client(args.socket, timeout=args.timeout) as client:
             return run(client, args, out)

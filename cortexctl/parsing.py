@@ -5,6 +5,9 @@ options (`--socket`, `--json`, `--timeout`), so they work anywhere on the line
 as they do in systemctl and amtool; and every help page ends with examples.
 A usage error raises `UsageError`, which the command line reports (as JSON
 with `--json`) at its edge.
+
+Metavars name what completion offers for a value (see `cortexctl.completion`):
+`ALERT_ID`, `CHECK_ID`, `CATEGORY`, `FIX_ID`, `PLUGIN`, `PATH`.
 """
 
 from __future__ import annotations

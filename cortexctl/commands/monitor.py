@@ -205,6 +205,7 @@ SIMPLE_COMMANDS = {"health": _health}
 
 def register(sub: Any) -> None:
     """Add `health` and `doctor` to the top-level subparsers."""
+    from cortexctl.completion import CATEGORIES
     from cortexctl.parsing import command
 
     command(
@@ -232,6 +233,10 @@ def register(sub: Any) -> None:
         ],
     )
     doctor.add_argument("--check", action="append", metavar="CHECK_ID", help="only this check")
-    doctor.add_argument("--category", metavar="CATEGORY", help="only checks of this category")
+    doctor.add_argument(
+        "--category",
+        metavar="CATEGORY",
+        help=f"only checks of this category ({', '.join(CATEGORIES)})",
+    )
     doctor.add_argument("--verbose", "-v", action="store_true", help="show details")
     doctor.set_defaults(run=_doctor)

@@ -73,6 +73,7 @@ SAMPLES: dict[tuple[str, ...], list[str]] = {
     ("update", "snapshot"): [],
     ("update", "rollback"): ["-y"],
     ("update", "apply"): ["--packages"],
+    ("completion",): ["fish"],
     ("shutdown",): [],
 }
 # Other outcomes worth walking: refusals, simulated runs, failures found locally.
@@ -102,7 +103,7 @@ JUDGES = {
     ("repair", "fix"),
 }
 # Commands that need no daemon.
-OFFLINE = {("plugins", "create")}
+OFFLINE = {("plugins", "create"), ("completion",)}
 
 
 def leaves(
