@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import sys
 
-from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
-from cortexctl.errors import CommandError, Interrupted, NoAnswer, Unreachable, UsageError
+from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable, UntrustedSocket
+from cortexctl.errors import (
+    CommandError,
+    Interrupted,
+    NoAnswer,
+    Unreachable,
+    UntrustedPeer,
+    UsageError,
+)
 from cortexctl.output import Output
 from cortexd.protocol import CortexError
 
@@ -236,7 +243,8 @@ def _run(args: Any, out: Output) -> int:
         with Client(args.socket, timeout=args.timeout) as client:
             return run(client, args, out)
     except DaemonUnreachable as exc:
-        unreachable = Unreachable(str(exc), hint=exc.hint, socket=exc.path, reason=exc.reason)
+        kind = UntrustedPeer if isinstance(exc, UntrustedSocket) else Unreachable
+        unreachable = kind(str(exc), hint=exc.hint, socket=exc.path, reason=exc.reason)
         return _report(out, unreachable, unreachable.exit_code)
     except TimeoutError:
         late = NoAnswer(f"no answer within {args.timeout:g}s", timeout=args.timeout)

@@ -72,6 +72,12 @@ class Unreachable(CommandError):
     exit_code = EXIT_UNREACHABLE
 
 
+class UntrustedPeer(Unreachable):
+    """The socket's directory, or the process answering on it, is not the expected user's."""
+
+    name = "UNTRUSTED_SOCKET"
+
+
 class NoAnswer(CommandError):
     """The daemon did not answer within the timeout."""
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,23 @@ def test_every_command_prints_json_without_a_daemon(tmp_path: Path) -> None:
         check_error(words, docs[-1])
         assert docs[-1]["error"]["data"]["name"] == "UNREACHABLE"
         assert docs[-1]["error"]["data"]["hint"]
+
+
+def test_an_untrusted_socket_is_reported_as_such(tmp_path: Path) -> None:
+    # A directory anyone may write to (and not sticky): someone else could
+    # have put the socket there, so nothing is sent.
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    path = str(loose / "c.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    try:
+        code, docs = run_json(["--socket", path, "--json", "status"])
+    finally:
+        listener.close()
+    assert code == 3
+    error = docs[-1]["error"]
+    assert error["data"]["name"] == "UNTRUSTED_SOCKET"
+    assert "writable by others" in error["message"]
