@@ -177,6 +177,11 @@ def cli_line(cli: dict[str, Any]) -> str:
             f" {cpu['cli']:.1f} / {cpu['pass']:.1f} / {cpu['bare']:.1f} ms ="
             f" {cli['cpu_ratio']:.2f}x pass, {cli['cpu_ratio_to_bare_client']:.2f}x bare"
         )
+    if "completion_ms" in cli:
+        line += (
+            f"; shell completion: {cli['completion_ms']:.1f} ms for a command,"
+            f" {cli['completion_from_daemon_ms']:.1f} ms for alert ids from the daemon"
+        )
     return line
 
 
