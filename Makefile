@@ -17,12 +17,13 @@ endif
 MODEL ?= $(STATE_DIR)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # System packages the build and the tests use (Debian names).
-APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager e2fsprogs
+APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager e2fsprogs zsh fish
 
 PREFIX ?= /opt/cortexd
 BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/cortex
+BASHCOMPDIR ?= /usr/local/share/bash-completion/completions
 
 .PHONY: help run test lint format bench model install uninstall system-deps clean
 
@@ -87,6 +88,8 @@ install: $(STAMP)
 	$(PREFIX)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt .
 	ln -sf $(PREFIX)/bin/cortexd $(BINDIR)/cortexd
 	ln -sf $(PREFIX)/bin/cortexctl $(BINDIR)/cortexctl
+	install -d -m 0755 $(BASHCOMPDIR)
+	$(PREFIX)/bin/cortexctl completion bash > $(BASHCOMPDIR)/cortexctl
 	install -d -m 0755 $(CONFDIR)
 	[ -e $(CONFDIR)/daemon.conf ] || install -m 0644 config/daemon.conf $(CONFDIR)/daemon.conf
 	install -m 0640 config/alerts.yaml $(CONFDIR)/alerts.yaml.example  # rules to copy from; none are active until alerts.yaml exists
@@ -102,7 +105,7 @@ uninstall:
 	@[ "$(ROOT)" = yes ] || { echo "make uninstall needs root"; exit 1; }
 	if [ -d /run/systemd/system ]; then systemctl disable --now cortexd.service cortexd.socket || true; fi
 	rm -f $(UNITDIR)/cortexd.service $(UNITDIR)/cortexd.socket
-	rm -f $(BINDIR)/cortexd $(BINDIR)/cortexctl
+	rm -f $(BINDIR)/cortexd $(BINDIR)/cortexctl $(BASHCOMPDIR)/cortexctl
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "removed. Kept $(CONFDIR) and /var/lib/cortex; delete them by hand if unwanted."

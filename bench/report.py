@@ -127,12 +127,7 @@ def print_report(figures: dict[str, Any], aims: list[Any], *, markdown: bool = F
         f"p50 {idle['ping_p50_ms']:.3f} ms, p99 {idle['ping_p99_ms']:.3f} ms "
         f"(first, with connect: {idle['first_ping_ms']:.3f} ms); daemon RSS {idle['rss_mb']:.1f} MB"
     )
-    cli = figures["cli"]
-    out.append(
-        bullet + f"cortexctl status: {cli['cortexctl_status_ms']:.1f} ms vs python -c pass "
-        f"{cli['python_pass_ms']:.1f} ms = {cli['ratio']:.2f}x  (aim ≤ 2.5x); a bare socket"
-        f" client doing the same call: {cli.get('bare_client_ms', float('nan')):.1f} ms"
-    )
+    out.append(bullet + cli_line(figures["cli"]))
     st = figures["startup"]
     out.append(
         bullet + f"start to READY=1: {st['ready_ms']:.1f} ms vs python -c pass "
@@ -166,3 +161,48 @@ def print_report(figures: dict[str, Any], aims: list[Any], *, markdown: bool = F
 
 def _yes(aim: Any) -> str:
     return "yes" if aim.met else "NO"
+
+
+def cli_line(cli: dict[str, Any]) -> str:
+    """`cortexctl status` beside `python -c pass` and the bare client, wall and CPU."""
+    line = (
+        f"cortexctl status: {cli['cortexctl_status_ms']:.1f} ms vs python -c pass "
+        f"{cli['python_pass_ms']:.1f} ms = {cli['ratio']:.2f}x  (aim ≤ 2.5x); a bare socket"
+        f" client doing the same call: {cli.get('bare_client_ms', float('nan')):.1f} ms"
+    )
+    if "ratio_to_bare_client" in cli:
+        cpu = cli["cpu_ms"]
+        line += (
+            f" = {cli['ratio_to_bare_client']:.2f}x  (aim ≤ 1.3x); CPU time"
+            f" {cpu['cli']:.1f} / {cpu['pass']:.1f} / {cpu['bare']:.1f} ms ="
+            f" {cli['cpu_ratio']:.2f}x pass, {cli['cpu_ratio_to_bare_client']:.2f}x bare"
+        )
+    if "completion_ms" in cli:
+        line += (
+            f"; shell completion: {cli['completion_ms']:.1f} ms for a command,"
+            f" {cli['completion_from_daemon_ms']:.1f} ms for alert ids from the daemon"
+        )
+    return line
+
+
+def print_cli_report(figures: dict[str, Any], aims: list[Any], *, markdown: bool = False) -> None:
+    """The `--cli-only` figures: the machine, the CLI line and its two aims."""
+    m = figures["machine"]
+    bullet = "- " if markdown else ""
+    out = [
+        f"{bullet}machine: {m['cpus']} x {m['cpu_model']}, Python {m['python']}, "
+        f"Linux {m['kernel']}; load average {m['loadavg'][0]:.2f} before, "
+        f"{m['loadavg_after'][0]:.2f} after",
+        f"{bullet}cortexd from {figures['source']['path']} at {figures['source']['revision']}",
+        bullet + cli_line(figures["cli"]),
+        "",
+        _table(
+            ["aim", "figure", "bound", "met"],
+            [
+                [a.name, f"{a.value:.3f}", ("≤ " if a.below else "≥ ") + f"{a.bound:g}", _yes(a)]
+                for a in aims
+            ],
+            markdown,
+        ),
+    ]
+    print("\n".join(out))

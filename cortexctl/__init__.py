@@ -7,17 +7,18 @@ socket protocol; daemon errors surface as `cortexd.protocol` exceptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from cortexctl.client import Client, DaemonUnreachable, UntrustedSocket
 
+# `typing` is not imported at run time: it costs the CLI's start-up more
+# than the client itself (see docs/performance.md).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cortexctl.aio import AsyncClient
 
 __all__ = ["AsyncClient", "Client", "DaemonUnreachable", "UntrustedSocket"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "AsyncClient":
         from cortexctl.aio import AsyncClient
 

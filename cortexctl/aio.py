@@ -3,6 +3,11 @@
 A reader task routes each answer to the call that sent its `id`, so many
 calls can be outstanding at once; stream notifications go to the callback the
 call registered.
+
+A cancelled call cancels its request on the daemon: an inference request by
+its `request_id` (`inference.cancel`, sent on the same connection), any other
+request by closing the connection when it was the only one outstanding (the
+daemon cancels what a vanished client started; the next call reconnects).
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ from cortexctl.client import (
 )
 from cortexd.protocol import JSONRPC, CortexError, default_socket_path, error_from_wire
 
+# Methods whose requests `inference.cancel` can end. The client asks them for
+# their stream so that it learns the `request_id` a cancellation must name
+# (stream frames the caller did not ask for are dropped).
+CANCELLABLE_BY_ID = frozenset({"inference.generate", "inference.chat", "inference.explain"})
+
 
 class AsyncClient:
     """`async with AsyncClient() as c: await c.call("status")`."""
@@ -39,6 +49,7 @@ class AsyncClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._streams: dict[int, Callable[[Any], None]] = {}
+        self._request_ids: dict[int, str] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +120,9 @@ class AsyncClient:
             TimeoutError: no answer within `reply_timeout` (default: the client's); the request is
                 forgotten locally (the daemon may still finish it).
 
-        On cancellation the pending answer is discarded.
+        On cancellation the request is cancelled on the daemon too (see the
+        module docstring); when neither way applies (a non-inference request
+        while others share the connection) its answer is only discarded.
         """
         if self._writer is None:
             await self.connect()
@@ -120,6 +133,8 @@ class AsyncClient:
             )
         req_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": JSONRPC, "id": req_id, "method": method}
+        if method in CANCELLABLE_BY_ID and not (params or {}).get("stream"):
+            params = {**(params or {}), "stream": True}
         if params:
             message["params"] = params
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -137,12 +152,38 @@ class AsyncClient:
             raise
         except OSError as exc:
             raise DaemonUnreachable(self.path, str(exc), "check that cortexd is running") from None
+        except asyncio.CancelledError:
+            self._cancel_on_daemon(req_id)
+            raise
         finally:
             self._pending.pop(req_id, None)
             self._streams.pop(req_id, None)
+            self._request_ids.pop(req_id, None)
         if "error" in reply:
             raise error_from_wire(reply["error"])
         return reply.get("result")
+
+    def _cancel_on_daemon(self, req_id: int) -> None:
+        """Make the daemon stop request `req_id`; never waits (we are being cancelled)."""
+        request_id = self._request_ids.get(req_id)
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        if request_id is not None:
+            # Fire and forget: the answer finds no pending call and is dropped.
+            cancel = {
+                "jsonrpc": JSONRPC,
+                "id": next(self._ids),
+                "method": "inference.cancel",
+                "params": {"request_id": request_id},
+            }
+            writer.write(encode(cancel))
+        elif all(other == req_id for other in self._pending):
+            writer.close()
+            self._writer = None
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
@@ -185,9 +226,15 @@ class AsyncClient:
             params = message.get("params")
             if isinstance(params, dict):
                 stream_id = params.get("id")
-                callback = self._streams.get(stream_id) if isinstance(stream_id, int) else None
+                if not isinstance(stream_id, int):
+                    return None
+                data = params.get("data")
+                request_id = data.get("request_id") if isinstance(data, dict) else None
+                if isinstance(request_id, str) and stream_id in self._pending:
+                    self._request_ids[stream_id] = request_id
+                callback = self._streams.get(stream_id)
                 if callback is not None:
-                    callback(params.get("data"))
+                    callback(data)
             return None
         req_id = message.get("id")
         if req_id is None and isinstance(message.get("error"), dict):

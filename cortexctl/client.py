@@ -2,7 +2,9 @@
 
 Errors the daemon answers with are raised as the typed exceptions of
 `cortexd.protocol` (`QueueFull`, `PermissionDenied`, …); failing to reach the
-daemon at all is `DaemonUnreachable`. Only the standard library is
+daemon at all is `DaemonUnreachable`. A call that is interrupted (Ctrl-C) or
+whose stream callback raises closes the connection, which makes the daemon
+cancel the request; the next call reconnects. Only the standard library is
 imported, so command-line use stays fast.
 
 Before a byte is sent, the client checks whom it talks to (`check_directory`,
@@ -16,26 +18,36 @@ in /tmp before ours) and receive what the caller sends. A mismatch is
 
 from __future__ import annotations
 
+# The C socket type that `socket.socket` extends: the `socket` module builds
+# four IntEnums and imports selectors when loaded, a tenth of a CLI call, and
+# this client needs none of what it adds.
+import _socket
 import errno
-import grp
 import itertools
 import json
 import os
-import socket
 import stat
 import sys
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any
 
 from cortexd.protocol import (
     DEFAULT_SYSTEM_SOCKET,
     JSONRPC,
+    CortexError,
     InvalidRequest,
     default_socket_path,
     error_from_wire,
     user_runtime_dir,
 )
+
+# `typing` alone is a tenth of a `cortexctl status` run; the annotations are
+# strings (PEP 563), so only the type checker needs these names.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any
+
+    StreamHandler = Callable[[Any], None]
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
@@ -43,7 +55,6 @@ DEFAULT_SOCKET_GROUP = "cortex"
 # How long to look for the daemon's parting error line after a failed send.
 PARTING_READ_TIMEOUT = 0.5
 LOG_HINT = "journalctl -u cortexd (or the terminal running `make run`)"
-StreamHandler = Callable[[Any], None]
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -121,13 +132,13 @@ def check_directory(path: str, owners: frozenset[int], who: str) -> None:
             raise UntrustedSocket(path, f"the socket belongs to uid {owner}, not {who}")
 
 
-def check_peer(sock: socket.socket, path: str, owners: frozenset[int], who: str) -> None:
+def check_peer(sock: _socket.socket, path: str, owners: frozenset[int], who: str) -> None:
     """Refuse a connection whose server process does not run as an expected uid.
 
     Raises:
         UntrustedSocket: naming the uid that answered.
     """
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     uid = int.from_bytes(raw[4:8], sys.byteorder)  # struct ucred: pid, uid, gid
     if uid not in owners:
         raise UntrustedSocket(path, f"the process answering on it runs as uid {uid}, not {who}")
@@ -135,6 +146,8 @@ def check_peer(sock: socket.socket, path: str, owners: frozenset[int], who: str)
 
 def _socket_group(path: str) -> str:
     """The group owning the socket file (what the user must join), else `cortex`."""
+    import grp
+
     try:
         return grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):
@@ -170,7 +183,7 @@ class Client:
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path or default_socket_path()
         self.timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buffer = bytearray()
         self._ids = itertools.count(1)
 
@@ -183,7 +196,7 @@ class Client:
         """
         owners, who = expected_owners(self.path)
         check_directory(self.path, owners, who)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
@@ -200,6 +213,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer.clear()
 
     def __enter__(self) -> Client:
         if self._sock is None:
@@ -227,7 +241,13 @@ class Client:
         Raises:
             CortexError: (a subclass) the daemon answered with an error.
             DaemonUnreachable: the connection failed or closed.
-            TimeoutError: no answer within `timeout` seconds of silence.
+            TimeoutError: no answer within `timeout` seconds of silence (the
+                daemon may still finish the request).
+
+        Interrupted (KeyboardInterrupt), or when `on_stream` raises, the
+        connection is closed before the exception propagates: the daemon
+        cancels what a vanished client started, so the request does not run
+        on. The next call opens a new connection.
         """
         if self._sock is None:
             self.connect()
@@ -257,13 +277,16 @@ class Client:
                 if "error" in reply:
                     raise error_from_wire(reply["error"])
                 return reply.get("result")
-        except TimeoutError:
+        except (TimeoutError, CortexError, DaemonUnreachable):
             raise
         except OSError as exc:
             self.close()
             raise DaemonUnreachable(
                 self.path, f"connection failed: {exc}", "check the daemon's log: " + LOG_HINT
             ) from None
+        except BaseException:
+            self.close()
+            raise
 
     def _raise_parting_error(self) -> None:
         """Raise the error frame the daemon left in our buffer, if any."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
-from typing import Any
 
-from cortexctl.client import Client
-from cortexctl.output import Output, ago
+from cortexctl.output import ago
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from cortexctl.client import Client
+    from cortexctl.output import Output
 
 EXIT_OK = 0
 SEVERITY_COLOURS = {"INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
@@ -18,6 +23,8 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def duration(text: str) -> float:
     """`90`, `90s`, `15m`, `2h`, `1d` → seconds (argparse type)."""
+    import argparse
+
     found = _DURATION.match(text)
     if not found or float(found.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30m, 2h, 1d)")
@@ -25,6 +32,9 @@ def duration(text: str) -> float:
 
 
 def label(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` → (key, value) (argparse type)."""
+    import argparse
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -35,7 +45,7 @@ def _ago(ts: float | None) -> str:
     return ago(None if ts is None else time.time() - ts)
 
 
-def _filters(args: argparse.Namespace) -> dict[str, Any]:
+def _filters(args: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key in ("severity", "category", "state", "limit"):
         value = getattr(args, key, None)
@@ -48,15 +58,15 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("alerts.list", _filters(args) or None)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+def _list(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("alerts.list", _filters(args) or None), lambda r: _show_list(out, r))
+    return EXIT_OK
+
+
+def _show_list(out: Output, result: dict[str, Any]) -> None:
     alerts = result["alerts"]
     if not alerts:
         out.line("no alerts")
-        return EXIT_OK
     for a in alerts:
         severity = out.paint(f"{a['severity']:<8}", SEVERITY_COLOURS.get(a["severity"], "0"))
         marks = [m for m, on in (("silenced", a["silenced"]), ("flapping", a["flapping"])) if on]
@@ -65,14 +75,15 @@ def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
             f"{a['id'][:8]}  {severity} {a['state']:<12} {a['title']}{muted}"
             f"  seen {a['count']}x, last {_ago(a['last_seen'])}"
         )
+
+
+def _show(client: Client, args: Any, out: Output) -> int:
+    alert = client.call("alerts.get", {"id": args.id})["alert"]
+    out.result(alert, lambda a: _show_alert(out, a))
     return EXIT_OK
 
 
-def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
-    alert = client.call("alerts.get", {"id": args.id})["alert"]
-    if out.as_json:
-        out.json(alert)
-        return EXIT_OK
+def _show_alert(out: Output, alert: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [
         (key, alert[key])
         for key in ("id", "title", "severity", "state", "category", "source", "host", "count")
@@ -96,10 +107,9 @@ def _show(client: Client, args: argparse.Namespace, out: Output) -> int:
     if alert["description"]:
         out.line()
         out.line(alert["description"])
-    return EXIT_OK
 
 
-def _ack(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _ack(client: Client, args: Any, out: Output) -> int:
     if args.all:
         params: dict[str, Any] = {"all": True}
         params.update({k: v for k, v in _filters(args).items() if k != "state"})
@@ -107,15 +117,14 @@ def _ack(client: Client, args: argparse.Namespace, out: Output) -> int:
         params = {"id": args.id}
     else:
         params = {}  # the daemon answers INVALID_PARAMS: never everything by accident
-    result = client.call("alerts.ack", params)
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line(f"acknowledged {len(result['acknowledged'])} alert(s)")
+    out.result(
+        client.call("alerts.ack", params),
+        lambda r: out.line(f"acknowledged {len(r['acknowledged'])} alert(s)"),
+    )
     return EXIT_OK
 
 
-def _resolve(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _resolve(client: Client, args: Any, out: Output) -> int:
     if args.key is not None:
         params: dict[str, Any] = {"key": args.key}
         if args.source:
@@ -124,23 +133,19 @@ def _resolve(client: Client, args: argparse.Namespace, out: Output) -> int:
         # Neither an id nor a key: the daemon answers INVALID_PARAMS naming both.
         params = {"id": args.id} if args.id else {}
     alert = client.call("alerts.resolve", params)["alert"]
-    if out.as_json:
-        out.json(alert)
-    else:
-        out.line(f"alert {alert['id']} is {alert['state']}")
+    out.result(alert, lambda a: out.line(f"alert {a['id']} is {a['state']}"))
     return EXIT_OK
 
 
-def _clear(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("alerts.clear")
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line(f"cleared {result['cleared']} acknowledged or resolved alert(s)")
+def _clear(client: Client, args: Any, out: Output) -> int:
+    out.result(
+        client.call("alerts.clear"),
+        lambda r: out.line(f"cleared {r['cleared']} acknowledged or resolved alert(s)"),
+    )
     return EXIT_OK
 
 
-def _send(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _send(client: Client, args: Any, out: Output) -> int:
     params: dict[str, Any] = {"title": args.message, "severity": args.level}
     if args.description:
         params["description"] = args.description
@@ -156,31 +161,29 @@ def _send(client: Client, args: argparse.Namespace, out: Output) -> int:
         params["name"] = args.name
     if args.ttl is not None:
         params["ttl_seconds"] = args.ttl
-    alert = client.call("alerts.raise", params)["alert"]
-    if out.as_json:
-        out.json(alert)
-    else:
-        out.line(
-            f"alert {alert['id']} {alert['state']} ({alert['severity']}, seen {alert['count']}x)"
-        )
+    out.result(
+        client.call("alerts.raise", params)["alert"],
+        lambda a: out.line(f"alert {a['id']} {a['state']} ({a['severity']}, seen {a['count']}x)"),
+    )
     return EXIT_OK
 
 
-def _silence_add(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _silence_add(client: Client, args: Any, out: Output) -> int:
     params = {"matchers": args.matcher, "duration_seconds": args.duration, "comment": args.comment}
-    silence = client.call("alerts.silence", params)["silence"]
-    if out.as_json:
-        out.json(silence)
-    else:
-        out.line(f"silence {silence['id']} until {time.ctime(silence['ends_at'])}")
+    out.result(
+        client.call("alerts.silence", params)["silence"],
+        lambda s: out.line(f"silence {s['id']} until {time.ctime(s['ends_at'])}"),
+    )
     return EXIT_OK
 
 
-def _silence_list(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _silence_list(client: Client, args: Any, out: Output) -> int:
     result = client.call("silences.list", {"all": True} if args.all else None)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+    out.result(result, lambda r: _show_silences(out, r))
+    return EXIT_OK
+
+
+def _show_silences(out: Output, result: dict[str, Any]) -> None:
     if not result["silences"]:
         out.line("no silences")
     for s in result["silences"]:
@@ -189,15 +192,13 @@ def _silence_list(client: Client, args: argparse.Namespace, out: Output) -> int:
             f"{s['id']}  {state:<7} until {time.ctime(s['ends_at'])}  {' '.join(s['matchers'])}"
             + (f"  # {s['comment']}" if s["comment"] else "")
         )
-    return EXIT_OK
 
 
-def _silence_rm(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("silences.delete", {"id": args.id})
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line(f"silence {result['deleted']} removed")
+def _silence_rm(client: Client, args: Any, out: Output) -> int:
+    out.result(
+        client.call("silences.delete", {"id": args.id}),
+        lambda r: out.line(f"silence {r['deleted']} removed"),
+    )
     return EXIT_OK
 
 
@@ -213,20 +214,18 @@ The alertname (Alertmanager's, and what silences match as alertname) is
 --name, else the title made label-safe (`Backup failed` -> backup_failed).
 """
 
-SEND_EXAMPLES = """\
-examples:
-  # one alert, raised and then updated twice by its key
-  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
-      --level warning -m 'nightly backup is late'
-  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
-      --level error -m 'nightly backup failed: disk full'
-  sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\
-      --level error -m 'nightly backup failed twice: disk full'
-  sudo cortexctl alerts resolve --key backup-nightly
-
-  # an event: it resolves on its own an hour after the last send
-  sudo cortexctl alerts send --level info --ttl 1h -m 'certificates renewed'
-"""
+SEND_EXAMPLES = [
+    "# one alert, raised and then updated twice by its key",
+    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\",
+    "    --level warning -m 'nightly backup is late'",
+    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\",
+    "    --level error -m 'nightly backup failed: disk full'",
+    "sudo cortexctl alerts resolve --key backup-nightly",
+    "",
+    "# an event: it resolves on its own an hour after the last send",
+    "sudo cortexctl alerts send --level info --ttl 1h -m 'certificates renewed'",
+    "sudo cortexctl alerts send -m 'disk replaced' --level info --label host=db1",
+]
 
 
 def _add_filters(parser: argparse.ArgumentParser, *, state: bool) -> None:
@@ -245,51 +244,85 @@ def _add_filters(parser: argparse.ArgumentParser, *, state: bool) -> None:
 
 def register(sub: Any) -> None:
     """Add `alerts` and its actions to the top-level subparsers."""
-    alerts = sub.add_parser(
+    from cortexctl.parsing import actions, command
+
+    alerts = command(
+        sub,
         "alerts",
         help="list and manage alerts",
-        epilog=(
-            "examples:\n  cortexctl alerts\n  cortexctl alerts list --severity CRITICAL\n"
-            "  sudo cortexctl alerts ack 1f2e3d4c\n"
-            "  sudo cortexctl alerts send --level critical --message 'backup failed'\n"
-            "  sudo cortexctl alerts silence add 'mountpoint=\"/srv\"' --for 2h --comment 'resize'"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        notes="Without an action, `alerts` lists the active alerts (as `alerts list`).",
+        examples=[
+            "cortexctl alerts",
+            "cortexctl alerts list --severity CRITICAL",
+            "sudo cortexctl alerts ack 1f2e3d4c",
+            "sudo cortexctl alerts send --level critical --message 'backup failed'",
+            "sudo cortexctl alerts silence add 'mountpoint=\"/srv\"' --for 2h --comment resize",
+        ],
     )
     _add_filters(alerts, state=True)
     alerts.set_defaults(run=_list)
-    actions = alerts.add_subparsers(dest="alerts_command", metavar="ACTION")
-    listing = actions.add_parser("list", help="list alerts (active ones by default)")
+    verbs = actions(alerts, "alerts_command")
+    verbs.required = False
+    listing = command(
+        verbs,
+        "list",
+        help="list alerts (active ones by default)",
+        examples=[
+            "cortexctl alerts list",
+            "cortexctl alerts list --state all --since 1d",
+            "cortexctl alerts list --category disk_usage --json",
+        ],
+    )
     _add_filters(listing, state=True)
     listing.set_defaults(run=_list)
-    show = actions.add_parser("show", help="show one alert")
-    show.add_argument("id")
+    show = command(
+        verbs,
+        "show",
+        help="show one alert",
+        examples=["cortexctl alerts show 1f2e3d4c", "cortexctl alerts show 1f2e3d4c --json"],
+    )
+    show.add_argument("id", metavar="ALERT_ID", help="its id, or the first 8 characters")
     show.set_defaults(run=_show)
-    ack = actions.add_parser("ack", help="acknowledge an alert, or --all matching filters")
-    ack.add_argument("id", nargs="?")
+    ack = command(
+        verbs,
+        "ack",
+        help="acknowledge an alert, or --all matching filters",
+        examples=[
+            "sudo cortexctl alerts ack 1f2e3d4c",
+            "sudo cortexctl alerts ack --all --severity WARNING",
+        ],
+    )
+    ack.add_argument("id", nargs="?", metavar="ALERT_ID", help="its id, or the first 8 characters")
     ack.add_argument("--all", action="store_true", help="every firing alert matching filters")
     _add_filters(ack, state=False)
     ack.set_defaults(run=_ack)
-    resolve = actions.add_parser(
+    resolve = command(
+        verbs,
         "resolve",
         help="resolve an alert by hand (by id, or by the key it was sent with)",
-        epilog="examples:\n  sudo cortexctl alerts resolve 1f2e3d4c\n"
-        "  sudo cortexctl alerts resolve --key backup-nightly",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "sudo cortexctl alerts resolve 1f2e3d4c",
+            "sudo cortexctl alerts resolve --key backup-nightly",
+        ],
     )
-    resolve.add_argument("id", nargs="?")
+    resolve.add_argument(
+        "id", nargs="?", metavar="ALERT_ID", help="its id, or the first 8 characters"
+    )
     resolve.add_argument("--key", help="the key the alert was sent with")
     resolve.add_argument("--source", help="the source it was sent with (default external)")
     resolve.set_defaults(run=_resolve)
-    actions.add_parser(
-        "clear", help="move acknowledged and resolved alerts out of the list"
+    command(
+        verbs,
+        "clear",
+        help="move acknowledged and resolved alerts out of the list",
+        examples=["sudo cortexctl alerts clear"],
     ).set_defaults(run=_clear)
-    send = actions.add_parser(
+    send = command(
+        verbs,
         "send",
         help="raise an alert from a script",
         description=SEND_HELP,
-        epilog=SEND_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=SEND_EXAMPLES,
     )
     send.add_argument("--message", "-m", required=True, help="the alert's title")
     send.add_argument("--level", default="warning", help="info, warning, error or critical")
@@ -310,18 +343,43 @@ def register(sub: Any) -> None:
         help="resolve on its own this long after the last send (an event: 30m, 1d)",
     )
     send.set_defaults(run=_send)
-    silence = actions.add_parser("silence", help="manage silences")
-    silence_actions = silence.add_subparsers(
-        dest="silence_command", metavar="ACTION", required=True
+    silence = command(
+        verbs,
+        "silence",
+        help="manage silences",
+        examples=[
+            "sudo cortexctl alerts silence add 'unit=\"nginx.service\"' --for 1h",
+            "cortexctl alerts silence list --all",
+        ],
     )
-    add = silence_actions.add_parser("add", help="silence alerts matching label matchers")
+    silence_actions = actions(silence, "silence_command")
+    add = command(
+        silence_actions,
+        "add",
+        help="silence alerts matching label matchers",
+        notes="Matchers are Alertmanager's: =, !=, =~ and !~ on a label.",
+        examples=[
+            "sudo cortexctl alerts silence add 'unit=\"nginx.service\"' --for 1h",
+            "sudo cortexctl alerts silence add 'severity!~\"info\"' --for 30m --comment deploy",
+        ],
+    )
     add.add_argument("matcher", nargs="+", help='e.g. unit="nginx.service" or severity!~"info"')
     add.add_argument("--for", dest="duration", type=duration, required=True, metavar="DURATION")
     add.add_argument("--comment", default="")
     add.set_defaults(run=_silence_add)
-    slist = silence_actions.add_parser("list", help="list silences")
+    slist = command(
+        silence_actions,
+        "list",
+        help="list silences",
+        examples=["cortexctl alerts silence list", "cortexctl alerts silence list --all --json"],
+    )
     slist.add_argument("--all", action="store_true", help="include expired ones")
     slist.set_defaults(run=_silence_list)
-    rm = silence_actions.add_parser("rm", help="remove a silence")
-    rm.add_argument("id")
+    rm = command(
+        silence_actions,
+        "rm",
+        help="remove a silence",
+        examples=["sudo cortexctl alerts silence rm 3c1d2e4f"],
+    )
+    rm.add_argument("id", metavar="SILENCE_ID")
     rm.set_defaults(run=_silence_rm)

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from typing import Any
 
-from cortexctl.client import Client
-from cortexctl.output import Output
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cortexctl.client import Client
+    from cortexctl.output import Output
 
 EXIT_OK = 0
 
 
-def _ping(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _ping(client: Client, args: Any, out: Output) -> int:
     started = time.perf_counter()
     result = client.call("ping")
     elapsed_ms = (time.perf_counter() - started) * 1000
-    if out.as_json:
-        out.json({**result, "rtt_ms": round(elapsed_ms, 3)})
-    else:
-        out.line(f"pong from {client.path} in {elapsed_ms:.2f} ms")
+    out.result(
+        {**result, "rtt_ms": round(elapsed_ms, 3)},
+        lambda _: out.line(f"pong from {client.path} in {elapsed_ms:.2f} ms"),
+    )
     return EXIT_OK
 
 
-def _version(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("version")
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line(f"cortexd {result['version']} (protocol JSON-RPC {result['protocol']})")
+def _version(client: Client, args: Any, out: Output) -> int:
+    out.result(
+        client.call("version"),
+        lambda r: out.line(f"cortexd {r['version']} (protocol JSON-RPC {r['protocol']})"),
+    )
     return EXIT_OK
 
 
@@ -45,11 +45,12 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
-def _status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("status")
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+def _status(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("status"), lambda result: _show_status(out, result))
+    return EXIT_OK
+
+
+def _show_status(out: Output, result: dict[str, Any]) -> None:
     server = result["server"]
     out.line(out.paint("cortexd is running", "32"))
     out.table(
@@ -71,7 +72,6 @@ def _status(client: Client, args: argparse.Namespace, out: Output) -> int:
         label = state.get("state", "?")
         colour = "32" if label in ("running", "ready") else "33"
         out.line(f"  {name:<12} {out.paint(label, colour)}{_why(state)}")
-    return EXIT_OK
 
 
 def _why(state: dict[str, Any]) -> str:
@@ -86,21 +86,23 @@ def _why(state: dict[str, Any]) -> str:
     return f" ({reason})" if reason else ""
 
 
-def _config_show(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _config_show(client: Client, args: Any, out: Output) -> int:
     params = {"section": args.section} if args.section else None
-    result = client.call("config.get", params)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+    out.result(client.call("config.get", params), lambda result: _show_config(out, result))
+    return EXIT_OK
+
+
+def _show_config(out: Output, result: dict[str, Any]) -> None:
     _print_tree(out, result["config"], 0)
     out.line()
     out.line("sources: " + (", ".join(result["sources"]) or "built-in defaults"))
     for warning in result["warnings"]:
         out.line(out.paint(f"warning: {warning}", "33"))
-    return EXIT_OK
 
 
 def _print_tree(out: Output, value: dict[str, Any], depth: int) -> None:
+    import json
+
     for key, item in value.items():
         if isinstance(item, dict):
             out.line(f"{'  ' * depth}{key}:")
@@ -109,39 +111,77 @@ def _print_tree(out: Output, value: dict[str, Any], depth: int) -> None:
             out.line(f"{'  ' * depth}{key}: {json.dumps(item, ensure_ascii=False)}")
 
 
-def _config_reload(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("config.reload")
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+def _config_reload(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("config.reload"), lambda result: _show_reload(out, result))
+    return EXIT_OK
+
+
+def _show_reload(out: Output, result: dict[str, Any]) -> None:
     out.line("configuration reloaded from " + (", ".join(result["sources"]) or "defaults"))
     for warning in result["warnings"]:
         out.line(out.paint(f"warning: {warning}", "33"))
     if result["restart_required"]:
         out.line("restart needed for: " + ", ".join(result["restart_required"]))
+
+
+def _shutdown(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("shutdown"), lambda _: out.line("cortexd is shutting down"))
     return EXIT_OK
 
 
-def _shutdown(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("shutdown")
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line("cortexd is shutting down")
-    return EXIT_OK
+# Commands without options of their own; the command line runs them without
+# building a parser (see cortexctl.cli.FAST_COMMANDS).
+SIMPLE_COMMANDS = {"ping": _ping, "version": _version, "status": _status}
 
 
 def register(sub: Any) -> None:
     """Add this module's commands to the top-level subparsers."""
-    sub.add_parser("ping", help="check that the daemon answers").set_defaults(run=_ping)
-    sub.add_parser("version", help="show the daemon's version").set_defaults(run=_version)
-    sub.add_parser("status", help="show the daemon's status").set_defaults(run=_status)
-    config = sub.add_parser("config", help="show or reload the configuration")
-    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = config_sub.add_parser("show", help="print the running config (secrets redacted)")
+    from cortexctl.parsing import actions, command
+
+    command(
+        sub,
+        "ping",
+        help="check that the daemon answers",
+        examples=["cortexctl ping", "cortexctl ping --json"],
+    ).set_defaults(run=_ping)
+    command(
+        sub,
+        "version",
+        help="show the daemon's version",
+        examples=["cortexctl version", "cortexctl version --json"],
+    ).set_defaults(run=_version)
+    command(
+        sub,
+        "status",
+        help="show the daemon's status",
+        examples=["cortexctl status", "cortexctl status --json | jq .server"],
+    ).set_defaults(run=_status)
+    config = command(
+        sub,
+        "config",
+        help="show or reload the configuration",
+        examples=["cortexctl config show", "sudo cortexctl config reload"],
+    )
+    config_sub = actions(config, "config_command")
+    show = command(
+        config_sub,
+        "show",
+        help="print the running config (secrets redacted)",
+        examples=["cortexctl config show", "cortexctl config show server --json"],
+    )
     show.add_argument("section", nargs="?", help="only this section")
     show.set_defaults(run=_config_show)
-    config_sub.add_parser("reload", help="re-read the config files").set_defaults(
-        run=_config_reload
-    )
-    sub.add_parser("shutdown", help="stop the daemon gracefully").set_defaults(run=_shutdown)
+    command(
+        config_sub,
+        "reload",
+        help="re-read the config files (admin)",
+        examples=["sudo cortexctl config reload"],
+        notes="The same as `systemctl reload cortexd` (SIGHUP), with the outcome printed.",
+    ).set_defaults(run=_config_reload)
+    command(
+        sub,
+        "shutdown",
+        help="stop the daemon gracefully (admin)",
+        examples=["sudo cortexctl shutdown"],
+        notes="Under systemd the socket unit starts it again on the next connection.",
+    ).set_defaults(run=_shutdown)

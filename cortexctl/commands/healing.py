@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
 
-from cortexctl.client import Client
-from cortexctl.output import Output
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cortexctl.client import Client
+    from cortexctl.output import Output
 
 EXIT_OK = 0
 RESULT_COLOURS = {"success": "32", "failed": "31", "given_up": "1;31"}
 
 
-def _log(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _log(client: Client, args: Any, out: Output) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.unit:
         params["unit"] = args.unit
-    result = client.call("healing.list", params)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+    out.result(client.call("healing.list", params), lambda r: _show(out, r))
+    return EXIT_OK
+
+
+def _show(out: Output, result: dict[str, Any]) -> None:
     state = result["state"]
     line = f"self-healing: {state.upper() if state == 'unavailable' else state}"
     if result["reason"]:
@@ -37,21 +40,26 @@ def _log(client: Client, args: argparse.Namespace, out: Output) -> int:
             f"{when}  {e['unit']:<28} {e['action']:<8} {res} #{e['attempt']} "
             f"{e['duration_ms'] / 1000:.1f}s  {e['message']}"
         )
-    return EXIT_OK
 
 
 def register(sub: Any) -> None:
     """Add `healing` to the top-level subparsers."""
-    healing = sub.add_parser(
+    from cortexctl.parsing import actions, command
+
+    healing = command(
+        sub,
         "healing",
         help="self-healing of failed units: state and log",
         description="Show the self-healing state and its log (newest first).",
-        epilog="examples:\n  cortexctl healing log\n  cortexctl healing log --unit nginx --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["cortexctl healing log", "cortexctl healing log --unit nginx --json"],
     )
-    kinds = healing.add_subparsers(dest="healing_command", metavar="COMMAND", required=True)
-    log = kinds.add_parser("log", help="the healing log: restarts and their results")
+    kinds = actions(healing, "healing_command", "COMMAND")
+    log = command(
+        kinds,
+        "log",
+        help="the healing log: restarts and their results",
+        examples=["cortexctl healing log --limit 10", "cortexctl healing log --unit nginx --json"],
+    )
     log.add_argument("--unit", metavar="U", help="only this unit")
     log.add_argument("--limit", type=int, default=50, help="most entries (default 50)")
-    log.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     log.set_defaults(run=_log)

@@ -1,27 +1,33 @@
 """Inference commands: ask, explain, model status|load|unload, inference cancel.
 
 `ask` and `explain` stream the answer to the terminal as the daemon generates
-it. Ctrl-C cancels the request on the daemon (over a second connection, since
-the first is busy with the stream) before exiting with 130. `explain` and
-`ask --host` print the deterministic part (runbook and facts) the moment it
-arrives, then the model's summary as it is generated.
+it; with `--json` each stream message is a line `{"stream": …}` and the final
+answer the line `{"result": …}`. Ctrl-C cancels the request on the daemon (the
+client closes its connection, and the request is named to `inference.cancel`
+over a second one) before exiting with 130. `explain` and `ask --host` print
+the deterministic part (runbook and facts) the moment it arrives, then the
+model's summary as it is generated.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Any
 
 from cortexctl.client import Client
-from cortexctl.output import Output
+from cortexctl.errors import Interrupted, UsageError
 from cortexd.protocol import CortexError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+    from cortexctl.output import Output
+    from cortexctl.progress import Progress
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 # Silence allowed while a request waits in the queue: the daemon's own
 # inference deadline (120 s by default) ends it before this.
 ANSWER_TIMEOUT = 600.0
@@ -29,46 +35,43 @@ LOAD_TIMEOUT = 3600.0
 CANCEL_TIMEOUT = 5.0
 MIB = 1024 * 1024
 
-ASK_EPILOG = """\
-examples:
-  cortexctl ask "Why would a Linux disk fill up?"
-  cortexctl ask --host "Why is my disk filling up?"
-  cortexctl ask --system "Answer in one sentence." "What is swap?"
-  cortexctl --json ask --max-tokens 64 "What is an inode?"
-
+STREAM_NOTES = """\
+With --json each stream message is printed as the line {"stream": ...} as it
+arrives, and the final answer as the line {"result": ...}.
+Ctrl-C cancels the request on the daemon."""
+ASK_NOTES = """\
 --host answers from this host's facts and the runbook first, then lets the
-model summarise them. Ctrl-C cancels the request on the daemon.
-"""
-EXPLAIN_EPILOG = """\
-examples:
-  cortexctl explain 3f2a9c1d          (the 8 characters `alerts list` shows)
-  cortexctl explain --no-model 3f2a9c1d
-  cortexctl --json explain 3f2a9c1d
-
+model summarise them.
+""" + STREAM_NOTES
+EXPLAIN_NOTES = """\
 First what is known for certain: the runbook's causes ranked by facts gathered
 now, the facts with their sources, commands to look further and the fixes that
 apply; then a short summary by the local model (none without a model).
-"""
+""" + STREAM_NOTES
 SUMMARY_HEADING = "Summary (local model; the facts above are what counts):"
 
 
 class _Streamer:
     """Prints streamed text as it arrives and remembers the request id."""
 
-    def __init__(self, out: Output) -> None:
+    def __init__(self, out: Output, progress: Progress) -> None:
         self.out = out
+        self.progress = progress
         self.request_id: str | None = None
         self.printed = False
 
     def __call__(self, data: Any) -> None:
+        self.out.event(data)
         if not isinstance(data, dict):
             return
         if "request_id" in data:
             self.request_id = str(data["request_id"])
+            if data.get("position"):
+                self.progress.update(f"number {data['position'] + 1} in the queue")
         text = data.get("text")
         if text and not self.out.as_json:
-            self.out.stream.write(text)
-            self.out.stream.flush()
+            self.progress.done()
+            self.out.write(text)
             self.printed = True
 
 
@@ -83,25 +86,26 @@ def _cancel(client: Client, request_id: str | None) -> None:
 
 
 def _stream_answer(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
-    streamer = _Streamer(out)
-    try:
-        result = client.call(
-            method,
-            {**params, "stream": True},
-            on_stream=streamer,
-            timeout=max(client.timeout, ANSWER_TIMEOUT),
-        )
-    except KeyboardInterrupt:
-        _cancel(client, streamer.request_id)
-        if streamer.printed:
-            out.line()
-        print("cortexctl: cancelled", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with out.progress("waiting for the model") as progress:
+        streamer = _Streamer(out, progress)
+        try:
+            result = client.call(
+                method,
+                {**params, "stream": True},
+                on_stream=streamer,
+                timeout=max(client.timeout, ANSWER_TIMEOUT),
+            )
+        except KeyboardInterrupt:
+            progress.done()
+            _cancel(client, streamer.request_id)
+            if streamer.printed:
+                out.line()
+            raise Interrupted("cancelled") from None
     if out.as_json:
-        out.json(result)
+        out.json_line({"result": result})
     else:
         if not streamer.printed and result.get("text"):
-            out.stream.write(result["text"])
+            out.write(result["text"])
         out.line()
         _print_stats(result)
     reason = result.get("stop_reason")
@@ -124,7 +128,7 @@ def _print_stats(result: dict[str, Any]) -> None:
     )
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+def _sampling(args: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
@@ -135,16 +139,14 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _ask(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _ask(client: Client, args: Any, out: Output) -> int:
     if args.host:
         if args.system:
-            print("cortexctl: --system does not apply to --host", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError("--system does not apply to --host")
         params = {"question": " ".join(args.question), **_answer_params(args)}
         return _two_parts(client, "inference.ask", params, out)
     if args.no_model:
-        print("cortexctl: --no-model needs --host", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("--no-model needs --host")
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -157,9 +159,10 @@ class _TwoParts(_Streamer):
 
     def __call__(self, data: Any) -> None:
         if isinstance(data, dict) and isinstance(data.get("explanation"), dict):
+            self.out.event(data)
             if not self.out.as_json:
-                self.out.stream.write(str(data["explanation"].get("text", "")))
-                self.out.stream.flush()
+                self.progress.done()
+                self.out.write(str(data["explanation"].get("text", "")))
             return
         if (
             isinstance(data, dict)
@@ -167,28 +170,30 @@ class _TwoParts(_Streamer):
             and not self.printed
             and not self.out.as_json
         ):
+            self.progress.done()
             self.out.line()
             self.out.line(SUMMARY_HEADING)
         super().__call__(data)
 
 
 def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
-    streamer = _TwoParts(out)
-    try:
-        result = client.call(
-            method,
-            {**params, "stream": True},
-            on_stream=streamer,
-            timeout=max(client.timeout, ANSWER_TIMEOUT),
-        )
-    except KeyboardInterrupt:
-        _cancel(client, streamer.request_id)
-        if streamer.printed:
-            out.line()
-        print("cortexctl: cancelled", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with out.progress("gathering facts") as progress:
+        streamer = _TwoParts(out, progress)
+        try:
+            result = client.call(
+                method,
+                {**params, "stream": True},
+                on_stream=streamer,
+                timeout=max(client.timeout, ANSWER_TIMEOUT),
+            )
+        except KeyboardInterrupt:
+            progress.done()
+            _cancel(client, streamer.request_id)
+            if streamer.printed:
+                out.line()
+            raise Interrupted("cancelled") from None
     if out.as_json:
-        out.json(result)
+        out.json_line({"result": result})
         return EXIT_OK
     summary = result.get("summary")
     if summary is not None:
@@ -203,23 +208,24 @@ def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output)
     return EXIT_OK
 
 
-def _answer_params(args: argparse.Namespace) -> dict[str, Any]:
+def _answer_params(args: Any) -> dict[str, Any]:
     params = _sampling(args)
     if args.no_model:
         params["model"] = False
     return params
 
 
-def _explain(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _explain(client: Client, args: Any, out: Output) -> int:
     params = {"alert_id": args.alert_id, **_answer_params(args)}
     return _two_parts(client, "inference.explain", params, out)
 
 
-def _model_status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("model.status")
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+def _model_status(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("model.status"), lambda r: _show_model(out, r))
+    return EXIT_OK
+
+
+def _show_model(out: Output, result: dict[str, Any]) -> None:
     state = result["state"]
     colour = "32" if state == "ready" else "31" if state == "failed" else "33"
     rows: list[tuple[str, Any]] = [("state", out.paint(state, colour))]
@@ -268,36 +274,36 @@ def _model_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     out.table(rows)
     for item in result.get("queue", []):
         out.line(f"  #{item['position']} {item['request_id']} {item['priority']} uid {item['uid']}")
-    return EXIT_OK
 
 
-def _model_load(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _model_load(client: Client, args: Any, out: Output) -> int:
     # The daemon has its own working directory and home: resolve the path here.
     path = os.path.abspath(os.path.expanduser(args.path))
-    result = client.call("model.load", {"path": path}, timeout=max(client.timeout, LOAD_TIMEOUT))
-    if out.as_json:
-        out.json(result)
-    else:
-        model = result.get("model") or {}
-        out.line(f"loaded {model.get('name', path)} ({model.get('n_ctx', '?')} tokens of context)")
+    with out.progress(f"loading {os.path.basename(path)}"):
+        result = client.call(
+            "model.load", {"path": path}, timeout=max(client.timeout, LOAD_TIMEOUT)
+        )
+    out.result(result, lambda r: _show_loaded(out, r, path))
     return EXIT_OK
 
 
-def _model_unload(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("model.unload", timeout=max(client.timeout, LOAD_TIMEOUT))
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line("model unloaded")
+def _show_loaded(out: Output, result: dict[str, Any], path: str) -> None:
+    model = result.get("model") or {}
+    out.line(f"loaded {model.get('name', path)} ({model.get('n_ctx', '?')} tokens of context)")
+
+
+def _model_unload(client: Client, args: Any, out: Output) -> int:
+    with out.progress("unloading the model"):
+        result = client.call("model.unload", timeout=max(client.timeout, LOAD_TIMEOUT))
+    out.result(result, lambda _: out.line("model unloaded"))
     return EXIT_OK
 
 
-def _cancel_command(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("inference.cancel", {"request_id": args.request_id})
-    if out.as_json:
-        out.json(result)
-    else:
-        out.line(f"cancelled {result['request_id']} (was {result['phase']})")
+def _cancel_command(client: Client, args: Any, out: Output) -> int:
+    out.result(
+        client.call("inference.cancel", {"request_id": args.request_id}),
+        lambda r: out.line(f"cancelled {r['request_id']} (was {r['phase']})"),
+    )
     return EXIT_OK
 
 
@@ -305,10 +311,6 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, metavar="N", help="longest answer in tokens")
     parser.add_argument("--temperature", type=float, metavar="T", help="0 = deterministic")
     parser.add_argument("--seed", type=int, metavar="N", help="sampling seed")
-    # SUPPRESS keeps `cortexctl --json ask` working: a subcommand default would override it.
-    parser.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON"
-    )
 
 
 def _add_no_model(parser: argparse.ArgumentParser) -> None:
@@ -319,11 +321,19 @@ def _add_no_model(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add this module's commands to the top-level subparsers."""
-    ask = sub.add_parser(
+    from cortexctl.parsing import actions, command
+
+    ask = command(
+        sub,
         "ask",
         help="ask the local model a question (streams the answer)",
-        epilog=ASK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        notes=ASK_NOTES,
+        examples=[
+            'cortexctl ask "Why would a Linux disk fill up?"',
+            'cortexctl ask --host "Why is my disk filling up?"',
+            'cortexctl ask --system "Answer in one sentence." "What is swap?"',
+            'cortexctl ask --json --max-tokens 64 "What is an inode?"',
+        ],
     )
     ask.add_argument("question", nargs="+", help="the question")
     ask.add_argument("--system", metavar="TEXT", help="a system prompt")
@@ -334,33 +344,73 @@ def register(sub: Any) -> None:
     _add_sampling(ask)
     ask.set_defaults(run=_ask)
 
-    explain = sub.add_parser(
+    explain = command(
+        sub,
         "explain",
         help="explain an alert: causes ranked by host facts, then a model summary",
-        epilog=EXPLAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        notes=EXPLAIN_NOTES,
+        examples=[
+            "cortexctl explain 3f2a9c1d",
+            "cortexctl explain --no-model 3f2a9c1d",
+            "cortexctl explain --json 3f2a9c1d",
+        ],
     )
     explain.add_argument(
-        "alert_id", help="the alert's id, or its first 8+ characters (`cortexctl alerts list`)"
+        "alert_id",
+        metavar="ALERT_ID",
+        help="the alert's id, or its first 8+ characters (`cortexctl alerts list`)",
     )
     _add_no_model(explain)
     _add_sampling(explain)
     explain.set_defaults(run=_explain)
 
-    model = sub.add_parser("model", help="show, load or unload the inference model")
-    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    model_sub.add_parser("status", help="model state, queue and totals").set_defaults(
-        run=_model_status
+    model = command(
+        sub,
+        "model",
+        help="show, load or unload the inference model",
+        examples=[
+            "cortexctl model status",
+            "sudo cortexctl model load /var/lib/cortex/models/other.gguf",
+        ],
     )
-    load = model_sub.add_parser("load", help="load a GGUF model (admin)")
-    load.add_argument("path", help="path to a .gguf file")
+    model_sub = actions(model, "model_command")
+    command(
+        model_sub,
+        "status",
+        help="model state, queue and totals",
+        examples=["cortexctl model status", "cortexctl model status --json"],
+    ).set_defaults(run=_model_status)
+    load = command(
+        model_sub,
+        "load",
+        help="load a GGUF model (admin)",
+        notes="A relative path is taken from the current directory.",
+        examples=[
+            "sudo cortexctl model load /var/lib/cortex/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "sudo cortexctl model load ./my-model.gguf --json",
+        ],
+    )
+    load.add_argument("path", metavar="PATH", help="path to a .gguf file")
     load.set_defaults(run=_model_load)
-    model_sub.add_parser("unload", help="free the model (admin)").set_defaults(run=_model_unload)
+    command(
+        model_sub,
+        "unload",
+        help="free the model (admin)",
+        examples=["sudo cortexctl model unload"],
+    ).set_defaults(run=_model_unload)
 
-    inference = sub.add_parser("inference", help="manage inference requests")
-    inference_sub = inference.add_subparsers(
-        dest="inference_command", metavar="ACTION", required=True
+    inference = command(
+        sub,
+        "inference",
+        help="manage inference requests",
+        examples=["cortexctl inference cancel 5c2f9a0d1e3b4c6a"],
     )
-    cancel = inference_sub.add_parser("cancel", help="cancel a queued or running request")
+    inference_sub = actions(inference, "inference_command")
+    cancel = command(
+        inference_sub,
+        "cancel",
+        help="cancel a queued or running request",
+        examples=["cortexctl inference cancel 5c2f9a0d1e3b4c6a"],
+    )
     cancel.add_argument("request_id", help="the request_id from the stream or model status")
     cancel.set_defaults(run=_cancel_command)

@@ -8,18 +8,24 @@ be reached, or a usage error).
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any, NoReturn
 
-from cortexctl.client import DEFAULT_TIMEOUT, Client
-from cortexctl.output import Output
+from cortexctl.client import DEFAULT_TIMEOUT
 from cortexd.protocol import CortexError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cortexctl.client import Client
+    from cortexctl.output import Output
 
 EXIT_OK = 0
 CHECKS_WAIT = 630.0  # the daemon bounds checks.run at 600 s
 DOCTOR_OK, DOCTOR_WARN, DOCTOR_FAIL, DOCTOR_UNKNOWN = 0, 1, 2, 3
 DOCTOR_LABELS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+# How many still-running checks the progress line names.
+WAITING_SHOWN = 3
 COLOURS = {"PASS": "32", "WARN": "33", "FAIL": "31", "ERROR": "35", "SKIP": "2"}
 HEALTH_COLOURS = {"healthy": "32", "degraded": "33", "unhealthy": "31"}
 
@@ -64,11 +70,12 @@ def _updates(updates: dict[str, Any]) -> str:
     return f"{updates['pending']} pending, {updates['security']} security"
 
 
-def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
-    h = client.call("health")
-    if out.as_json:
-        out.json(h)
-        return EXIT_OK
+def _health(client: Client, args: Any, out: Output) -> int:
+    out.result(client.call("health"), lambda h: _show_health(out, h))
+    return EXIT_OK
+
+
+def _show_health(out: Output, h: dict[str, Any]) -> None:
     status = h["status"]
     out.line(f"{h['host']}: {out.paint(status, HEALTH_COLOURS.get(status, '0'))}")
     cpu, mem, swap = h["cpu"], h["memory"] or {}, h["swap"] or {}
@@ -109,24 +116,54 @@ def _health(client: Client, args: argparse.Namespace, out: Output) -> int:
     out.table(rows)
     if h["stale_checks"]:
         out.line(out.paint(f"from before the restart: {', '.join(h['stale_checks'])}", "2"))
-    return EXIT_OK
 
 
-def _doctor(client: Client, args: argparse.Namespace, out: Output) -> int:
+def run_checks(client: Client, args: Any, out: Output, params: dict[str, Any]) -> Any:
+    """`checks.run` with `params`, showing on a terminal which checks are done.
+
+    Checks may take up to their own timeout; the wait is the daemon's
+    deadline rather than the general default unless `--timeout` was given.
+    """
+    wait = CHECKS_WAIT if args.timeout == DEFAULT_TIMEOUT else args.timeout
+    with out.progress("running checks") as progress:
+        if not progress.enabled:
+            return client.call("checks.run", params or None, timeout=wait)
+        pending: dict[str, None] = {}
+        done = [0, 0]
+
+        def show(data: Any) -> None:
+            if not isinstance(data, dict):
+                return
+            if "checks" in data:
+                pending.update(dict.fromkeys(data["checks"]))
+            elif "check_id" in data:
+                pending.pop(data["check_id"], None)
+                done[:] = [data["done"], data["total"]]
+            waiting = ", ".join(list(pending)[:WAITING_SHOWN])
+            more = "…" if len(pending) > WAITING_SHOWN else ""
+            total = done[1] or len(pending)
+            progress.update(f"{done[0]} of {total} done; waiting for {waiting}{more}")
+
+        return client.call("checks.run", {**params, "stream": True}, on_stream=show, timeout=wait)
+
+
+def _doctor(client: Client, args: Any, out: Output) -> int:
     params: dict[str, Any] = {}
     if args.check:
         params["ids"] = args.check
     if args.category:
         params["category"] = args.category
     try:
-        # Checks may take up to their own timeout; wait for the daemon's
-        # deadline rather than the general default unless one was given.
-        wait = CHECKS_WAIT if args.timeout == DEFAULT_TIMEOUT else args.timeout
-        result = client.call("checks.run", params or None, timeout=wait)
+        result = run_checks(client, args, out, params)
     except (CortexError, TimeoutError) as exc:
         message = exc.message if isinstance(exc, CortexError) else "no answer in time"
         if out.as_json:
-            out.json({"status": "UNKNOWN", "error": message})
+            error = (
+                exc.to_error()
+                if isinstance(exc, CortexError)
+                else {"message": message, "data": {"name": "NO_ANSWER"}}
+            )
+            out.json({"status": "UNKNOWN", "exit_code": DOCTOR_UNKNOWN, "error": error})
         else:
             out.line(f"DOCTOR UNKNOWN - {message}")
         return DOCTOR_UNKNOWN
@@ -141,9 +178,12 @@ def _doctor(client: Client, args: argparse.Namespace, out: Output) -> int:
         if "WARN" in statuses
         else DOCTOR_OK
     )
-    if out.as_json:
-        out.json({**result, "exit_code": code})
-        return code
+    out.result({**result, "exit_code": code}, lambda _: _show_doctor(out, args, result, code))
+    return code
+
+
+def _show_doctor(out: Output, args: Any, result: dict[str, Any], code: int) -> None:
+    results = result["results"]
     counts = ", ".join(f"{n} {s}" for s, n in result["counts"].items() if n)
     notable = [r["check_id"] for r in results if r["status"] in ("WARN", "FAIL", "ERROR")]
     summary = f"{counts}" + (f": {', '.join(notable)}" if notable else "")
@@ -156,37 +196,47 @@ def _doctor(client: Client, args: argparse.Namespace, out: Output) -> int:
             out.line(f"      {r['category']}, {r['duration_ms']:.0f} ms, fix: {r['fix_id'] or '-'}")
             for key, value in r["details"].items():
                 out.line(f"      {key}: {value}")
-    return code
 
 
-def _usage_unknown(parser: argparse.ArgumentParser) -> None:
-    def error(message: str) -> NoReturn:
-        parser.print_usage()
-        parser.exit(DOCTOR_UNKNOWN, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error  # type: ignore[method-assign]
+# Commands without options of their own; the command line runs them without
+# building a parser (see cortexctl.cli.FAST_COMMANDS).
+SIMPLE_COMMANDS = {"health": _health}
 
 
 def register(sub: Any) -> None:
     """Add `health` and `doctor` to the top-level subparsers."""
-    health = sub.add_parser("health", help="show the host's health snapshot")
-    health.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    health.set_defaults(run=_health)
-    doctor = sub.add_parser(
+    from cortexctl.completion import CATEGORIES
+    from cortexctl.parsing import command
+
+    command(
+        sub,
+        "health",
+        help="show the host's health snapshot",
+        examples=["cortexctl health", "cortexctl health --json | jq .disks"],
+    ).set_defaults(run=_health)
+    doctor = command(
+        sub,
         "doctor",
         help="run health checks now (Nagios-style exit codes)",
         description="Run the daemon's health checks now and report.",
-        epilog=(
-            "examples:\n  cortexctl doctor\n  cortexctl doctor --check disk_space --verbose\n"
-            "  cortexctl doctor --category packages --json\n\n"
+        notes=(
             "exit codes (monitoring-plugin convention): 0 OK, 1 any WARN, 2 any FAIL,\n"
-            "3 UNKNOWN (any ERROR, daemon unreachable, usage error)"
+            "3 UNKNOWN (any ERROR, daemon unreachable, usage error)\n\n"
+            "repair:\n  cortexctl doctor --fix          plan fixes for failing checks\n"
+            "  sudo cortexctl doctor --fix --yes   apply them and re-check"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "cortexctl doctor",
+            "cortexctl doctor --check disk_space --verbose",
+            "cortexctl doctor --category packages --json",
+            "sudo cortexctl doctor --fix --yes",
+        ],
     )
-    doctor.add_argument("--check", action="append", metavar="ID", help="only this check")
-    doctor.add_argument("--category", metavar="C", help="only checks of this category")
+    doctor.add_argument("--check", action="append", metavar="CHECK_ID", help="only this check")
+    doctor.add_argument(
+        "--category",
+        metavar="CATEGORY",
+        help=f"only checks of this category ({', '.join(CATEGORIES)})",
+    )
     doctor.add_argument("--verbose", "-v", action="store_true", help="show details")
-    doctor.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     doctor.set_defaults(run=_doctor)
-    _usage_unknown(doctor)

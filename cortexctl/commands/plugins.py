@@ -9,19 +9,20 @@ plugins not loaded yet.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
-from typing import Any
 
 from cortexctl.client import Client, DaemonUnreachable
-from cortexctl.output import Output
+from cortexctl.errors import LocalFileError, UsageError
 from cortexd.protocol import CortexError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cortexctl.output import Output
+
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 RELOAD_WAIT = 130.0
 STATUS_COLOURS = {
     "loaded": "32",
@@ -33,6 +34,11 @@ STATUS_COLOURS = {
 }
 NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 TYPES = ("check", "command", "notifier")
+PROGRESS_LABELS = {
+    "plugins.enable": "enabling the plugin",
+    "plugins.disable": "disabling the plugin",
+    "plugins.reload": "reloading plugins",
+}
 ASK_TIMEOUT = 5.0
 # Where the daemon reads its configuration and the plugin directory it
 # defaults to (cortexd.config: SYSTEM_CONFIG, USER_CONFIG, plugins.directory).
@@ -64,38 +70,32 @@ def _show(out: Output, result: dict[str, Any], available: bool) -> None:
         out.line("(found and removed ones change at the next `sudo cortexctl plugins reload`)")
 
 
-def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _list(client: Client, args: Any, out: Output) -> int:
     result = client.call("plugins.list", {"scan": True} if args.available else None)
-    if out.as_json:
-        out.json(result)
-    else:
-        _show(out, result, args.available)
+    out.result(result, lambda r: _show(out, r, args.available))
     return EXIT_OK
 
 
 def _change(method: str) -> Any:
-    def run(client: Client, args: argparse.Namespace, out: Output) -> int:
+    def run(client: Client, args: Any, out: Output) -> int:
         params = {"name": args.name} if method != "plugins.reload" else None
-        result = client.call(method, params, timeout=RELOAD_WAIT)
-        if out.as_json:
-            out.json(result)
-        else:
-            _show(out, result, True)
+        with out.progress(PROGRESS_LABELS[method]):
+            result = client.call(method, params, timeout=RELOAD_WAIT)
+        out.result(result, lambda r: _show(out, r, True))
         return EXIT_OK
 
     return run
 
 
-def _call(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _call(client: Client, args: Any, out: Output) -> int:
     params: dict[str, Any] = {}
     for pair in args.params:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            print(f"cortexctl: expected KEY=VALUE, got {pair!r}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
         params[key] = value
-    result = client.call(f"plugin.{args.name}.{args.command}", {"params": params})
-    out.json(result["result"]) if out.as_json else out.line(str(result["result"]))
+    result = client.call(f"plugin.{args.name}.{args.method}", {"params": params})
+    out.result(result["result"], lambda r: out.line(str(r)))
     return EXIT_OK
 
 
@@ -318,7 +318,7 @@ def scaffold(directory: str, name: str, kind: str, author: str) -> list[str]:
     return written
 
 
-def _configured_directory(args: argparse.Namespace) -> tuple[str, str]:
+def _configured_directory(args: Any) -> tuple[str, str]:
     """The daemon's `plugins.directory` and where it was learnt.
 
     The daemon's answer first; without one, what it would read at start:
@@ -354,30 +354,32 @@ def _directory_in(path: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _create(client: Client | None, args: argparse.Namespace, out: Output) -> int:
+def _create(client: Client | None, args: Any, out: Output) -> int:
     if not NAME.match(args.name):
-        print("cortexctl: a plugin name is lower-case letters, digits, - or _", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("a plugin name is lower-case letters, digits, - or _")
     plugins_dir, source = _configured_directory(args)
     directory = os.path.abspath(args.directory or plugins_dir)
     target = os.path.join(directory, args.name)
     try:
         files = scaffold(directory, args.name, args.type, args.author)
     except FileExistsError:
-        print(f"cortexctl: {target} exists already", file=sys.stderr)
-        return EXIT_FAILED
+        raise LocalFileError(f"{target} exists already", path=target) from None
     except OSError as exc:
-        print(f"cortexctl: cannot write {target}: {exc.strerror}", file=sys.stderr)
+        hint = None
         if args.directory is None:
-            print(
-                f"hint: {directory} is the daemon's plugin directory (from {source}); "
-                "run as root, or create it elsewhere with --directory",
-                file=sys.stderr,
+            hint = (
+                f"{directory} is the daemon's plugin directory (from {source}); "
+                "run as root, or create it elsewhere with --directory"
             )
-        return EXIT_FAILED
-    if out.as_json:
-        out.json({"files": files, "plugin_directory": plugins_dir, "from": source})
-        return EXIT_OK
+        raise LocalFileError(f"cannot write {target}: {exc.strerror}", hint=hint) from None
+    created = {"files": files, "plugin_directory": plugins_dir, "from": source}
+    out.result(created, lambda _: _show_created(out, files, directory, target, source, plugins_dir))
+    return EXIT_OK
+
+
+def _show_created(
+    out: Output, files: list[str], directory: str, target: str, source: str, plugins_dir: str
+) -> None:
     for path in files:
         out.line(f"created {path}")
     out.line(f"test it:    (cd {target} && python3 -m pytest -q tests)")
@@ -386,43 +388,75 @@ def _create(client: Client | None, args: argparse.Namespace, out: Output) -> int
     else:
         out.line(f"install it: sudo cp -r {target} {plugins_dir}/ && sudo cortexctl plugins reload")
     out.line(f"(plugin directory {plugins_dir}, from {source})")
-    return EXIT_OK
 
 
 def register(sub: Any) -> None:
     """Add `plugins` to the top-level subparsers."""
-    plugins = sub.add_parser(
+    from cortexctl.parsing import actions, command
+
+    plugins = command(
+        sub,
         "plugins",
         help="list, enable, disable, reload, call or create plugins",
         description="Manage plugins in the daemon's plugin directory.",
-        epilog=(
-            "examples:\n  cortexctl plugins list --available\n"
-            "  sudo cortexctl plugins reload\n  sudo cortexctl plugins disable port_check\n"
-            "  sudo cortexctl plugins call greeter hello name=ops\n"
-            "  cortexctl plugins create my-check --type check"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "cortexctl plugins list --available",
+            "sudo cortexctl plugins reload",
+            "sudo cortexctl plugins disable port_check",
+            "sudo cortexctl plugins call greeter hello name=ops",
+            "cortexctl plugins create my-check --type check",
+        ],
     )
-    kinds = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND", required=True)
-    listing = kinds.add_parser("list", help="loaded plugins (--available: every one found)")
+    kinds = actions(plugins, "plugins_command", "COMMAND")
+    listing = command(
+        kinds,
+        "list",
+        help="loaded plugins (--available: every one in the directory now)",
+        examples=["cortexctl plugins list", "cortexctl plugins list --available --json"],
+    )
     listing.add_argument("--available", action="store_true", help="also failed and disabled")
-    listing.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     listing.set_defaults(run=_list)
     for verb in ("enable", "disable"):
-        p = kinds.add_parser(verb, help=f"{verb} a plugin (admin; reloads)")
-        p.add_argument("name")
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        p = command(
+            kinds,
+            verb,
+            help=f"{verb} a plugin (admin; reloads)",
+            examples=[f"sudo cortexctl plugins {verb} port_check"],
+        )
+        p.add_argument("name", metavar="PLUGIN")
         p.set_defaults(run=_change(f"plugins.{verb}"))
-    reload = kinds.add_parser("reload", help="load the plugin directory again (admin)")
-    reload.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    reload.set_defaults(run=_change("plugins.reload"))
-    call = kinds.add_parser("call", help="run a command plugin's command (admin)")
-    call.add_argument("name")
-    call.add_argument("command")
+    command(
+        kinds,
+        "reload",
+        help="load the plugin directory again (admin)",
+        examples=["sudo cortexctl plugins reload"],
+    ).set_defaults(run=_change("plugins.reload"))
+    call = command(
+        kinds,
+        "call",
+        help="run a command plugin's command (admin)",
+        examples=[
+            "sudo cortexctl plugins call greeter hello name=ops",
+            "sudo cortexctl plugins call greeter hello --json",
+        ],
+    )
+    call.add_argument("name", metavar="PLUGIN")
+    call.add_argument("method", metavar="COMMAND", help="the plugin's command")
     call.add_argument("params", nargs="*", metavar="KEY=VALUE")
-    call.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     call.set_defaults(run=_call)
-    create = kinds.add_parser("create", help="scaffold a working plugin with its tests")
+    create = command(
+        kinds,
+        "create",
+        help="scaffold a working plugin with its tests",
+        notes=(
+            "It goes into the daemon's plugin directory (asked of the daemon, else read\n"
+            "from the config files), or into --directory."
+        ),
+        examples=[
+            "sudo cortexctl plugins create my-check --type check",
+            "cortexctl plugins create pager --type notifier -d /tmp",
+        ],
+    )
     create.add_argument("name")
     create.add_argument("--type", choices=TYPES, default="check", help="plugin type")
     create.add_argument(
@@ -431,5 +465,4 @@ def register(sub: Any) -> None:
         help="where to create it (default: the daemon's plugin directory)",
     )
     create.add_argument("--author", default=os.environ.get("USER", "unknown"))
-    create.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     create.set_defaults(run=_create, offline=True)

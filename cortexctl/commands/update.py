@@ -1,19 +1,36 @@
-"""`cortexctl update`: check [--force], snapshot, rollback [--list] [ID], apply --packages."""
+"""`cortexctl update`: check [--force], snapshot, rollback [--list] [ID], apply --packages.
+
+`apply` and `rollback` stream their progress (apt's output); with `--json`
+each stream message is the line `{"stream": …}` and the outcome the line
+`{"result": …}`. A rollback overwrites the configuration, so it asks on a
+terminal and needs `-y` elsewhere, as `restore` does.
+"""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from typing import Any
 
-from cortexctl.client import Client
-from cortexctl.output import Output, ago
+from cortexctl.commands.confirm import ask, require
+from cortexctl.errors import UsageError
+from cortexctl.output import ago
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cortexctl.client import Client
+    from cortexctl.output import Output
+    from cortexctl.progress import Progress
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 LONG_TIMEOUT = 86400.0 + 900.0
 BOX_WIDTH = 47
+PHASES = {
+    "checking": "listing pending updates",
+    "planned": "planned",
+    "snapshot": "snapshot taken, running apt",
+}
 
 
 def _box(title: str, rows: list[str]) -> list[str]:
@@ -24,14 +41,18 @@ def _box(title: str, rows: list[str]) -> list[str]:
     return [*lines, "╰" + "─" * inner + "╯"]
 
 
-def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
-    result = client.call("updates.check", {"force": args.force}, timeout=LONG_TIMEOUT)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+def _check(client: Client, args: Any, out: Output) -> int:
+    label = "refreshing the package lists" if args.force else "checking for updates"
+    with out.progress(label):
+        result = client.call("updates.check", {"force": args.force}, timeout=LONG_TIMEOUT)
+    out.result(result, lambda r: _show_check(out, r))
+    return EXIT_OK if result["available"] else EXIT_FAILED
+
+
+def _show_check(out: Output, result: dict[str, Any]) -> None:
     if not result["available"]:
         out.line(f"cannot check for updates: {result['problem']}")
-        return EXIT_FAILED
+        return
     counts = result["counts"]
     rows = [
         f"Package updates: {counts['total']}",
@@ -57,65 +78,76 @@ def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
                 out.line(f"  {paint}  {u['from'] or '-'} → {u['to']}  ({u['origin']})")
     out.line(f"{counts['total']} package update(s) available")
     out.line(f"{counts['security']} security update(s)")
+
+
+def _snapshot(client: Client, args: Any, out: Output) -> int:
+    with out.progress("taking a snapshot"):
+        meta = client.call("updates.snapshot", None, timeout=LONG_TIMEOUT)["snapshot"]
+    out.result(
+        meta,
+        lambda m: out.line(
+            f"snapshot {m['id']}: {len(m['config'])} config file(s), "
+            f"{len(m['databases'])} database(s), {m['packages']} packages"
+        ),
+    )
     return EXIT_OK
 
 
-def _snapshot(client: Client, args: argparse.Namespace, out: Output) -> int:
-    meta = client.call("updates.snapshot", None, timeout=LONG_TIMEOUT)["snapshot"]
-    if out.as_json:
-        out.json(meta)
-    else:
-        out.line(
-            f"snapshot {meta['id']}: {len(meta['config'])} config file(s), "
-            f"{len(meta['databases'])} database(s), {meta['packages']} packages"
-        )
-    return EXIT_OK
-
-
-def _confirm(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        return False
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-
-
-def _show_stream(out: Output) -> Any:
+def _show_stream(out: Output, progress: Progress) -> Any:
     def show(data: Any) -> None:
-        if out.as_json:
+        out.event(data)
+        if out.as_json or not isinstance(data, dict):
             return
         for line in data.get("lines", []):
             out.line(f"  {line}")
-        if data.get("phase") == "snapshot":
+        phase = data.get("phase")
+        if phase == "snapshot":
             out.line(f"snapshot {data['snapshot']} taken")
-        out.stream.flush()
+        if isinstance(phase, str):
+            progress.update(PHASES.get(phase, phase))
 
     return show
 
 
-def _rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _finish(out: Output, result: dict[str, Any], render: Any) -> None:
+    """The outcome of a streamed call: a last JSON line, or `render` for people."""
+    if out.as_json:
+        out.json_line({"result": result})
+    else:
+        render(result)
+
+
+def _rollback(client: Client, args: Any, out: Output) -> int:
     if args.list:
         found = client.call("updates.snapshots")["snapshots"]
-        if out.as_json:
-            out.json(found)
-        elif not found:
-            out.line("no snapshots")
-        for meta in [] if out.as_json else found:
-            debs = sum(1 for d in meta["debs"] if d.get("file"))
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta["created"]))
-            out.line(f"{meta['id']}  {when}  {meta['reason']}  ({debs} saved .debs)")
+        out.result(found, lambda f: _show_snapshots(out, f))
         return EXIT_OK
+    which = f"snapshot {args.id}" if args.id else "the newest snapshot"
+    question = f"Overwrite the configuration with that of {which}?"
+    require(question, args.yes, "rolling back the configuration")
     params: dict[str, Any] = {"packages": args.packages}
     if args.id:
         params["id"] = args.id
     if args.packages:
-        params["confirm"] = _confirm("Reinstall the snapshot's saved package versions?", args.yes)
-    result = client.call(
-        "updates.rollback", params, on_stream=_show_stream(out), timeout=LONG_TIMEOUT
-    )
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK
+        params["confirm"] = args.yes or ask("Also reinstall the snapshot's saved package versions?")
+    with out.progress("rolling back") as progress:
+        result = client.call(
+            "updates.rollback", params, on_stream=_show_stream(out, progress), timeout=LONG_TIMEOUT
+        )
+    _finish(out, result, lambda r: _show_rollback(out, r))
+    return EXIT_OK
+
+
+def _show_snapshots(out: Output, found: list[dict[str, Any]]) -> None:
+    if not found:
+        out.line("no snapshots")
+    for meta in found:
+        debs = sum(1 for d in meta["debs"] if d.get("file"))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta["created"]))
+        out.line(f"{meta['id']}  {when}  {meta['reason']}  ({debs} saved .debs)")
+
+
+def _show_rollback(out: Output, result: dict[str, Any]) -> None:
     out.line(f"rolled back to snapshot {result['snapshot']}")
     for path in result["config_restored"]:
         out.line(f"  configuration restored: {path}")
@@ -133,59 +165,102 @@ def _rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
     if reinstall is not None:
         word = "simulated" if reinstall["simulated"] else "done"
         out.line(f"package reinstall {word}: exit {reinstall['returncode']}")
-    return EXIT_OK
 
 
-def _apply(client: Client, args: argparse.Namespace, out: Output) -> int:
+def _apply(client: Client, args: Any, out: Output) -> int:
     if not args.packages:
-        print("cortexctl: say what to apply: update apply --packages", file=sys.stderr)
-        return 2
+        raise UsageError("say what to apply: update apply --packages")
     params: dict[str, Any] = {"security": args.security, "packages": args.only}
-    confirm = _confirm("Apply these updates now? (a snapshot is taken first)", args.yes)
-    if not confirm and not args.yes:
-        out.line("simulating (apt -s); confirm with -y to apply")
+    confirm = args.yes or ask("Apply these updates now? (a snapshot is taken first)")
+    if not confirm:
+        out.say("simulating (apt -s); confirm with -y to apply")
     params["confirm"] = confirm
-    result = client.call("updates.apply", params, on_stream=_show_stream(out), timeout=LONG_TIMEOUT)
-    if out.as_json:
-        out.json(result)
-        return EXIT_OK if result["returncode"] == 0 else EXIT_FAILED
+    label = "applying updates" if confirm else "simulating updates"
+    with out.progress(label) as progress:
+        result = client.call(
+            "updates.apply", params, on_stream=_show_stream(out, progress), timeout=LONG_TIMEOUT
+        )
+    _finish(out, result, lambda r: _show_apply(out, r))
+    return EXIT_OK if result["returncode"] == 0 else EXIT_FAILED
+
+
+def _show_apply(out: Output, result: dict[str, Any]) -> None:
     names = ", ".join(p["package"] for p in result["packages"]) or "nothing to upgrade"
     word = "simulated" if result["simulated"] else "applied"
     if result["returncode"] == 0:
         out.line(f"{word}: {names}")
-        return EXIT_OK
-    out.line(f"update failed (exit {result['returncode']}); snapshot {result['snapshot']}")
-    return EXIT_FAILED
+    else:
+        out.line(f"update failed (exit {result['returncode']}); snapshot {result['snapshot']}")
 
 
 def register(sub: Any) -> None:
     """Add `update` and its actions to the top-level subparsers."""
-    update = sub.add_parser(
+    from cortexctl.parsing import actions, command
+
+    update = command(
+        sub,
         "update",
         help="package updates, snapshots and rollback",
-        epilog=(
-            "examples:\n  cortexctl update check\n  cortexctl update check --force\n"
-            "  sudo cortexctl update apply --packages --security -y\n"
-            "  sudo cortexctl update rollback --list\n"
-            "  sudo cortexctl update rollback 20261123-120000"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "cortexctl update check",
+            "cortexctl update check --force",
+            "sudo cortexctl update apply --packages --security -y",
+            "sudo cortexctl update rollback --list",
+            "sudo cortexctl update rollback 20261123-120000",
+        ],
     )
-    actions = update.add_subparsers(dest="update_command", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="pending updates (cached; --force refreshes)")
+    verbs = actions(update, "update_command")
+    check = command(
+        verbs,
+        "check",
+        help="pending updates (cached; --force refreshes)",
+        notes="Exit status 1 when apt cannot tell what is pending.",
+        examples=["cortexctl update check", "sudo cortexctl update check --force --json"],
+    )
     check.add_argument("--force", action="store_true", help="refresh the package lists first")
     check.set_defaults(run=_check)
-    snap = actions.add_parser("snapshot", help="take a snapshot now (admin)")
+    snap = command(
+        verbs,
+        "snapshot",
+        help="take a snapshot now (admin)",
+        examples=["sudo cortexctl update snapshot"],
+    )
     snap.set_defaults(run=_snapshot)
-    rollback = actions.add_parser("rollback", help="restore a snapshot's configuration (admin)")
-    rollback.add_argument("id", nargs="?", help="snapshot id (default: the newest)")
+    rollback = command(
+        verbs,
+        "rollback",
+        help="restore a snapshot's configuration (admin)",
+        notes=(
+            "It overwrites the configuration: on a terminal it asks first, elsewhere it\n"
+            "needs -y. With --packages the saved .debs are reinstalled when confirmed,\n"
+            "else the reinstall is only simulated."
+        ),
+        examples=[
+            "sudo cortexctl update rollback --list",
+            "sudo cortexctl update rollback 20261123-120000",
+            "sudo cortexctl update rollback 20261123-120000 --packages -y",
+        ],
+    )
+    rollback.add_argument(
+        "id", nargs="?", metavar="SNAPSHOT_ID", help="snapshot id (default: the newest)"
+    )
     rollback.add_argument("--list", action="store_true", help="list snapshots")
     rollback.add_argument(
         "--packages", action="store_true", help="also reinstall the saved package versions"
     )
     rollback.add_argument("-y", "--yes", action="store_true", help="do not ask")
     rollback.set_defaults(run=_rollback)
-    apply = actions.add_parser("apply", help="apply package updates (admin)")
+    apply = command(
+        verbs,
+        "apply",
+        help="apply package updates (admin; simulated unless confirmed)",
+        notes="Without -y it asks on a terminal; elsewhere it only simulates (apt-get -s).",
+        examples=[
+            "sudo cortexctl update apply --packages",
+            "sudo cortexctl update apply --packages --security -y",
+            "sudo cortexctl update apply --packages --only openssl -y --json",
+        ],
+    )
     apply.add_argument("--packages", action="store_true", help="apply package updates")
     apply.add_argument("--security", action="store_true", help="security updates only")
     apply.add_argument(

@@ -45,7 +45,25 @@ def monitor_methods(monitor: Monitor) -> list[Method]:
         # once per doctor.force_interval and otherwise gets its last result.
         # A check already running is joined, not started twice (run_check).
         recent = {} if call.is_admin else _recent(monitor, chosen)
-        ran = await monitor.run_many([c for c in chosen if c.id not in recent])
+        to_run = [c for c in chosen if c.id not in recent]
+        on_result = None
+        if call.params["stream"]:
+            await call.stream({"checks": [c.id for c in to_run]})
+            finished = 0
+
+            async def on_result(result: CheckResult) -> None:
+                nonlocal finished
+                finished += 1
+                await call.stream(
+                    {
+                        "check_id": result.check_id,
+                        "status": result.status.value,
+                        "done": finished,
+                        "total": len(to_run),
+                    }
+                )
+
+        ran = await monitor.run_many(to_run, on_result)
         fresh = {r.check_id: r for r in ran}
         now = monitor.clock()
         answers = []
@@ -70,7 +88,11 @@ def monitor_methods(monitor: Monitor) -> list[Method]:
         Method(
             "checks.run",
             checks_run,
-            params=(Param("ids", list, items=str), Param("category", str)),
+            params=(
+                Param("ids", list, items=str),
+                Param("category", str),
+                Param("stream", bool, default=False),
+            ),
             timeout=CHECKS_RUN_TIMEOUT,
             summary="run checks now (doctor) and return their results",
         ),

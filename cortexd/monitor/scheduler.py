@@ -357,15 +357,25 @@ class Monitor:
         try:
             await self.run_check(check)
         except Exception:  # isolation boundary: grading/alerting bugs never stop the loop
-            log.exception("monitor: handling %s failed", check.id)
+            log.exception("handling %s failed", check.id)
 
-    async def run_many(self, checks: Iterable[Check]) -> list[CheckResult]:
-        """Run `checks` now (at most max_parallel at once); results in the given order."""
+    async def run_many(
+        self,
+        checks: Iterable[Check],
+        on_result: Callable[[CheckResult], Awaitable[None]] | None = None,
+    ) -> list[CheckResult]:
+        """Run `checks` now (at most max_parallel at once); results in the given order.
+
+        `on_result` is awaited with each result as its check finishes (the
+        doctor's progress).
+        """
         chosen = list(checks)
         out: dict[str, CheckResult] = {}
 
         async def one(check: Check) -> None:
-            out[check.id] = await self.run_check(check)
+            out[check.id] = result = await self.run_check(check)
+            if on_result is not None:
+                await on_result(result)
 
         async with anyio.create_task_group() as tg:
             for check in chosen:

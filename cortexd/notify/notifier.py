@@ -231,7 +231,7 @@ class Notifier:
         self.rules_errors = []
         self._evaluate_all = True
         self._wake.set()
-        log.info("notify: %d rules reloaded", len(self.rules.rules))
+        log.info("%d rules reloaded", len(self.rules.rules))
 
     async def stop(self) -> None:
         """Stop taking events, let sends under way finish briefly, close the outbox.

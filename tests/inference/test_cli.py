@@ -54,7 +54,13 @@ def test_ask_json_gives_the_result_and_statistics(model_daemon: DaemonProcess) -
     ):
         done = cortexctl(model_daemon, *args)
         assert done.returncode == 0, done.stderr
-        result: dict[str, Any] = orjson.loads(done.stdout)
+        # JSON lines: each stream message as it came, then the result.
+        lines = [orjson.loads(line) for line in done.stdout.splitlines()]
+        *streamed, last = lines
+        assert all(set(line) == {"stream"} for line in streamed)
+        assert "request_id" in streamed[0]["stream"]
+        result: dict[str, Any] = last["result"]
+        assert "".join(line["stream"].get("text", "") for line in streamed) == result["text"]
         assert result["stop_reason"] in ("stop", "length")
         assert result["eval_count"] <= 8
         assert {"prompt_eval_count", "eval_duration", "ttft_ms", "tokens_per_second"} <= set(result)

@@ -50,7 +50,7 @@ def test_backup_restore_and_apply_are_admin_only(
         ("backup", "/tmp/never-written.tar.gz"),
         ("update", "apply", "--packages", "-y"),
         ("update", "snapshot"),
-        ("update", "rollback"),
+        ("update", "rollback", "-y"),
     ):
         done = cortexctl_as(python_for_nobody, auth_daemon, plain, *args)
         assert done.returncode == 1, args

@@ -23,6 +23,7 @@ import pytest
 
 from cortexd.monitor.checks.packages import parse_simulation
 from cortexd.protocol import CortexError
+from tests.cortexctl.terminal import CORTEXCTL, on_terminal
 from tests.daemon import DaemonProcess, running_daemon
 from tests.metrics.helpers import promtool, sample
 
@@ -186,7 +187,12 @@ def test_snapshot_then_rollback_restores_config_and_keeps_alerts(
 
     listed = cortexctl(daemon, "update", "rollback", "--list")
     assert snap["id"] in listed.stdout
-    done = cortexctl(daemon, "update", "rollback", snap["id"])
+    # It overwrites the configuration: without -y, and no terminal to ask on, it refuses.
+    refused = cortexctl(daemon, "update", "rollback", snap["id"])
+    assert refused.returncode == 1
+    assert "needs confirmation: pass -y" in refused.stderr
+    assert config.read_bytes() != original
+    done = cortexctl(daemon, "update", "rollback", snap["id"], "-y")
     assert done.returncode == 0, done.stderr
     assert f"rolled back to snapshot {snap['id']}" in done.stdout
     assert "installed packages are as in the snapshot" in done.stdout
@@ -337,9 +343,18 @@ def test_apply_saves_the_replaced_deb_and_rollback_reinstalls_it(
         saved = Path(daemon.state_dir) / "snapshots" / snap["id"] / "debs" / deb["file"]
         assert saved.is_file()
 
-        # Without -y (and no terminal to ask) the reinstall is only simulated.
-        rolled = cortexctl(daemon, "update", "rollback", snap["id"], "--packages")
-        assert rolled.returncode == 0, rolled.stderr
-        assert "package reinstall simulated: exit 0" in rolled.stdout
+        # Without -y, and no terminal to ask on, nothing happens at all.
+        refused = cortexctl(daemon, "update", "rollback", snap["id"], "--packages")
+        assert refused.returncode == 1
+        assert [c for c in apt.calls() if "--allow-downgrades" in c] == []
+        # On a terminal: yes to the configuration, no to the packages: the
+        # reinstall is only simulated.
+        rollback = ["update", "rollback", snap["id"], "--packages"]
+        code, shown = on_terminal(
+            [*CORTEXCTL, "--socket", daemon.socket_path, *rollback], answers=["y", "n"]
+        )
+        assert code == 0, shown
+        assert "Overwrite the configuration" in shown
+        assert "package reinstall simulated: exit 0" in shown
         reinstall = [c for c in apt.calls() if "--allow-downgrades" in c]
         assert reinstall == [f"-q -s --allow-downgrades install {saved}"]
