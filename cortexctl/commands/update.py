@@ -1,4 +1,5 @@
-"""`cortexctl update`: check [--force], snapshot, rollback [--list] [ID], apply --packages."""
+"""`cortexctl update`: check [--force|--system], snapshot, rollback [--list] [ID],
+apply --packages|--system."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import sys
 import time
 from typing import Any
 
-from cortexctl.client import Client
+from cortexctl.client import Client, DaemonUnreachable
 from cortexctl.output import Output, ago
+from cortexd.protocol import CortexError, ShuttingDown
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 LONG_TIMEOUT = 86400.0 + 900.0
 BOX_WIDTH = 47
+# A system update: download, snapshot, then dpkg and a restart of the daemon.
+SYSTEM_TIMEOUT = 3600.0
+SYSTEM_WAIT = 900.0
+POLL = 1.0
+RESTART_CALL_TIMEOUT = 30.0
 
 
 def _box(title: str, rows: list[str]) -> list[str]:
@@ -25,6 +33,8 @@ def _box(title: str, rows: list[str]) -> list[str]:
 
 
 def _check(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.system:
+        return _check_system(client, out)
     result = client.call("updates.check", {"force": args.force}, timeout=LONG_TIMEOUT)
     if out.as_json:
         out.json(result)
@@ -81,8 +91,15 @@ def _show_stream(out: Output) -> Any:
             return
         for line in data.get("lines", []):
             out.line(f"  {line}")
-        if data.get("phase") == "snapshot":
+        phase = data.get("phase")
+        if phase == "snapshot":
             out.line(f"snapshot {data['snapshot']} taken")
+        elif phase == "downloading":
+            out.line(f"downloading cortexd {data['version']}")
+        elif phase == "verified":
+            out.line(f"SHA-256 verified: {data['sha256']}")
+        elif phase == "installing":
+            out.line(f"installing in the transient unit {data['unit']}; cortexd restarts")
         out.stream.flush()
 
     return show
@@ -132,9 +149,14 @@ def _rollback(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _apply(client: Client, args: argparse.Namespace, out: Output) -> int:
-    if not args.packages:
-        print("cortexctl: say what to apply: update apply --packages", file=sys.stderr)
-        return 2
+    if args.packages == args.system:
+        print("cortexctl: say what to apply: update apply --packages or --system", file=sys.stderr)
+        return EXIT_USAGE
+    if args.system:
+        if args.security or args.only:
+            print("cortexctl: --security and --only go with --packages", file=sys.stderr)
+            return EXIT_USAGE
+        return _apply_system(client, args, out)
     params: dict[str, Any] = {"security": args.security, "packages": args.only}
     confirm = _confirm("Apply these updates now? (a snapshot is taken first)", args.yes)
     if not confirm and not args.yes:
@@ -153,6 +175,131 @@ def _apply(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_FAILED
 
 
+# -- cortexd's own package ---------------------------------------------------------
+
+
+def _refused(exc: CortexError, out: Output) -> int:
+    """An error answer, with the daemon's hint (no channel, not a package) when it gave one."""
+    if out.as_json:
+        out.json({"error": exc.to_error()})
+    else:
+        print(f"cortexctl: {exc.message}", file=sys.stderr)
+        if exc.data.get("hint"):
+            print(f"hint: {exc.data['hint']}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _check_system(client: Client, out: Output) -> int:
+    try:
+        result = client.call("updates.system_check", timeout=SYSTEM_TIMEOUT)
+    except CortexError as exc:
+        return _refused(exc, out)
+    if out.as_json:
+        out.json(result)
+        return EXIT_OK
+    newest = result["newest"]
+    installed = result["installed"] or f"not a package (running {result['running']})"
+    if newest is None:
+        latest = f"none for {result['architecture']}"
+    else:
+        latest = newest["version"] + (
+            f" (released {newest['released']})" if newest["released"] else ""
+        )
+    rows = [
+        f"Channel: {result['channel']}",
+        f"Installed: {installed}",
+        f"Newest: {latest}",
+        f"Newer: {'Yes' if result['newer'] else 'No'}",
+    ]
+    if newest is not None:
+        rows.append(f"Security: {'Yes' if newest['security'] else 'No'}")
+    for line in _box("cortexd release", rows):
+        out.line(line)
+    last = result["last_apply"]
+    if last is not None:
+        out.line(f"last system update: {last['from']} → {last['to']}: {_outcome(last)}")
+    if result["newer"]:
+        out.line(
+            f"cortexd {newest['version']} is available: sudo cortexctl update apply --system -y"
+        )
+    return EXIT_OK
+
+
+def _outcome(last: dict[str, Any]) -> str:
+    return str(last["outcome"] or last["state"])
+
+
+def _apply_system(client: Client, args: argparse.Namespace, out: Output) -> int:
+    confirm = _confirm(
+        "Install cortexd's newest release now? (a snapshot is taken first; the daemon restarts)",
+        args.yes,
+    )
+    if not confirm and not out.as_json:
+        out.line("simulating (apt -s); confirm with -y to install")
+    try:
+        result = client.call(
+            "updates.system_apply",
+            {"confirm": confirm},
+            on_stream=_show_stream(out),
+            timeout=SYSTEM_TIMEOUT,
+        )
+    except CortexError as exc:
+        return _refused(exc, out)
+    if result["to"] is None or result["simulated"]:
+        if out.as_json:
+            out.json(result)
+        elif result["to"] is None:
+            out.line(result["message"])
+        else:
+            word = "would install" if result.get("returncode") == 0 else "cannot install"
+            now = result["from"] or "not a package"
+            out.line(f"simulated: {word} cortexd {result['to']} (installed: {now})")
+        return EXIT_OK if result.get("returncode", 0) == 0 else EXIT_FAILED
+    last = _wait_for_outcome(client, result["apply_id"], out)
+    if out.as_json:
+        out.json({**result, "last_apply": last})
+    if last is None or last.get("state") != "finished":
+        if not out.as_json:
+            out.line(
+                f"no outcome within {SYSTEM_WAIT:g}s; `cortexctl update check --system` shows it"
+            )
+        return EXIT_FAILED
+    if not out.as_json:
+        if last["outcome"] == "updated":
+            out.line(f"cortexd {last['to']} is running (was {last['from']})")
+        else:
+            out.line(
+                f"cortexd {last['to']} failed: {last.get('failure') or last['outcome']};"
+                f" {_outcome(last)} (snapshot {result['snapshot']})"
+            )
+    return EXIT_OK if last["outcome"] == "updated" else EXIT_FAILED
+
+
+def _wait_for_outcome(client: Client, apply_id: str, out: Output) -> dict[str, Any] | None:
+    """Follow the system update through the daemon's restart(s) until it has finished."""
+    deadline = time.monotonic() + SYSTEM_WAIT
+    seen = None
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.call("status", timeout=RESTART_CALL_TIMEOUT)
+            found: dict[str, Any] | None = (
+                status["components"].get("updates", {}).get("system_apply")
+            )
+            if found is not None and found.get("id") == apply_id:
+                last = found
+                if found["state"] != seen and not out.as_json and found["state"] != "finished":
+                    out.line(f"  {found['state']}")
+                    out.stream.flush()
+                seen = found["state"]
+                if found["state"] == "finished":
+                    return found
+        except (DaemonUnreachable, ShuttingDown, TimeoutError):
+            client.close()  # the daemon is restarting: dial again
+        time.sleep(POLL)
+    return last
+
+
 def register(sub: Any) -> None:
     """Add `update` and its actions to the top-level subparsers."""
     update = sub.add_parser(
@@ -160,15 +307,23 @@ def register(sub: Any) -> None:
         help="package updates, snapshots and rollback",
         epilog=(
             "examples:\n  cortexctl update check\n  cortexctl update check --force\n"
+            "  cortexctl update check --system\n"
             "  sudo cortexctl update apply --packages --security -y\n"
+            "  sudo cortexctl update apply --system -y\n"
             "  sudo cortexctl update rollback --list\n"
             "  sudo cortexctl update rollback 20261123-120000"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = update.add_subparsers(dest="update_command", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="pending updates (cached; --force refreshes)")
+    check = actions.add_parser(
+        "check",
+        help="pending updates (cached; --force refreshes); --system: cortexd's release channel",
+    )
     check.add_argument("--force", action="store_true", help="refresh the package lists first")
+    check.add_argument(
+        "--system", action="store_true", help="cortexd's own package: installed and newest"
+    )
     check.set_defaults(run=_check)
     snap = actions.add_parser("snapshot", help="take a snapshot now (admin)")
     snap.set_defaults(run=_snapshot)
@@ -182,6 +337,11 @@ def register(sub: Any) -> None:
     rollback.set_defaults(run=_rollback)
     apply = actions.add_parser("apply", help="apply package updates (admin)")
     apply.add_argument("--packages", action="store_true", help="apply package updates")
+    apply.add_argument(
+        "--system",
+        action="store_true",
+        help="install the newest cortexd from its release channel (restarts the daemon)",
+    )
     apply.add_argument("--security", action="store_true", help="security updates only")
     apply.add_argument(
         "--only", action="append", default=[], metavar="PKG", help="only this package"

@@ -46,7 +46,7 @@ if "update" in args:
 if "dist-upgrade" in args:
     sys.stdout.write(open(os.path.join(here, "simulation.txt")).read())
     sys.exit(0)
-if "--allow-downgrades" in args:
+if "--allow-downgrades" in args or ("install" in args and "--only-upgrade" not in args):
     for deb in args[args.index("install") + 1:]:
         print("Inst " + os.path.basename(deb) + (" (simulated)" if "-s" in args else ""))
     sys.exit(0)
