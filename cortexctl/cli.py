@@ -15,7 +15,7 @@ from typing import TextIO
 
 from cortexctl.client import DEFAULT_TIMEOUT, Client, DaemonUnreachable
 from cortexctl.output import Output
-from cortexd.protocol import CortexError, default_socket_path
+from cortexd.protocol import CortexError, client_socket_path
 
 EXIT_OK = 0
 EXIT_DAEMON_ERROR = 1
@@ -118,7 +118,7 @@ def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.Argumen
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--socket", metavar="PATH", help=f"daemon socket (default: {default_socket_path()})"
+        "--socket", metavar="PATH", help=f"daemon socket (default: {client_socket_path()})"
     )
     parser.add_argument("--json", action="store_true", help="print JSON for programs")
     parser.add_argument(

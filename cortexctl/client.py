@@ -18,7 +18,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from cortexd.protocol import JSONRPC, InvalidRequest, default_socket_path, error_from_wire
+from cortexd.protocol import JSONRPC, InvalidRequest, client_socket_path, error_from_wire
 
 DEFAULT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024
@@ -80,7 +80,7 @@ class Client:
     """
 
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = path or default_socket_path()
+        self.path = path or client_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
