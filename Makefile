@@ -17,15 +17,17 @@ endif
 MODEL ?= $(STATE_DIR)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # System packages the build and the tests use (Debian names).
-APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager e2fsprogs zsh fish
+APT_PACKAGES := python3-venv build-essential cmake libsystemd-dev pkg-config socat systemd util-linux prometheus prometheus-alertmanager e2fsprogs zsh fish python3-dev lintian dpkg-repack
 
 PREFIX ?= /opt/cortexd
 BINDIR ?= /usr/local/bin
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/cortex
 BASHCOMPDIR ?= /usr/local/share/bash-completion/completions
+# Where `make deb` writes cortexd_VERSION_ARCH.deb.
+DEB_DIR ?= dist
 
-.PHONY: help run test lint format bench model install uninstall system-deps clean
+.PHONY: help run test lint format bench model install uninstall system-deps clean deb
 
 help:
 	@echo "make run        set up and run the daemon in the foreground"
@@ -35,6 +37,7 @@ help:
 	@echo "make model      fetch the default model into $(dir $(MODEL))"
 	@echo "make install    install system-wide (root): package, config, units, groups"
 	@echo "make uninstall  remove what make install put in place (config and state kept)"
+	@echo "make deb        build $(DEB_DIR)/cortexd_VERSION_ARCH.deb (docs/packaging.md)"
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -109,6 +112,12 @@ uninstall:
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "removed. Kept $(CONFDIR) and /var/lib/cortex; delete them by hand if unwanted."
+
+# The package's own venv is built with Debian's python3 (pip's cache supplies
+# the llama-cpp-python wheel); the model is copied from $(MODEL) when it is the
+# default one, else fetched and checked the same way.
+deb: | system-deps
+	DEB_MODEL="$(MODEL)" packaging/deb/build.sh "$(DEB_DIR)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

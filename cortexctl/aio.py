@@ -32,7 +32,7 @@ from cortexctl.client import (
     expected_owners,
     unreachable,
 )
-from cortexd.protocol import JSONRPC, CortexError, default_socket_path, error_from_wire
+from cortexd.protocol import JSONRPC, CortexError, client_socket_path, error_from_wire
 
 # Methods whose requests `inference.cancel` can end. The client asks them for
 # their stream so that it learns the `request_id` a cancellation must name
@@ -44,7 +44,7 @@ class AsyncClient:
     """`async with AsyncClient() as c: await c.call("status")`."""
 
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = path or default_socket_path()
+        self.path = path or client_socket_path()
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}

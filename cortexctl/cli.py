@@ -271,6 +271,8 @@ def _report(out: Output, exc: CortexError | CommandError, code: int) -> int:
             # The message lists them too, on one line; one per line reads better.
             lines = [f"cortexctl: {exc.code.name}: invalid configuration:"]
             lines += [f"  {problem}" for problem in problems]
+        if isinstance(exc.data, dict) and exc.data.get("hint"):
+            lines.append(f"hint: {exc.data['hint']}")
     else:
         lines = [f"cortexctl: {exc.message}"]
         if exc.hint:

@@ -34,7 +34,7 @@ from cortexd.protocol import (
     JSONRPC,
     CortexError,
     InvalidRequest,
-    default_socket_path,
+    client_socket_path,
     error_from_wire,
     user_runtime_dir,
 )
@@ -181,7 +181,7 @@ class Client:
     """
 
     def __init__(self, path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.path = path or default_socket_path()
+        self.path = path or client_socket_path()
         self.timeout = timeout
         self._sock: _socket.socket | None = None
         self._buffer = bytearray()

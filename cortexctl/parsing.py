@@ -89,14 +89,14 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     them only when they are given there and otherwise leaves what the top
     level parsed (`cortexctl --json status` and `cortexctl status --json`).
     """
-    from cortexd.protocol import default_socket_path
+    from cortexd.protocol import client_socket_path
 
     group = parser.add_argument_group(GLOBAL_TITLE)
     group.add_argument(
         "--socket",
         metavar="PATH",
         default=None if top else argparse.SUPPRESS,
-        help=f"daemon socket (default: {default_socket_path()})",
+        help=f"daemon socket (default: {client_socket_path()})",
     )
     group.add_argument(
         "--json",

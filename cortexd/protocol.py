@@ -197,6 +197,21 @@ def error_from_wire(error: dict[str, Any]) -> CortexError:
     return exc
 
 
+def client_socket_path() -> str:
+    """The socket a client dials when none is given: the daemon's default, except
+    that a user whose own daemon is not running reaches the system daemon.
+
+    So on an installed host a member of `cortex` runs `cortexctl status` with no
+    flags, while `make run` as that user still gets its own daemon.
+    """
+    path = default_socket_path()
+    if os.environ.get(SOCKET_ENV) or os.getuid() == 0:
+        return path
+    if not os.path.exists(path) and os.path.exists(DEFAULT_SYSTEM_SOCKET):
+        return DEFAULT_SYSTEM_SOCKET
+    return path
+
+
 def user_runtime_dir(uid: int | None = None) -> str:
     """Where a non-root daemon keeps its socket: $XDG_RUNTIME_DIR or a private /tmp dir."""
     uid = os.getuid() if uid is None else uid

@@ -3,9 +3,10 @@
 Nothing of it is the host's: a journald of its own in a private mount
 namespace (whose `/etc/group` also gains the `cortex` group the socket and the
 `setpriv` example name, if the host lacks it), the stand-in apt of the update
-tests, a repair root with a stale dpkg lock, a plugin directory with the
-`greeter` command plugin, notification rules whose webhook is a local receiver
-and whose slack endpoint refuses, and the real model.
+tests, a release channel offering cortexd 0.2.0, a repair root with a stale
+dpkg lock, a plugin directory with the `greeter` command plugin, notification
+rules whose webhook is a local receiver and whose slack endpoint refuses, and
+the real model.
 
 Objects the examples name by id are made for real in a first run of the
 daemon — alerts raised, a silence created — and then given the ids the
@@ -38,6 +39,7 @@ from tests.notify.helpers import Receiver, receiver
 from tests.plugins.conftest import COMMAND, write_plugin
 from tests.protocol_examples import Example
 from tests.test_logging import Journal, standalone_journald
+from tests.updates.releases import entry, fake_deb, write_manifest
 from tests.updates.test_updates_daemon import FakeApt
 
 WAIT = 120.0
@@ -191,8 +193,17 @@ def _config(base: Path, webhook: Receiver, model_path: str) -> dict[str, Any]:
             "runtime_dir": str(host / "run/cortex"),
         },
         "logs": {"poll_seconds": 0.5},
-        **apt.config(),
+        "updates": {**apt.config()["updates"], "channel": _release_channel(base)},
     }
+
+
+def _release_channel(base: Path) -> str:
+    """A file:// channel offering cortexd 0.2.0 (a tiny real .deb, only ever simulated)."""
+    site = base / "releases"
+    site.mkdir()
+    deb = fake_deb(site, "0.2.0")
+    extra = {"architecture": "amd64", "released": "2026-12-01", "notes": "Faster doctor runs."}
+    return f"file://{write_manifest(site, [entry(deb, '0.2.0', **extra)])}"
 
 
 def _seed(d: DaemonProcess, found: list[Example]) -> dict[str, dict[str, str]]:

@@ -242,8 +242,9 @@ def test_socket_directives() -> None:
 # PID 1 here is not systemd, but systemd can still run as PID 1 of fresh
 # namespaces. The trial below boots it with only the units it needs (stub
 # targets, journald, D-Bus, timedated and ours, unchanged), over overlays of
-# /etc, /var/lib/cortex and /usr/local/bin and a private /tmp and /run, so
-# nothing it writes reaches the host. It runs only as root on a machine whose
+# /etc, /var, /usr and /opt and a private /tmp and /run, so nothing it writes
+# (a package install included: dpkg's database, /opt, units, /usr/share)
+# reaches the host. It runs only as root on a machine whose
 # PID 1 is not systemd; on a systemd host, `make install` is the real test.
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
@@ -280,8 +281,10 @@ NOBODY = "65534"
 
 # Runs as PID 1 of the new namespaces, then becomes systemd. $1 is the
 # directory with the trial's files; the cgroup2 mount gives systemd the
-# cgroup the trial was started in as its root.
-INNER_SCRIPT = r"""#!/bin/bash
+# cgroup the trial was started in as its root. Made of three parts so a
+# trial that installs the .deb (tests/test_deb_package.py) can swap the
+# middle one, which sets up the source tree's daemon.
+INNER_MOUNTS = r"""#!/bin/bash
 set -eu
 src=$1 entry=$2
 mount --make-rprivate /
@@ -289,7 +292,7 @@ mount -t proc proc /proc
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/trial /run/lock
 cp -a "$src/." /run/trial/
-for d in /etc /var/lib/cortex /usr/local/bin; do
+for d in /etc /var /usr /opt; do
     [ -d "$d" ] || { echo "missing $d" >&2; exit 1; }
     o=/run/trial/ovl/$(echo "$d" | tr / _)
     mkdir -p "$o/u" "$o/w"
@@ -302,14 +305,20 @@ mount -t tmpfs tmpfs /usr/lib/systemd/system-generators
 [ -d /var/log/journal ] && mount -t tmpfs tmpfs /var/log/journal
 mount -t cgroup2 none /sys/fs/cgroup
 mount -t tmpfs tmpfs /tmp
+"""
+INNER_SOURCE_TREE = r"""
 getent group cortex >/dev/null || groupadd --system cortex
 getent group cortex-admin >/dev/null || groupadd --system cortex-admin
+mkdir -p /usr/local/bin
 ln -sf "$entry" /usr/local/bin/cortexd
 mkdir -p /etc/cortex
 printf 'logging:\n  level: INFO\n' > /etc/cortex/daemon.conf
+"""
+INNER_BOOT = r"""
 exec env -i container=cortex-trial PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --system --unit=trial.target --log-target=journal --show-status=no
 """
+INNER_SCRIPT = INNER_MOUNTS + INNER_SOURCE_TREE + INNER_BOOT
 
 
 def _cgroup2_mount() -> Path | None:
@@ -355,13 +364,15 @@ def _probe_unit(service_text: str, probe_command: str, environment: dict[str, st
     return re.sub(r"^ExecStart=.*$", f"ExecStart={probe_command}\n{env}", text, flags=re.M)
 
 
-def _write_trial_files(root: Path) -> None:
+def _write_trial_files(root: Path, *, inner: str = INNER_SCRIPT, source_units: bool = True) -> None:
+    """The trial's units and inner script; without `source_units`, none of ours (a
+    package brings them) and no probe."""
     units = root / "units"
     units.mkdir(parents=True)
     for name in STUB_TARGETS:
         (units / f"{name}.target").write_text(f"[Unit]\nDescription=stub {name}\n")
     (units / "shutdown.target").write_text("[Unit]\nDescription=stub\nDefaultDependencies=no\n")
-    wants = ["cortexd.socket"]
+    wants = ["cortexd.socket"] if source_units else []
     for name in HOST_UNITS:
         if (SYSTEM_UNITS / name).exists():
             shutil.copy(SYSTEM_UNITS / name, units / name)
@@ -373,6 +384,10 @@ def _write_trial_files(root: Path) -> None:
         f"[Unit]\nDescription=cortexd trial\nWants={' '.join(wants)}\n"
         "After=systemd-journald.service\n"
     )
+    (root / "inner.sh").write_text(inner)
+    (root / "inner.sh").chmod(0o755)
+    if not source_units:
+        return
     (units / "trial-dummy.service").write_text(
         "[Unit]\nDescription=a unit the probe starts\n"
         "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
@@ -387,8 +402,6 @@ def _write_trial_files(root: Path) -> None:
     (units / "cortex-probe.service").write_text(
         _probe_unit(SERVICE.read_text(encoding="utf-8"), probe, env)
     )
-    (root / "inner.sh").write_text(INNER_SCRIPT)
-    (root / "inner.sh").chmod(0o755)
 
 
 class Trial:

@@ -1,4 +1,5 @@
-"""`cortexctl update`: check [--force], snapshot, rollback [--list] [ID], apply --packages.
+"""`cortexctl update`: check [--force|--system], snapshot, rollback [--list] [ID],
+apply --packages|--system.
 
 `apply` and `rollback` stream their progress (apt's output); with `--json`
 each stream message is the line `{"stream": …}` and the outcome the line
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import time
 
+from cortexctl.client import DaemonUnreachable
 from cortexctl.commands.confirm import ask, require
 from cortexctl.errors import UsageError
 from cortexctl.output import ago
+from cortexd.protocol import ShuttingDown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 LONG_TIMEOUT = 86400.0 + 900.0
 BOX_WIDTH = 47
 PHASES = {
@@ -31,6 +35,11 @@ PHASES = {
     "planned": "planned",
     "snapshot": "snapshot taken, running apt",
 }
+# A system update: download, snapshot, then dpkg and a restart of the daemon.
+SYSTEM_TIMEOUT = 3600.0
+SYSTEM_WAIT = 900.0
+POLL = 1.0
+RESTART_CALL_TIMEOUT = 30.0
 
 
 def _box(title: str, rows: list[str]) -> list[str]:
@@ -42,6 +51,8 @@ def _box(title: str, rows: list[str]) -> list[str]:
 
 
 def _check(client: Client, args: Any, out: Output) -> int:
+    if args.system:
+        return _check_system(client, out)
     label = "refreshing the package lists" if args.force else "checking for updates"
     with out.progress(label):
         result = client.call("updates.check", {"force": args.force}, timeout=LONG_TIMEOUT)
@@ -103,6 +114,12 @@ def _show_stream(out: Output, progress: Progress) -> Any:
         phase = data.get("phase")
         if phase == "snapshot":
             out.line(f"snapshot {data['snapshot']} taken")
+        elif phase == "downloading":
+            out.line(f"downloading cortexd {data['version']}")
+        elif phase == "verified":
+            out.line(f"SHA-256 verified: {data['sha256']}")
+        elif phase == "installing":
+            out.line(f"installing in the transient unit {data['unit']}; cortexd restarts")
         if isinstance(phase, str):
             progress.update(PHASES.get(phase, phase))
 
@@ -168,8 +185,12 @@ def _show_rollback(out: Output, result: dict[str, Any]) -> None:
 
 
 def _apply(client: Client, args: Any, out: Output) -> int:
-    if not args.packages:
-        raise UsageError("say what to apply: update apply --packages")
+    if args.packages == args.system:
+        raise UsageError("say what to apply: update apply --packages or --system")
+    if args.system:
+        if args.security or args.only:
+            raise UsageError("--security and --only go with --packages")
+        return _apply_system(client, args, out)
     params: dict[str, Any] = {"security": args.security, "packages": args.only}
     confirm = args.yes or ask("Apply these updates now? (a snapshot is taken first)")
     if not confirm:
@@ -193,6 +214,119 @@ def _show_apply(out: Output, result: dict[str, Any]) -> None:
         out.line(f"update failed (exit {result['returncode']}); snapshot {result['snapshot']}")
 
 
+# -- cortexd's own package ---------------------------------------------------------
+
+
+def _check_system(client: Client, out: Output) -> int:
+    with out.progress("reading the release channel"):
+        result = client.call("updates.system_check", timeout=SYSTEM_TIMEOUT)
+    out.result(result, lambda r: _show_system_check(out, r))
+    return EXIT_OK
+
+
+def _show_system_check(out: Output, result: dict[str, Any]) -> None:
+    newest = result["newest"]
+    installed = result["installed"] or f"not a package (running {result['running']})"
+    if newest is None:
+        latest = f"none for {result['architecture']}"
+    else:
+        latest = newest["version"] + (
+            f" (released {newest['released']})" if newest["released"] else ""
+        )
+    rows = [
+        f"Channel: {result['channel']}",
+        f"Installed: {installed}",
+        f"Newest: {latest}",
+        f"Newer: {'Yes' if result['newer'] else 'No'}",
+    ]
+    if newest is not None:
+        rows.append(f"Security: {'Yes' if newest['security'] else 'No'}")
+    for line in _box("cortexd release", rows):
+        out.line(line)
+    last = result["last_apply"]
+    if last is not None:
+        out.line(f"last system update: {last['from']} → {last['to']}: {_outcome(last)}")
+    if result["newer"]:
+        out.line(
+            f"cortexd {newest['version']} is available: sudo cortexctl update apply --system -y"
+        )
+
+
+def _outcome(last: dict[str, Any]) -> str:
+    return str(last["outcome"] or last["state"])
+
+
+def _apply_system(client: Client, args: Any, out: Output) -> int:
+    confirm = args.yes or ask(
+        "Install cortexd's newest release now? (a snapshot is taken first; the daemon restarts)"
+    )
+    if not confirm:
+        out.say("simulating (apt -s); confirm with -y to install")
+    label = "installing cortexd's newest release" if confirm else "simulating the install"
+    with out.progress(label) as progress:
+        result = client.call(
+            "updates.system_apply",
+            {"confirm": confirm},
+            on_stream=_show_stream(out, progress),
+            timeout=SYSTEM_TIMEOUT,
+        )
+    if result["to"] is None or result["simulated"]:
+        _finish(out, result, lambda r: _show_simulated_system(out, r))
+        return EXIT_OK if result.get("returncode", 0) == 0 else EXIT_FAILED
+    with out.progress("waiting for the daemon to restart"):
+        last = _wait_for_outcome(client, result["apply_id"], out)
+    _finish(out, {**result, "last_apply": last}, lambda r: _show_system_outcome(out, r))
+    if last is None or last.get("state") != "finished":
+        return EXIT_FAILED
+    return EXIT_OK if last["outcome"] == "updated" else EXIT_FAILED
+
+
+def _show_simulated_system(out: Output, result: dict[str, Any]) -> None:
+    if result["to"] is None:
+        out.line(result["message"])
+        return
+    word = "would install" if result.get("returncode") == 0 else "cannot install"
+    now = result["from"] or "not a package"
+    out.line(f"simulated: {word} cortexd {result['to']} (installed: {now})")
+
+
+def _show_system_outcome(out: Output, result: dict[str, Any]) -> None:
+    last = result["last_apply"]
+    if last is None or last.get("state") != "finished":
+        out.line(f"no outcome within {SYSTEM_WAIT:g}s; `cortexctl update check --system` shows it")
+    elif last["outcome"] == "updated":
+        out.line(f"cortexd {last['to']} is running (was {last['from']})")
+    else:
+        out.line(
+            f"cortexd {last['to']} failed: {last.get('failure') or last['outcome']};"
+            f" {_outcome(last)} (snapshot {result['snapshot']})"
+        )
+
+
+def _wait_for_outcome(client: Client, apply_id: str, out: Output) -> dict[str, Any] | None:
+    """Follow the system update through the daemon's restart(s) until it has finished."""
+    deadline = time.monotonic() + SYSTEM_WAIT
+    seen = None
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.call("status", timeout=RESTART_CALL_TIMEOUT)
+            found: dict[str, Any] | None = (
+                status["components"].get("updates", {}).get("system_apply")
+            )
+            if found is not None and found.get("id") == apply_id:
+                last = found
+                if found["state"] != seen and found["state"] != "finished":
+                    out.say(f"  {found['state']}")
+                seen = found["state"]
+                if found["state"] == "finished":
+                    return found
+        except (DaemonUnreachable, ShuttingDown, TimeoutError):
+            client.close()  # the daemon is restarting: dial again
+        time.sleep(POLL)
+    return last
+
+
 def register(sub: Any) -> None:
     """Add `update` and its actions to the top-level subparsers."""
     from cortexctl.parsing import actions, command
@@ -204,7 +338,9 @@ def register(sub: Any) -> None:
         examples=[
             "cortexctl update check",
             "cortexctl update check --force",
+            "cortexctl update check --system",
             "sudo cortexctl update apply --packages --security -y",
+            "sudo cortexctl update apply --system -y",
             "sudo cortexctl update rollback --list",
             "sudo cortexctl update rollback 20261123-120000",
         ],
@@ -213,11 +349,18 @@ def register(sub: Any) -> None:
     check = command(
         verbs,
         "check",
-        help="pending updates (cached; --force refreshes)",
+        help="pending updates (cached; --force refreshes); --system: cortexd's release channel",
         notes="Exit status 1 when apt cannot tell what is pending.",
-        examples=["cortexctl update check", "sudo cortexctl update check --force --json"],
+        examples=[
+            "cortexctl update check",
+            "sudo cortexctl update check --force --json",
+            "cortexctl update check --system",
+        ],
     )
     check.add_argument("--force", action="store_true", help="refresh the package lists first")
+    check.add_argument(
+        "--system", action="store_true", help="cortexd's own package: installed and newest"
+    )
     check.set_defaults(run=_check)
     snap = command(
         verbs,
@@ -262,6 +405,11 @@ def register(sub: Any) -> None:
         ],
     )
     apply.add_argument("--packages", action="store_true", help="apply package updates")
+    apply.add_argument(
+        "--system",
+        action="store_true",
+        help="install the newest cortexd from its release channel (restarts the daemon)",
+    )
     apply.add_argument("--security", action="store_true", help="security updates only")
     apply.add_argument(
         "--only", action="append", default=[], metavar="PKG", help="only this package"

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from cortexd.config import seed
 from cortexd.config.coerce import EnvText, Origins, build_config, kind_of, origin_of
 from cortexd.config.schema import RESERVED_SECTIONS, Config
 from cortexd.protocol import ConfigError
@@ -217,6 +218,7 @@ def _load_env(merged: _Merged, env: Mapping[str, str]) -> None:
 def _add_layer(
     merged: _Merged, layer: Layer, source: str, lines: dict[tuple[str, ...], int]
 ) -> None:
+    layer, lines = seed.translate(layer, lines, source, merged.warnings, merged.errors)
     normal, origins = _normalise(layer, source, lines, merged.errors)
     _merge(merged.data, normal)
     merged.origins.update(origins)

@@ -35,6 +35,20 @@ def _root_only(*, restart: bool = False) -> dict[str, Any]:
     return _bound(restart=restart, root_only=True)
 
 
+def _check_channel(value: str) -> str | None:
+    """`updates.channel`: empty, an absolute path, a file:/// URL or an https:// URL."""
+    if not value or value.startswith("/"):
+        return None
+    scheme, _, rest = value.partition("://")
+    if scheme == "file" and rest.startswith("/"):
+        return None
+    if scheme == "https" and rest and not rest.startswith("/"):
+        return None
+    # Shown only up to the scheme when it could carry a password or token.
+    shown = f"{scheme}://…" if "@" in value or "?" in value else value
+    return f"must be a file:///path or https://host/… URL (or an absolute path), got {shown!r}"
+
+
 def default_state_dir() -> str:
     """State lives in systemd's StateDirectory, /var/lib/cortex for root, else XDG state."""
     from_systemd = os.environ.get("STATE_DIRECTORY")
@@ -251,6 +265,8 @@ class UpdatesConfig:
     dpkg_status_path: str = field(default="/var/lib/dpkg/status", metadata=_root_only())
     # A reader's forced check refreshes the package lists (as root) at most this often.
     force_interval: float = field(default=300.0, metadata=_bound(0, 86400))
+    channel: str = field(default="", metadata={**_root_only(), "check": _check_channel})
+    ca_file: str = field(default="", metadata=_root_only())
 
 
 @dataclass(frozen=True, slots=True)

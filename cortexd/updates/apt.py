@@ -10,8 +10,10 @@ transient unit (`systemd-run --wait --pipe`), outside the daemon's sandbox.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +43,36 @@ def _run(argv: Sequence[str], timeout: float) -> CommandResult:
         stdin=subprocess.DEVNULL,
     )
     return CommandResult(done.returncode, done.stdout, done.stderr)
+
+
+def deb_control(path: str, timeout: float = LIST_TIMEOUT) -> dict[str, str]:
+    """The control fields of the .deb at `path` ({} when dpkg-deb cannot read it).
+
+    Read from `dpkg-deb --ctrl-tarfile`: `dpkg-deb --field` extracts the
+    control files first, chowning them, which the service's sandbox refuses.
+    """
+    done = subprocess.run(
+        ["dpkg-deb", "--ctrl-tarfile", path],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        return {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+            member = next((m for m in tar if m.name.lstrip("./") == "control"), None)
+            stream = tar.extractfile(member) if member is not None else None
+            text = stream.read().decode("utf-8", "replace") if stream is not None else ""
+    except tarfile.TarError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace() and ":" in line:
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+    return fields
 
 
 def systemd_is_pid1() -> bool:

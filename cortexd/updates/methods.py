@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 CHECK_TIMEOUT = 900.0
 SNAPSHOT_TIMEOUT = 900.0
 APPLY_TIMEOUT = 86400.0 + 900.0
+# Reading the release manifest; downloading a release (a few hundred MB).
+SYSTEM_CHECK_TIMEOUT = 120.0
+SYSTEM_APPLY_TIMEOUT = 3600.0
 _SNAPSHOT_ID = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
 _PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?$")
 
@@ -70,6 +73,15 @@ def update_methods(service: UpdateService) -> list[Method]:
             progress=progress,
         )
 
+    async def system_check(call: Call) -> dict[str, Any]:
+        return await service.system.check()
+
+    async def system_apply(call: Call) -> dict[str, Any]:
+        async def progress(data: dict[str, Any]) -> None:
+            await call.stream(data)
+
+        return await service.system.apply(confirm=call.params["confirm"], progress=progress)
+
     return [
         Method(
             "updates.check",
@@ -113,6 +125,20 @@ def update_methods(service: UpdateService) -> list[Method]:
             access="admin",
             timeout=APPLY_TIMEOUT,
             summary="upgrade pending packages (simulated unless confirm); snapshot first",
+        ),
+        Method(
+            "updates.system_check",
+            system_check,
+            timeout=SYSTEM_CHECK_TIMEOUT,
+            summary="cortexd's installed version and the newest on its release channel",
+        ),
+        Method(
+            "updates.system_apply",
+            system_apply,
+            params=(Param("confirm", bool, default=False),),
+            access="admin",
+            timeout=SYSTEM_APPLY_TIMEOUT,
+            summary="install the channel's newest cortexd .deb (simulated unless confirm)",
         ),
     ]
 

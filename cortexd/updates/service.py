@@ -50,6 +50,7 @@ from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed
 from cortexd.updates.snapshots import Snapshots, package_changes
+from cortexd.updates.system import SystemUpdates
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
@@ -104,6 +105,20 @@ class UpdateService:
         self._applying: dict[str, Any] = {}
         self.applied = 0
         self.failed = 0
+        self.system = SystemUpdates(
+            state_dir=daemon.config.state_dir,
+            config=lambda: self.config,
+            apt=lambda: self.apt,
+            snapshot=self.snapshot,
+            snapshot_path=self.snapshots.path,
+            run=self._run,
+            lock=self._apply_lock,
+            alerts=alerts,
+            socket_path=lambda: daemon.socket_path,
+            clock=clock,
+        )
+        # A release the channel delivered is the kept .deb when it is replaced.
+        self.snapshots.kept_dirs = (self.system.releases_dir,)
 
     @property
     def config(self) -> UpdatesConfig:
@@ -119,10 +134,12 @@ class UpdateService:
             "failed": self.failed,
             "last_check": scan.checked_at if scan else None,
             "pending": len(scan.upgrades) if scan and scan.problem is None else None,
+            "system_apply": self.system.state(),
         }
 
     async def start(self, tg: TaskGroup) -> None:
         tg.start_soon(self._housekeeping)
+        tg.start_soon(self.system.watch)
 
     def apply_config(self, config: Any) -> None:
         self.apt = Apt(config.updates.apt_command, lists_dir=config.updates.apt_lists_dir)
@@ -323,6 +340,9 @@ class UpdateService:
         """
         if self._apply_lock.locked():
             raise Busy(self._busy_message())
+        if self.system.in_progress():
+            # Its installer runs apt outside the lock, in its own unit.
+            raise Busy(self.system.busy_message())
         async with self._apply_lock:
             self._applying = {"since": self.clock(), "confirmed": confirm, "packages": None}
             upgrades, _age, problem = await anyio.to_thread.run_sync(

@@ -5,8 +5,9 @@ Layout of `<state_dir>/snapshots/<id>/` (id like `20261123-120000`):
 origins in the meta; what was left out in `left_out`),
 `state/<name>.db` (online copies through SQLite's backup API), `packages.tsv`
 (package, version, architecture) and, for an apply, `debs/` with the .deb of
-each version being replaced — from apt's cache, else rebuilt from the
-installed files (`repack.py`) — so a rollback can reinstall offline.
+each version being replaced — from apt's cache or the releases the daemon
+downloaded, else rebuilt from the installed files (`repack.py`: dpkg-repack
+when installed) — so a rollback can reinstall offline.
 All of it is blocking and runs in worker threads.
 """
 
@@ -39,9 +40,12 @@ def _write(path: str, data: bytes) -> None:
 class Snapshots:
     """The snapshots under one directory."""
 
-    def __init__(self, root: str, apt: Apt) -> None:
+    def __init__(self, root: str, apt: Apt, kept_dirs: Sequence[str] = ()) -> None:
         self.root = root
         self.apt = apt
+        # Directories beside apt's cache where a .deb may still be (releases
+        # the daemon downloaded), looked in before rebuilding one.
+        self.kept_dirs = tuple(kept_dirs)
 
     def _new_id(self, now: float) -> str:
         base = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
@@ -119,18 +123,31 @@ class Snapshots:
         for item in replacing:
             entry: dict[str, Any] = {"package": item.package, "version": item.version}
             cached = self.apt.cached_deb(item)
-            if cached:
-                shutil.copy2(cached, debs_dir)
-                entry.update(file=os.path.basename(cached), source="apt-cache")
+            kept = self._kept(item)
+            if cached or kept:
+                found = cached or kept
+                assert found is not None
+                shutil.copy2(found, debs_dir)
+                entry.update(
+                    file=os.path.basename(found), source="apt-cache" if cached else "downloaded"
+                )
             else:
                 try:
-                    built = repack(item.package, item.version, item.arch or "all", debs_dir)
+                    built, how = repack(item.package, item.version, item.arch or "all", debs_dir)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     entry.update(file=None, source=f"could not rebuild: {exc}")
                 else:
-                    entry.update(file=os.path.basename(built), source="rebuilt")
+                    entry.update(file=os.path.basename(built), source=how)
             saved.append(entry)
         return saved
+
+    def _kept(self, item: Installed) -> str | None:
+        name = f"{item.package.split(':')[0]}_{item.version.replace(':', '%3a')}_{item.arch}.deb"
+        for directory in self.kept_dirs:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+        return None
 
     def all(self) -> list[dict[str, Any]]:
         """Every snapshot's meta, newest first."""

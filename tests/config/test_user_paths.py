@@ -279,3 +279,31 @@ def test_an_unprivileged_daemon_and_cortexctl_agree_without_flags(
             proc.wait(WAIT)
         notify.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_cortexctl_reaches_the_system_daemon_when_the_user_runs_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member of `cortex` on an installed host runs `cortexctl status` with no
+    # flags (tests/test_deb_package.py does it for real); `make run` as that
+    # user still gets the user's own daemon. Decided per call, on the files.
+    from cortexd import protocol
+
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    system = tmp_path / "cortex.sock"
+    monkeypatch.setattr(protocol, "DEFAULT_SYSTEM_SOCKET", str(system))
+    monkeypatch.setattr(protocol.os, "getuid", lambda: 1000)
+    monkeypatch.delenv("CORTEX_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    own = str(runtime / "cortex.sock")
+    assert protocol.client_socket_path() == own  # no daemon at all: the hint names the user's
+    system.touch()
+    assert protocol.client_socket_path() == str(system)
+    (runtime / "cortex.sock").touch()
+    assert protocol.client_socket_path() == own
+    monkeypatch.setenv("CORTEX_SOCKET", str(tmp_path / "other.sock"))
+    assert protocol.client_socket_path() == str(tmp_path / "other.sock")
+    monkeypatch.delenv("CORTEX_SOCKET")
+    monkeypatch.setattr(protocol.os, "getuid", lambda: 0)
+    assert protocol.client_socket_path() == str(system)  # root: always the system socket
