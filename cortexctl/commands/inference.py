@@ -39,15 +39,21 @@ STREAM_NOTES = """\
 With --json each stream message is printed as the line {"stream": ...} as it
 arrives, and the final answer as the line {"result": ...}.
 Ctrl-C cancels the request on the daemon."""
-ASK_NOTES = """\
+ASK_NOTES = (
+    """\
 --host answers from this host's facts and the runbook first, then lets the
 model summarise them.
-""" + STREAM_NOTES
-EXPLAIN_NOTES = """\
+"""
+    + STREAM_NOTES
+)
+EXPLAIN_NOTES = (
+    """\
 First what is known for certain: the runbook's causes ranked by facts gathered
 now, the facts with their sources, commands to look further and the fixes that
 apply; then a short summary by the local model (none without a model).
-""" + STREAM_NOTES
+"""
+    + STREAM_NOTES
+)
 SUMMARY_HEADING = "Summary (local model; the facts above are what counts):"
 
 
