@@ -107,10 +107,18 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+LOCKED_WAIT = 5.0
+
+
 def copy_database(source: str, target: str) -> None:
     """An online, consistent copy of `source` into a new file `target` (backup API)."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=LOCKED_WAIT)
     try:
+        # Python's backup loop retries a busy source forever; a read transaction
+        # taken first fails within LOCKED_WAIT instead (a database another process
+        # holds in exclusive locking mode) and keeps the source steady meanwhile.
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)

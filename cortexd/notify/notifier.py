@@ -144,6 +144,11 @@ class Notifier:
 
     # -- lifecycle -------------------------------------------------------
 
+    @property
+    def db(self) -> Database:
+        """`notify.db`, for backup and restore (which copy and swap it through its owner)."""
+        return self.store.db
+
     async def start(self, tg: TaskGroup) -> None:
         """Load the rules (ConfigError if invalid), open the outbox, catch up, start delivery."""
         _external_url(self.config)
