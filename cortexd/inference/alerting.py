@@ -44,6 +44,8 @@ class AlertSink(Protocol):
 
     async def condition_cleared(self, *, source: str, labels: Mapping[str, str]) -> Any: ...
 
+    def open_alerts(self, source: str | None = None) -> list[Any]: ...
+
 
 _Report = tuple[str, str, str, dict[str, Any]]
 
@@ -74,8 +76,13 @@ class CrashAlerts:
         self._queue(("fire", path, message, annotations))
 
     def resolve(self, path: str) -> None:
-        """A runner serves `path` again."""
+        """A runner serves `path`: every crash alert ends, that of a model given up
+        for this one too (also one raised before a restart)."""
         self._queue(("clear", path, "", {}))
+
+    def resolve_all(self) -> None:
+        """No model is wanted any more (unloaded): every crash alert ends."""
+        self._queue(("clear", "", "", {}))
 
     def _queue(self, report: _Report) -> None:
         if self._send is None:
@@ -108,6 +115,9 @@ class CrashAlerts:
                             annotations=annotations,
                         )
                     else:
-                        await sink.condition_cleared(source=SOURCE, labels=labels)
+                        models = {path} if path else set()
+                        models |= {a.labels.get("model", "") for a in sink.open_alerts(SOURCE)}
+                        for model in sorted(m for m in models if m):
+                            await sink.condition_cleared(source=SOURCE, labels={"model": model})
                 except Exception:  # isolation boundary: a failing alert store never stops inference
                     log.exception("inference alert for %s not stored", path)

@@ -398,3 +398,4 @@ class RunnerSlot:
         self.describe = None
         self.state, self.reason = state, reason
         self.want = self.accepting = False
+        self._alerts.resolve_all()

@@ -398,6 +398,8 @@ class SystemUpdates:
             title=title,
             description=(plan.get("failure") or "") + ("\n" + tail if tail else ""),
             annotations={"snapshot": plan.get("snapshot"), "unit": plan.get("unit")},
+            # What happened to one update: it is told once and resolves on its own.
+            event=True,
         )
 
 

@@ -62,6 +62,11 @@ SITES: dict[tuple[str, str], tuple[str, int]] = {
         "applied: an event (alerts.event_ttl_seconds); failed: the next successful apply",
         2,
     ),
+    ("cortexd/updates/system.py", "_report"): ("an event (alerts.event_ttl_seconds)", 1),
+    ("cortexd/inference/alerting.py", "_deliver"): (
+        "a runner serves that model or another one again, or the model is unloaded",
+        1,
+    ),
     ("cortexd/repair/manager.py", "_record"): ("an event (alerts.event_ttl_seconds)", 1),
     ("cortexd/logs/watcher.py", "_notice"): ("an event (alerts.event_ttl_seconds)", 1),
     ("cortexd/alerts/methods.py", "raise_"): (

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -53,6 +54,16 @@ class Alerts:
 
     async def condition_cleared(self, *, source: str, labels: Mapping[str, str]) -> None:
         self.events.append(("clear", labels["model"], ""))
+
+    def open_alerts(self, source: str | None = None) -> list[Any]:
+        """Alerts fired and not cleared since, as the alert manager keeps them."""
+        firing: dict[str, Any] = {}
+        for kind, model, _title in self.events:
+            if kind == "fire":
+                firing[model] = SimpleNamespace(labels={"model": model})
+            else:
+                firing.pop(model, None)
+        return list(firing.values())
 
 
 class Harness:
@@ -496,3 +507,15 @@ async def test_a_failed_load_is_not_what_keep_alive_brings_back(tmp_path: Path) 
         engine.submit(job)
         assert (await outcome(job))["text"] == "hello world"
         assert h.ran()[-1] == "first:woken"
+
+
+async def test_a_crashed_model_given_up_for_another_ends_its_alert(tmp_path: Path) -> None:
+    bad = str(tmp_path / "models" / "abort-on-load.gguf")
+    async with started(tmp_path, ready=False, model_path=bad, max_load_failures=1) as h:
+        engine = h.engine
+        await h.until(lambda: ("fire", bad) in _fired(h))
+        await h.until(lambda: engine.status()["state"] == "failed")
+        assert ("clear", bad) not in _fired(h)
+        await engine.load(h.path("second"))
+        await h.until(lambda: ("clear", bad) in _fired(h))
+        assert engine.status()["state"] == "ready"
