@@ -45,6 +45,7 @@ CHECK_IDS = (
     "apt_locks",
     "cortex_world_writable",
     "cortex_permissions",
+    "cortex_databases",
 )
 CATEGORIES = (
     "disk",

@@ -617,7 +617,7 @@ class TestUnderSystemd:
             alerts = json.loads(trial.cortexctl("--json", "alerts", "list").stdout)["alerts"]
             (alert,) = [a for a in alerts if a["labels"].get("unit") == unit]
             done = trial.cortexctl("--json", "explain", "--no-model", alert["id"][:8])
-            result = json.loads(done.stdout)
+            result = json.loads(done.stdout.splitlines()[-1])["result"]
         finally:
             trial.run("systemctl", "reset-failed", unit, check=False)
             trial.run("rm", "-f", f"/etc/systemd/system/{unit}")

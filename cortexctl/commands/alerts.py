@@ -214,15 +214,16 @@ The alertname (Alertmanager's, and what silences match as alertname) is
 --name, else the title made label-safe (`Backup failed` -> backup_failed).
 """
 
+SEND_NOTES = """\
+The first two examples raise one alert and then update it by its key;
+`sudo cortexctl alerts resolve --key backup-nightly` ends it. With --ttl the
+alert is an event: it resolves on its own that long after the last send."""
+
 SEND_EXAMPLES = [
-    "# one alert, raised and then updated twice by its key",
-    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\",
-    "    --level warning -m 'nightly backup is late'",
-    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly \\",
-    "    --level error -m 'nightly backup failed: disk full'",
-    "sudo cortexctl alerts resolve --key backup-nightly",
-    "",
-    "# an event: it resolves on its own an hour after the last send",
+    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly"
+    " --level warning -m 'nightly backup is late'",
+    "sudo cortexctl alerts send --key backup-nightly --name backup_nightly"
+    " --level error -m 'nightly backup failed: disk full'",
     "sudo cortexctl alerts send --level info --ttl 1h -m 'certificates renewed'",
     "sudo cortexctl alerts send -m 'disk replaced' --level info --label host=db1",
 ]
@@ -322,6 +323,7 @@ def register(sub: Any) -> None:
         "send",
         help="raise an alert from a script",
         description=SEND_HELP,
+        notes=SEND_NOTES,
         examples=SEND_EXAMPLES,
     )
     send.add_argument("--message", "-m", required=True, help="the alert's title")

@@ -90,7 +90,7 @@ def test_without_a_channel_both_commands_say_so_and_exit_1(apt: FakeApt) -> None
         for args in (("update", "check", "--system"), ("update", "apply", "--system", "-y")):
             done = cortexctl(daemon, *args)
             assert done.returncode == 1
-            assert "cortexctl: no release channel is configured" in done.stderr
+            assert "cortexctl: UNAVAILABLE: no release channel is configured" in done.stderr
             assert "hint: set updates.channel in /etc/cortex/daemon.conf" in done.stderr
         answer = json.loads(cortexctl(daemon, "--json", "update", "check", "--system").stdout)
         assert answer["error"]["data"]["name"] == "UNAVAILABLE"
@@ -176,7 +176,9 @@ def test_a_checksum_mismatch_is_refused_and_nothing_changes(apt: FakeApt, site: 
         assert list(releases_dir(daemon).iterdir()) == []
         assert apt.calls() == []
         assert daemon.call("updates.snapshots")["snapshots"] == []
-        answer = json.loads(cortexctl(daemon, "--json", "update", "apply", "--system").stdout)
+        # JSON lines: the stream's phases, then the error.
+        lines = cortexctl(daemon, "--json", "update", "apply", "--system").stdout.splitlines()
+        answer = json.loads(lines[-1])
         assert answer["error"]["data"]["expected"] == "0" * 64
 
 
