@@ -146,6 +146,8 @@ class RunnerProcess:
     _exit: ExitInfo | None = None
     _exited: anyio.Event = field(default_factory=anyio.Event)
     _stderr_closed: anyio.Event = field(default_factory=anyio.Event)
+    _frames_read: anyio.Event = field(default_factory=anyio.Event)
+    _reading: bool = False
     _send_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     # -- start -----------------------------------------------------------
@@ -216,6 +218,7 @@ class RunnerProcess:
         self.activity = "idle"
         nice = ready.get("nice")
         self.nice = nice if isinstance(nice, int) else None
+        self._reading = True
         tg.start_soon(self._read_frames)
         return ready
 
@@ -270,6 +273,8 @@ class RunnerProcess:
             self.kill()
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
+        finally:
+            self._frames_read.set()
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(EXIT_GRACE):
                 await self._exited.wait()
@@ -311,6 +316,11 @@ class RunnerProcess:
             stderr=tuple(self.stderr_tail),
             at=time.time(),
         )
+        if self._reading:
+            # What the runner wrote before it ended is still to be read: closing
+            # first would hide a frame cut short behind a plain close.
+            with anyio.move_on_after(STDERR_DRAIN):
+                await self._frames_read.wait()
         if self._stream is not None:
             with contextlib.suppress(OSError, anyio.BrokenResourceError):
                 await self._stream.aclose()
