@@ -88,7 +88,8 @@ class Monitor:
         self._trackers: dict[tuple[str, str], LevelTracker] = {}
         self._subjects: dict[str, dict[str, dict[str, str]]] = {}
         self._errors: dict[str, int] = {}
-        self._running: dict[str, anyio.Event] = {}
+        # Check id -> (when its run began, set when it ends).
+        self._running: dict[str, tuple[float, anyio.Event]] = {}
         self._sem = anyio.Semaphore(config.doctor.max_parallel)
         self._threads = anyio.CapacityLimiter(config.doctor.max_parallel * THREADS_PER_SLOT)
         self._due: dict[str, float] = {}
@@ -384,13 +385,17 @@ class Monitor:
 
     async def run_check(self, check: Check) -> CheckResult:
         """Run one check now, grade it and update alerts; returns its result."""
-        running = self._running.get(check.id)
-        if running is not None:
+        asked = time.monotonic()
+        while (running := self._running.get(check.id)) is not None:
+            began, ended = running
             with anyio.fail_after(self._timeout(check) * 2 + 5):
-                await running.wait()
-            return self.results[check.id]
+                await ended.wait()
+            if began >= asked:
+                # A run that began after this request sees what the caller wants seen.
+                return self.results[check.id]
+            # One that began before it may predate the condition asked about: run again.
         done = anyio.Event()
-        self._running[check.id] = done
+        self._running[check.id] = (time.monotonic(), done)
         try:
             await self._observe(self.before_check, check)
             findings, duration = await self._collect(check)

@@ -428,3 +428,44 @@ async def test_changed_package_files_rerun_the_update_checks_once_settled(
     ticks.now += 60
     monitor.packages_seen(pending.look())
     assert scheduled(monitor) == []  # once per change, not at every look
+
+
+class Gated(Check):
+    """Reports the next value of a script; each run waits for its gate first."""
+
+    id = name = "gated"
+    category = "test"
+    thresholds = Thresholds(80, 75, 90, 85, samples=1)
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+        self.started = threading.Semaphore(0)
+        self.gate = threading.Event()
+
+    def collect(self) -> list[Finding]:
+        self.started.release()
+        self.gate.wait(30)
+        value = self.values.pop(0)
+        return [Finding(f"value {value}", value=value, labels={"mountpoint": "/x"})]
+
+
+async def test_a_run_asked_for_while_an_older_one_runs_reports_a_fresh_result(
+    alerts: AlertManager,
+) -> None:
+    # The condition changes while a run that began before it is in flight: the
+    # caller who asked after the change gets a run of its own, not the older answer.
+    check = Gated([10.0, 95.0])
+    monitor = monitor_of([check], alerts, max_parallel=2)
+    got: dict[str, str] = {}
+
+    async def ask(name: str) -> None:
+        got[name] = (await monitor.run_check(check)).message
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "older")
+        await anyio.to_thread.run_sync(check.started.acquire)
+        tg.start_soon(ask, "newer")
+        await anyio.sleep(0.05)  # the newer request is waiting on the older run
+        check.gate.set()
+    assert got == {"older": "value 10.0", "newer": "value 95.0"}
+    assert check.values == []
