@@ -129,15 +129,18 @@ def example_world(found: list[Example], model_path: str) -> Iterator[World]:
 
 
 def _add_socket_groups(journal: Journal) -> None:
-    """Give the namespace an /etc/group with the groups the examples name."""
+    """Give the namespace an /etc/group of its own with the groups the examples name.
+
+    Always a copy, even when the host has them: what the host's groups become
+    while the examples run (another test suite adding or removing `cortex`) must
+    not change what the examples see.
+    """
     missing = []
     for name in SOCKET_GROUPS:
         try:
             grp.getgrnam(name)
         except KeyError:
             missing.append(name)
-    if not missing:
-        return
     used = {g.gr_gid for g in grp.getgrall()}
     free = (gid for gid in range(60000, 65000) if gid not in used)
     lines = Path("/etc/group").read_text().rstrip("\n").splitlines()

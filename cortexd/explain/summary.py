@@ -125,5 +125,6 @@ async def summarise(
         # Stopped here on purpose, at a sentence's end: that is a stop, not a cancel.
         outcome = {**outcome, "stop_reason": "stop", "guard": "repetition"}
         outcome.pop("cancelled_in", None)
-    outcome["text"] = guard.kept.strip()
+    # Exactly what was streamed, so a client that joins the pieces has the same text.
+    outcome["text"] = guard.kept
     return {"summary": outcome, "summary_skipped": None}
