@@ -19,8 +19,7 @@ streaming, and this records:
 - the summary's prompt and generated token counts;
 - the baseline in the same daemon: the prompt the previous explain built (the
   alert's fields and the raw `health` JSON) sent through `inference.chat`,
-  its prompt tokens and time to first token, and the ratio of the two.
-
+  its prompt tokens and time to first token, and the ratio of the two;
 - the model's fix suggestion (`suggest: true`), generated under the
   grammar that allows only the fixes the runbook and the facts say apply:
   which ids it could choose from, which it chose, and whether they contain
@@ -29,7 +28,9 @@ streaming, and this records:
   daemon's settings, chooses under the same grammar among every fix of the
   runbook entry instead (cortexd/explain/suggest.py builds both the prompt
   and the grammar), so one wrong pick is possible wherever the entry has
-  more than one fix.
+  more than one fix; and hardest, among 8 registered fixes (the expected
+  ones among them, in the registry's order), where only the model's
+  reading of the cause can pick the right one.
 
 The unsynchronised clock (given adjtimex's answer, see clock_probe.py) is
 explained without a model. It reports and does not judge: a missed aim is
@@ -156,18 +157,15 @@ def _baseline(socket_path: str, alert_id: str) -> dict[str, Any]:
 
 
 class EntryWide:
-    """The model in this process, choosing among every fix of an entry under the grammar."""
+    """The model in this process, choosing among given fixes under the suggestion grammar."""
 
     def __init__(self, model: str) -> None:
         from llama_cpp import Llama
 
         self.llm = Llama(model_path=model, n_ctx=2048, n_threads=THREADS, verbose=False)
 
-    def choose(self, result: dict[str, Any]) -> dict[str, Any] | None:
-        fixes = [
-            FixInfo(f["fix_id"], f["safety"], f["description"], f["command"])
-            for f in result["fixes"]
-        ][:MAX_ALLOWED]
+    def choose(self, result: dict[str, Any], fixes: list[FixInfo]) -> dict[str, Any] | None:
+        fixes = fixes[:MAX_ALLOWED]
         if not fixes:
             return None
         from llama_cpp import LlamaGrammar
@@ -193,12 +191,31 @@ class EntryWide:
         return {"allowed": ids, "chosen": [i["fix_id"] for i in parse_suggestion(text, ids)]}
 
 
-def _suggestion_row(scenario: Scenario, result: dict[str, Any], wide: EntryWide) -> dict[str, Any]:
+def _every_fix(registered: list[dict[str, Any]], expected: list[str]) -> list[FixInfo]:
+    """MAX_ALLOWED registered fixes, the expected ones among them, in the registry's order
+    (so the list's position does not give the answer away)."""
+    others = [f["id"] for f in registered if f["id"] not in expected]
+    keep = set(expected) | set(others[: MAX_ALLOWED - len(expected)])
+    return [
+        FixInfo(f["id"], f["safety"], f["description"], f"cortexctl repair fix {f['id']}")
+        for f in registered
+        if f["id"] in keep
+    ]
+
+
+def _suggestion_row(
+    scenario: Scenario, result: dict[str, Any], wide: EntryWide, registered: list[dict[str, Any]]
+) -> dict[str, Any]:
     expected = [f for f, _ in scenario.fixes]
     suggestion = result.get("suggestion")
     chosen = [f["fix_id"] for f in suggestion["fixes"]] if suggestion else []
-    entry_wide = wide.choose(result)
+    entry_fixes = [
+        FixInfo(f["fix_id"], f["safety"], f["description"], f["command"]) for f in result["fixes"]
+    ]
+    entry_wide = wide.choose(result, entry_fixes)
     wide_chosen = entry_wide["chosen"] if entry_wide else []
+    every = wide.choose(result, _every_fix(registered, expected)) if expected else None
+    every_chosen = every["chosen"] if every else []
     return {
         "expected_fixes": expected,
         "suggestion_allowed": suggestion["allowed"] if suggestion else [],
@@ -210,6 +227,10 @@ def _suggestion_row(scenario: Scenario, result: dict[str, Any], wide: EntryWide)
         "entry_wide_chosen": wide_chosen,
         "entry_wide_hit": bool(set(wide_chosen) & set(expected)) if expected else None,
         "entry_wide_first_hit": wide_chosen[:1] == expected[:1] if expected else None,
+        "every_fix_allowed": every["allowed"] if every else [],
+        "every_fix_chosen": every_chosen,
+        "every_fix_hit": bool(set(every_chosen) & set(expected)) if expected else None,
+        "every_fix_first_hit": every_chosen[:1] == expected[:1] if expected else None,
     }
 
 
@@ -220,6 +241,7 @@ def run_scenario(scenario: Scenario, model: str, wide: EntryWide) -> dict[str, A
         values = scenario.setup(w)
         alert = _find_alert(w, scenario, values)
         result = _timed_explain(w.daemon.socket_path, alert["id"])
+        registered = w.daemon.call("fixes.list")["fixes"]
         base = _baseline(w.daemon.socket_path, alert["id"])
     summary = result["summary"] or {}
     return {
@@ -236,7 +258,7 @@ def run_scenario(scenario: Scenario, model: str, wide: EntryWide) -> dict[str, A
         "guard": summary.get("guard"),
         "baseline_prompt_tokens": base["prompt_eval_count"],
         "baseline_ttft_ms": base["ttft_ms"],
-        **_suggestion_row(scenario, result, wide),
+        **_suggestion_row(scenario, result, wide, registered),
     }
 
 
@@ -295,6 +317,13 @@ def _suggestion_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "entry_wide_first_is_expected_with_several_fixes": _rate(
             [bool(r["entry_wide_first_hit"]) for r in several]
         ),
+        "every_fix_contains_expected_fix": _rate([bool(r["every_fix_hit"]) for r in judged]),
+        "every_fix_first_is_expected_fix": _rate([bool(r["every_fix_first_hit"]) for r in judged]),
+        "every_fix_mean_chosen": (
+            round(statistics.mean(len(r["every_fix_chosen"]) for r in judged), 2)
+            if judged
+            else "no scenario"
+        ),
     }
 
 
@@ -302,6 +331,7 @@ def suggestion_table(rows: list[dict[str, Any]]) -> str:
     header = [
         "scenario", "expected fix", "allowed (runbook and facts)", "model chose",
         "suggestion ms", "entry's fixes", "model chose among them",
+        "model chose among 8 registered fixes",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -315,6 +345,7 @@ def suggestion_table(rows: list[dict[str, Any]]) -> str:
             _cell(r["suggestion_ms"]),
             ", ".join(r["entry_fixes"]) or "—",
             ", ".join(r["entry_wide_chosen"]) or "—",
+            ", ".join(r["every_fix_chosen"]) or "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
