@@ -57,9 +57,10 @@ EXPLAIN_NOTES = (
 First what is known for certain: the runbook's causes ranked by facts gathered
 now, the facts with their sources, commands to look further and the fixes that
 apply; then a short summary by the local model (none without a model).
+
 """
     + FIX_NOTES
-    + "\n"
+    + "\n\n"
     + STREAM_NOTES
 )
 SUMMARY_HEADING = "Summary (local model; the facts above are what counts):"
