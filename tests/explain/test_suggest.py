@@ -334,3 +334,38 @@ def test_explain_fix_plans_the_suggested_fixes_and_applies_them_with_yes(
     assert done["outcome"]["fix_id"] == "remove_world_write"
     assert done["outcome"]["ok"] is True and done["outcome"]["verified"] is True
     assert mode_after_apply & stat.S_IWOTH == 0
+
+
+def test_a_targeted_fix_is_offered_for_the_alerts_own_subject() -> None:
+    from cortexd.config.schema import ExplainConfig
+    from cortexd.explain.service import Explainer
+    from cortexd.repair.permissions import RemoveWorldWrite, UserPermissions
+    from cortexd.repair.runner import FixRunner
+    from cortexd.repair.system import RestartUnit
+
+    runner = FixRunner(timeout=1.0)
+    fixes = {
+        f.id: f
+        for f in (RestartUnit(runner), UserPermissions(runner), RemoveWorldWrite(runner, [], 0))
+    }
+
+    class Registry:
+        @property
+        def fixes(self) -> dict[str, Any]:
+            return fixes
+
+    explainer = Explainer(
+        ExplainConfig(),
+        knowledge=lambda: None,  # type: ignore[arg-type,return-value]
+        host=None,  # type: ignore[arg-type]
+        alerts=None,  # type: ignore[arg-type]
+        health=None,  # type: ignore[arg-type]
+        fixes=Registry(),
+    )
+    labels = {"check": "systemd_failed", "unit": "nginx.service"}
+    assert explainer.fix_target("restart_unit", labels) == "nginx.service"
+    # Not targeted, or no label naming its subject: the fix acts on all it finds.
+    assert explainer.fix_target("remove_world_write", labels) is None
+    assert explainer.fix_target("restart_unit", {"check": "systemd_failed"}) is None
+    assert explainer.fix_target("user_permissions", labels) is None
+    assert explainer.fix_target("no_such_fix", labels) is None
