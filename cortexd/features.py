@@ -53,6 +53,7 @@ def install_features(daemon: Daemon) -> None:
     daemon.components.append(auto_explain)
     alerts.listeners.append(auto_explain.on_alert)
     alerts.details.append(auto_explain.detail)
+    notifier.include_explanations(auto_explain.text_for)
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
 
 

@@ -104,6 +104,9 @@ class AutoExplainer:
             | None
         ) = None
         self._working = False
+        # Set once a queued condition's deterministic part is stored (or given up on):
+        # a notification that includes it waits on this, never longer than it allows.
+        self._pending: dict[str, anyio.Event] = {}
         self._starts: deque[float] = deque()
         self._recent: dict[str, float] = {}
         self.counts = {
@@ -176,6 +179,7 @@ class AutoExplainer:
             return
         self._starts.append(now)
         self._recent[alert.fingerprint] = now
+        self._pending[alert.fingerprint] = anyio.Event()
 
     # -- explaining ---------------------------------------------------------------------
 
@@ -187,6 +191,13 @@ class AutoExplainer:
                 except CortexError as exc:
                     self.counts["failed"] += 1
                     log.warning("background explanation of alert %s failed: %s", alert_id, exc)
+                finally:
+                    self._settled(fingerprint)
+
+    def _settled(self, fingerprint: str) -> None:
+        event = self._pending.pop(fingerprint, None)
+        if event is not None:
+            event.set()
 
     async def _explain(self, alert_id: str, fingerprint: str) -> None:
         stored = await self.stored(fingerprint)
@@ -195,23 +206,32 @@ class AutoExplainer:
             self.counts["deduplicated"] += 1
             return
         result, topic, alert = await self.explainer.explain(alert_id, journal=False)
-        summary, skipped = await self._summary(explain_messages(alert.title, topic))
         record = {
             "alert_id": alert.id,
             "fingerprint": fingerprint,
             "created": self.wall(),
             "explanation": result,
-            "summary": summary,
-            "summary_skipped": skipped,
+            "summary": None,
+            "summary_skipped": "being written",
         }
-        try:
-            await self.store.put_blob(blob_key(fingerprint), orjson.dumps(record))
-        except (StorageUnavailable, StoreFailed) as exc:
-            self.counts["failed"] += 1
-            log.warning("the explanation of alert %s is not stored: %s", alert.id, exc)
+        # The deterministic part first: a notification waiting for it goes out now.
+        if not await self._store(record):
+            return
+        self._settled(fingerprint)
+        summary, skipped = await self._summary(explain_messages(alert.title, topic))
+        if not await self._store({**record, "summary": summary, "summary_skipped": skipped}):
             return
         self.counts["explained"] += 1
         log.info("alert %s explained in the background (%s)", alert.id, topic.entry.id)
+
+    async def _store(self, record: dict[str, Any]) -> bool:
+        try:
+            await self.store.put_blob(blob_key(record["fingerprint"]), orjson.dumps(record))
+        except (StorageUnavailable, StoreFailed) as exc:
+            self.counts["failed"] += 1
+            log.warning("the explanation of alert %s is not stored: %s", record["alert_id"], exc)
+            return False
+        return True
 
     async def _summary(self, messages: list[dict[str, str]]) -> tuple[str | None, str | None]:
         """The model's summary in the background lane, or why there is none."""
@@ -275,6 +295,16 @@ class AutoExplainer:
             return None
         record: dict[str, Any] = orjson.loads(blob)
         return record
+
+    async def text_for(self, fingerprint: str, wait: float) -> str | None:
+        """The deterministic part's text for a condition, for a notification; waits at most
+        `wait` seconds when its explanation is queued or being made. None: there is none."""
+        event = self._pending.get(fingerprint)
+        if event is not None:
+            with anyio.move_on_after(wait):
+                await event.wait()
+        record = await self.stored(fingerprint)
+        return str(record["explanation"]["text"]) if record is not None else None
 
     async def detail(self, alert: Alert) -> Mapping[str, Any]:
         """`explanation` for `alerts.get`, when one is stored for the alert's condition."""

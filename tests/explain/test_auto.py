@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cortexd.alerts.model import Alert, Severity
 from cortexd.config.schema import Config
@@ -25,6 +26,7 @@ from cortexd.explain.auto import DEDUPE_SECONDS, HOUR, QUEUE_SIZE, AutoExplainer
 from tests.daemon import DaemonProcess, running_daemon
 from tests.explain.scenarios import ALL_CHECKS
 from tests.inference.conftest import wait_state
+from tests.notify.helpers import receiver, smtp_server
 
 DEADLINE = 60.0
 POLL = 0.05
@@ -249,3 +251,55 @@ def test_the_summary_runs_in_the_background_lane(tmp_path: Path, model_path: str
     assert seen[0]["position"] == 1
     assert explained["summary_skipped"] is None
     assert isinstance(explained["summary"], str) and explained["summary"].strip()
+
+
+def test_notifications_that_ask_for_it_carry_the_deterministic_part(tmp_path: Path) -> None:
+    with receiver() as hooks, smtp_server() as mail:
+        url = f"http://127.0.0.1:{hooks.port}"
+        actions = [
+            {"type": "webhook", "url": f"{url}/with", "include_explanation": True},
+            {"type": "webhook", "url": f"{url}/without"},
+            {
+                "type": "email",
+                "to": "ops@example.com",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": mail.port,
+                "include_explanation": True,
+            },
+        ]
+        rules = tmp_path / "alerts.yaml"
+        rules.write_text(
+            yaml.safe_dump(
+                {"alerts": [{"name": "ops", "severity": "critical", "actions": actions}]}
+            )
+        )
+        config = _config(tmp_path / "state")
+        config["notify"] = {"rules_path": str(rules)}
+        with running_daemon(config) as d:
+            alert = _raise(d, "Primary database down")
+            (with_it,) = hooks.wait_for(1, path="/with")
+            (without,) = hooks.wait_for(1, path="/without")
+            (message,) = mail.wait_for(1)
+            stored = d.call("alerts.get", {"id": alert["id"]})["explanation"]
+    text = stored["explanation"]["text"]
+    assert text.startswith("An alert raised by another program: Primary database down (CRITICAL")
+    (sent,) = json.loads(with_it.body)["alerts"]
+    assert sent["annotations"]["explanation"] == text
+    (plain,) = json.loads(without.body)["alerts"]
+    assert "explanation" not in plain["annotations"]
+    body = message.get_payload(decode=True).decode()
+    assert body.replace("\r\n", "\n").endswith("\n\n" + text.rstrip("\n") + "\n")
+
+
+def test_include_explanation_must_be_a_flag(tmp_path: Path) -> None:
+    rules = tmp_path / "alerts.yaml"
+    action = {"type": "webhook", "url": "http://127.0.0.1:9/x", "include_explanation": "yes"}
+    rules.write_text(yaml.safe_dump({"alerts": [{"name": "ops", "actions": [action]}]}))
+    config = _config(tmp_path / "state")
+    config["notify"] = {"rules_path": str(rules)}
+    with running_daemon(config, wait_ready=False) as d:
+        d.wait(30)
+        assert d.proc.returncode != 0
+        assert (
+            "rule 'ops': field 'actions[0].include_explanation': must be true or false" in d.log()
+        )
