@@ -302,7 +302,7 @@ def test_explain_fix_plans_the_suggested_fixes_and_applies_them_with_yes(
     assert seen[-1] == {k: result[k] for k in ("suggestion", "suggestion_skipped")}
     assert all("suggestion" not in m for m in seen[:-1])
     summary_text = "".join(m.get("text", "") for m in seen[:-1])
-    assert summary_text.strip() == result["summary"]["text"]
+    assert summary_text == result["summary"]["text"]
     suggestion = result["suggestion"]
     assert result["suggestion_skipped"] is None
     # The runbook's cause here offers one fix: the grammar allows it and nothing else.
