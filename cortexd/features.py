@@ -24,6 +24,7 @@ def install_features(daemon: Daemon) -> None:
     """
     from cortexd.alerts.methods import install as install_alerts
     from cortexd.backup.methods import install as install_backup
+    from cortexd.explain.auto import AutoExplainer
     from cortexd.explain.methods import install as install_explain
     from cortexd.healing.methods import install as install_healing
     from cortexd.inference.methods import install as install_inference
@@ -45,9 +46,14 @@ def install_features(daemon: Daemon) -> None:
     install_logs(daemon)
     install_backup(daemon, lambda: restorable_config(daemon, plugins))
     updates = install_updates(daemon, lambda: restorable_config(daemon, plugins), monitor.pending)
-    install_explain(
+    explainer = install_explain(
         daemon, alerts=alerts, health=monitor, engine=engine, fixes=repair, plugins=plugins
     )
+    auto_explain = AutoExplainer(daemon.config, explainer, engine, alerts)
+    daemon.components.append(auto_explain)
+    alerts.listeners.append(auto_explain.on_alert)
+    alerts.details.append(auto_explain.detail)
+    notifier.include_explanations(auto_explain.text_for)
     install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
 
 

@@ -78,7 +78,11 @@ def _show_list(out: Output, result: dict[str, Any]) -> None:
 
 
 def _show(client: Client, args: Any, out: Output) -> int:
-    alert = client.call("alerts.get", {"id": args.id})["alert"]
+    answer = client.call("alerts.get", {"id": args.id})
+    alert = answer["alert"]
+    # A background explanation, when one is stored, travels with the alert.
+    if answer.get("explanation"):
+        alert = {**alert, "explanation": answer["explanation"]}
     out.result(alert, lambda a: _show_alert(out, a))
     return EXIT_OK
 
@@ -107,6 +111,22 @@ def _show_alert(out: Output, alert: dict[str, Any]) -> None:
     if alert["description"]:
         out.line()
         out.line(alert["description"])
+    explained = alert.get("explanation")
+    if explained:
+        made = time.ctime(explained["created"])
+        mine = (
+            ""
+            if explained["alert_id"] == alert["id"]
+            else f" (for alert {explained['alert_id'][:8]})"
+        )
+        out.line()
+        out.line(f"Explained in the background at {made}{mine}:")
+        out.line()
+        out.write(str(explained["explanation"]["text"]))
+        if explained["summary"]:
+            out.line()
+            out.line("Summary (local model; the facts above are what counts):")
+            out.line(explained["summary"])
 
 
 def _ack(client: Client, args: Any, out: Output) -> int:

@@ -46,15 +46,25 @@ model summarise them.
 """
     + STREAM_NOTES
 )
+FIX_NOTES = """\
+--fix asks the model to choose among the registered fixes that the runbook and
+the facts say apply (it cannot name any other, nor write a command), then plans
+the chosen ones as `cortexctl repair fix` does: a dry run unless --yes is given
+(applying needs an admin). With --json the plans and outcomes follow the result
+as the line {"fixes": [...]}."""
 EXPLAIN_NOTES = (
     """\
 First what is known for certain: the runbook's causes ranked by facts gathered
 now, the facts with their sources, commands to look further and the fixes that
 apply; then a short summary by the local model (none without a model).
+
 """
+    + FIX_NOTES
+    + "\n\n"
     + STREAM_NOTES
 )
 SUMMARY_HEADING = "Summary (local model; the facts above are what counts):"
+SUGGESTION_HEADING = "Fixes the local model suggests (chosen only among the fixes above):"
 
 
 class _Streamer:
@@ -150,7 +160,7 @@ def _ask(client: Client, args: Any, out: Output) -> int:
         if args.system:
             raise UsageError("--system does not apply to --host")
         params = {"question": " ".join(args.question), **_answer_params(args)}
-        return _two_parts(client, "inference.ask", params, out)
+        return _two_parts(client, "inference.ask", params, out)[0]
     if args.no_model:
         raise UsageError("--no-model needs --host")
     messages = []
@@ -182,7 +192,9 @@ class _TwoParts(_Streamer):
         super().__call__(data)
 
 
-def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
+def _two_parts(
+    client: Client, method: str, params: dict[str, Any], out: Output
+) -> tuple[int, dict[str, Any]]:
     with out.progress("gathering facts") as progress:
         streamer = _TwoParts(out, progress)
         try:
@@ -200,7 +212,7 @@ def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output)
             raise Interrupted("cancelled") from None
     if out.as_json:
         out.json_line({"result": result})
-        return EXIT_OK
+        return EXIT_OK, result
     summary = result.get("summary")
     if summary is not None:
         if streamer.printed:
@@ -211,7 +223,7 @@ def _two_parts(client: Client, method: str, params: dict[str, Any], out: Output)
         _print_stats(summary)
     elif params.get("model", True) and result.get("summary_skipped"):
         print(f"cortexctl: no model summary: {result['summary_skipped']}", file=sys.stderr)
-    return EXIT_OK
+    return EXIT_OK, result
 
 
 def _answer_params(args: Any) -> dict[str, Any]:
@@ -222,8 +234,42 @@ def _answer_params(args: Any) -> dict[str, Any]:
 
 
 def _explain(client: Client, args: Any, out: Output) -> int:
+    if args.yes and not args.fix:
+        raise UsageError("--yes needs --fix")
+    if args.fix and args.no_model:
+        raise UsageError("--fix offers the fixes the model chose: it cannot go with --no-model")
     params = {"alert_id": args.alert_id, **_answer_params(args)}
-    return _two_parts(client, "inference.explain", params, out)
+    if args.fix:
+        params["suggest"] = True
+    code, result = _two_parts(client, "inference.explain", params, out)
+    if not args.fix:
+        return code
+    return _offer_fixes(client, out, result, args.yes)
+
+
+def _offer_fixes(client: Client, out: Output, result: dict[str, Any], yes: bool) -> int:
+    """Plan the fixes the model suggested, through the repair flow; apply them with `yes`."""
+    from cortexctl.commands.repair import run_fixes
+
+    suggestion = result.get("suggestion")
+    if suggestion is None:
+        if not out.as_json:
+            print(
+                f"cortexctl: no fix suggested: {result.get('suggestion_skipped')}", file=sys.stderr
+            )
+        return EXIT_OK
+    if not out.as_json:
+        out.line()
+        out.line(SUGGESTION_HEADING)
+        for fix in suggestion["fixes"]:
+            target = f" [{fix['target']}]" if fix.get("target") else ""
+            out.line(f"  {fix['fix_id']}{target} ({fix['safety']}): {fix['reason']}")
+        out.line()
+    wanted = [(str(f["fix_id"]), f.get("target")) for f in suggestion["fixes"]]
+    code, done = run_fixes(client, out, wanted, yes)
+    if out.as_json:
+        out.json_line({"fixes": done})
+    return code
 
 
 def _model_status(client: Client, args: Any, out: Output) -> int:
@@ -359,6 +405,8 @@ def register(sub: Any) -> None:
             "cortexctl explain 3f2a9c1d",
             "cortexctl explain --no-model 3f2a9c1d",
             "cortexctl explain --json 3f2a9c1d",
+            "cortexctl explain --fix 3f2a9c1d",
+            "sudo cortexctl explain --fix --yes 3f2a9c1d",
         ],
     )
     explain.add_argument(
@@ -368,6 +416,14 @@ def register(sub: Any) -> None:
     )
     _add_no_model(explain)
     _add_sampling(explain)
+    explain.add_argument(
+        "--fix",
+        action="store_true",
+        help="let the model choose among the known fixes and plan them (dry run)",
+    )
+    explain.add_argument(
+        "--yes", "-y", action="store_true", help="with --fix: apply the chosen fixes (admin)"
+    )
     explain.set_defaults(run=_explain)
 
     model = command(

@@ -48,7 +48,7 @@ from cortexd.config.schema import AlertsConfig
 from cortexd.protocol import NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
 
-__all__ = ["AlertCapReached", "AlertListener", "AlertManager"]
+__all__ = ["AlertCapReached", "AlertDetail", "AlertListener", "AlertManager"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ DAY = 86400.0
 AlertListener = Callable[[str, Alert], Awaitable[None]]
 """Called once a change is committed, with one of: `fired`, `reopened`, `escalated`,
 `deescalated`, `updated`, `acknowledged`, `resolved`, `expired`, `flapping`, `settled`."""
+
+AlertDetail = Callable[[Alert], Awaitable[Mapping[str, Any]]]
+"""Members another feature adds to `alerts.get`'s answer (the stored explanation)."""
 
 
 class AlertManager:
@@ -90,6 +93,8 @@ class AlertManager:
         # Notification hooks (the notifier); each is awaited under the lock so
         # its own durable write lands before the next change to the alert.
         self.listeners: list[AlertListener] = []
+        # What other features add to one alert's answer; set by the composition root.
+        self.details: list[AlertDetail] = []
 
     # -- lifecycle -------------------------------------------------------
 

@@ -129,7 +129,10 @@ def alert_methods(manager: AlertManager) -> list[Method]:
 
     async def get(call: Call) -> dict[str, Any]:
         alert = await manager.get(call.params["id"])
-        return {"alert": alert.to_dict(silenced=manager.is_silenced(alert))}
+        answer: dict[str, Any] = {"alert": alert.to_dict(silenced=manager.is_silenced(alert))}
+        for detail in manager.details:
+            answer.update(await detail(alert))
+        return answer
 
     async def ack(call: Call) -> dict[str, Any]:
         params = call.params

@@ -114,6 +114,9 @@ class InferenceConfig:
     max_load_failures: int = field(default=3, metadata=_bound(1, 1000))
     restart_backoff_seconds: float = field(default=1.0, metadata=_bound(0.01, 3600))
     restart_backoff_max_seconds: float = field(default=60.0, metadata=_bound(0.01, 86400))
+    # Explain each new CRITICAL alert in the background lane and store it with the alert.
+    auto_explain: bool = False
+    auto_explain_per_hour: int = field(default=6, metadata=_bound(1, 3600))
 
 
 @dataclass(frozen=True, slots=True)

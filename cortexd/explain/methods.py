@@ -7,7 +7,8 @@ summary follows through the inference engine's queue like any chat request
 (its `request_id` and text arrive as the usual stream notifications) and
 lands in the result's `summary`. Without a model, or with `model: false`,
 `summary` is null and `summary_skipped` says why: the deterministic part is
-the whole answer, and not an error.
+the whole answer, and not an error. With `suggest: true` the model then
+chooses among the fixes that apply, under a grammar (cortexd/explain/suggest.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cortexd.config.schema import Config
 from cortexd.explain.facts import Host, schema
 from cortexd.explain.prompt import ask_messages, explain_messages
 from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
+from cortexd.explain.suggest import suggest
 from cortexd.explain.summary import SUMMARY_STOP, summarise
 from cortexd.inference.engine import Engine
 from cortexd.inference.job import GenerationParams
@@ -151,6 +153,14 @@ def explain_methods(
             await call.stream({"explanation": result})
         messages = explain_messages(alert.title, topic)
         result.update(await summarise(engine, call, messages, generation(call)))
+        if call.params["suggest"]:
+            labels = topic.labels
+            chosen = await suggest(
+                engine, call, alert.title, topic, lambda f: explainer.fix_target(f, labels)
+            )
+            result.update(chosen)
+            if call.params["stream"]:
+                await call.stream(chosen)
         return result
 
     async def ask(call: Call) -> dict[str, Any]:
@@ -166,7 +176,11 @@ def explain_methods(
         Method(
             "inference.explain",
             explain,
-            params=(Param("alert_id", str, required=True, check=_length(MAX_ID)), *ANSWER_PARAMS),
+            params=(
+                Param("alert_id", str, required=True, check=_length(MAX_ID)),
+                *ANSWER_PARAMS,
+                Param("suggest", bool, default=False),
+            ),
             param_aliases={"id": "alert_id"},
             timeout=METHOD_TIMEOUT,
             summary="explain an alert: runbook causes ranked by host facts, then a model summary",

@@ -265,6 +265,13 @@ class Explainer:
         self._plugin_runbooks[path] = (stamp, outcome)
         return outcome
 
+    def fix_target(self, fix_id: str, labels: Mapping[str, str]) -> str | None:
+        """The subject a targeted fix would act on for an alert with `labels` (None: all)."""
+        fix = self.fix_registry.fixes.get(fix_id)
+        if fix is None or not fix.targeted or fix.target_label is None:
+            return None
+        return labels.get(fix.target_label) or None
+
     def _check_view(self, check_id: str) -> CheckView | None:
         result = self.health.results.get(check_id)
         if result is None:

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -37,6 +37,12 @@ THREAD_GRACE = 2.0
 SETTLE_POLL = 0.05
 # At shutdown, attempts under way get this long to finish and record their outcome.
 STOP_GRACE = 2.0
+# An action with `include_explanation` waits at most this long for a CRITICAL
+# alert's explanation being made (facts are gathered within 3 s by default).
+EXPLANATION_WAIT = 10.0
+
+ExplanationSource = Callable[[str, float], Awaitable[str | None]]
+"""(fingerprint, longest wait) -> the deterministic part of the condition's explanation."""
 
 
 def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
@@ -75,6 +81,9 @@ class Dispatcher:
         self.sent: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.dead_lettered: Counter[str] = Counter()
+        # Where actions with `include_explanation` find an alert's explanation (the
+        # composition root sets it when background explanations exist).
+        self.explanations: ExplanationSource | None = None
 
     @property
     def inflight(self) -> int:
@@ -209,6 +218,8 @@ class Dispatcher:
         if action.type not in ACTION_TYPES:
             return await self._send_added(action, event, entry_id)
         event = dict(event)
+        if action.get("include_explanation") and event.get("kind") == "firing":
+            event["explanation"] = await self._explanation(event)
         if action.type == "alertmanager":
             event["sent_at"] = self.clock()
             event["lifetime"] = (
@@ -223,6 +234,11 @@ class Dispatcher:
                 )
         except TimeoutError:
             raise DeliveryFailed(f"no answer in {timeout:g}s") from None
+
+    async def _explanation(self, event: dict[str, Any]) -> str | None:
+        if self.explanations is None:
+            return None
+        return await self.explanations(str(event["alert"]["fingerprint"]), EXPLANATION_WAIT)
 
     async def _send_added(
         self, action: Action, event: dict[str, Any], entry_id: int | str

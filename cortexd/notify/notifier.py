@@ -37,7 +37,7 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Alert
 from cortexd.config.schema import Config, NotifyConfig
 from cortexd.notify.actions import ActionTypes
-from cortexd.notify.delivery import Dispatcher
+from cortexd.notify.delivery import Dispatcher, ExplanationSource
 from cortexd.notify.keepalive import Keepalive
 from cortexd.notify.model import ACTION_TYPES, Action, Answer
 from cortexd.notify.planner import Planner
@@ -119,6 +119,10 @@ class Notifier:
         self._scope: anyio.CancelScope | None = None
         self._done = anyio.Event()
         self._state = "starting"
+
+    def include_explanations(self, source: ExplanationSource) -> None:
+        """Where actions with `include_explanation` find an alert's explanation."""
+        self.dispatcher.explanations = source
 
     # -- counters kept by the delivery loop ---------------------------------
 

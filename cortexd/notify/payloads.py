@@ -113,6 +113,8 @@ def annotations_of(event: dict[str, Any]) -> dict[str, str]:
         notes["flapping"] = "true"
     if event["kind"] == "resolved":
         notes.update(_times(event))
+    if event.get("explanation"):
+        notes["explanation"] = str(event["explanation"])
     return notes
 
 
@@ -152,6 +154,8 @@ def body_text(event: dict[str, Any]) -> str:
         lines.append(_resolution_line(event))
     labels = labels_of(event)
     lines.append(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    if event.get("explanation"):
+        lines += ["", str(event["explanation"]).rstrip("\n")]
     return "\n".join(lines)
 
 

@@ -71,7 +71,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 # them must be given.
 _ACTION_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "webhook": (
-        frozenset({"url", "hmac_secret", "hmac_header", "headers"}),
+        frozenset({"url", "hmac_secret", "hmac_header", "headers", "include_explanation"}),
         frozenset({"url"}),
     ),
     "slack": (frozenset({"url", "channel", "username"}), frozenset({"url"})),
@@ -87,6 +87,7 @@ _ACTION_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
                 "ssl",
                 "username",
                 "password",
+                "include_explanation",
             }
         ),
         frozenset({"to"}),
@@ -411,8 +412,10 @@ def _check_values(kind: str, options: dict[str, Any], prefix: str, errors: list[
     ca_file = options.get("ca_file")
     if isinstance(ca_file, str) and not os.path.isfile(ca_file):
         errors.append(f"{prefix}.ca_file': no such file {ca_file!r}")
+    if not isinstance(options.get("include_explanation", False), bool):
+        errors.append(f"{prefix}.include_explanation': must be true or false")
     for key, value in options.items():
-        if key in ("to", "headers", "smtp_port", "starttls", "ssl"):
+        if key in ("to", "headers", "smtp_port", "starttls", "ssl", "include_explanation"):
             continue
         if not isinstance(value, str):
             errors.append(f"{prefix}.{key}': must be a string")

@@ -120,7 +120,9 @@ class Fix(ABC):
 
     `checks` are the check ids whose `fix_id` names this fix; after an apply
     the manager re-runs them to verify. `targeted` fixes take a subject (a
-    unit name); others act on everything their plan finds.
+    unit name); others act on everything their plan finds. `target_label`
+    names the alert label that holds a targeted fix's subject, so a fix
+    offered for an alert can be planned for that alert's subject.
     """
 
     id: str
@@ -128,6 +130,7 @@ class Fix(ABC):
     safety: Safety = "confirm"
     checks: tuple[str, ...] = ()
     targeted: bool = False
+    target_label: str | None = None
 
     @abstractmethod
     def plan(self, target: str | None) -> Plan:

@@ -46,6 +46,7 @@ class RestartUnit(Fix):
     safety = "safe"
     checks = ("systemd_failed",)
     targeted = True
+    target_label = "unit"
 
     def __init__(self, runner: FixRunner) -> None:
         self.runner = runner
