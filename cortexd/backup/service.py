@@ -45,7 +45,7 @@ from cortexd.config.restore import (
     staged_files,
     write_config_files,
 )
-from cortexd.config.schema import BackupConfig
+from cortexd.config.schema import BackupConfig, Config
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
 from cortexd.store import Database, copier
 
@@ -202,7 +202,7 @@ class BackupService:
                 log.error("backup host key unusable, backups are off: %s", exc)
         return self.key
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         """Settings are read through the daemon on each use."""
 
     async def stop(self) -> None:

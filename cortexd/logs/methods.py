@@ -58,14 +58,6 @@ UNITS = Param("units", list, default=[], items=str, check=_units)
 LEVEL = Param("level", str, check=level_problem)
 
 
-def _limit_check(config: LogsConfig) -> Any:
-    def check(value: int) -> str | None:
-        top = config.max_entries
-        return None if 1 <= value <= top else f"must be between 1 and {top}"
-
-    return check
-
-
 class LogMethods:
     """The log methods over one `Journal`; `config` follows reloads through `daemon`."""
 
@@ -76,6 +68,14 @@ class LogMethods:
     @property
     def config(self) -> LogsConfig:
         return self.daemon.config.logs
+
+    def check_limit(self, value: int) -> str | None:
+        """A `limit` param's problem against the running `logs.max_entries`.
+
+        Read at each call, not at install, so a reloaded bound takes effect.
+        """
+        top = self.config.max_entries
+        return None if 1 <= value <= top else f"must be between 1 and {top}"
 
     async def _read(self, fn: Any, query: Query) -> list[Entry]:
         problem = await anyio.to_thread.run_sync(self.journal.available)
@@ -178,9 +178,9 @@ class LogMethods:
         return {"count": count, "format": p["format"], "truncated": truncated}
 
 
-def log_methods(logs: LogMethods, config: LogsConfig) -> list[Method]:
+def log_methods(logs: LogMethods) -> list[Method]:
     """The `logs.*` methods bound to `logs`."""
-    limit = Param("limit", int, check=_limit_check(config))
+    limit = Param("limit", int, check=logs.check_limit)
     since = Param("since", str, default="1h", check=since_problem)
     return [
         Method(
@@ -252,5 +252,5 @@ def install(daemon: Daemon) -> JournalWatcher:
     cursor = CursorFile(os.path.join(daemon.config.state_dir, "journal-cursor"))
     watcher = JournalWatcher(journal, alerts, config, cursor)
     daemon.components.append(watcher)
-    daemon.registry.add(log_methods(LogMethods(journal, daemon), config))
+    daemon.registry.add(log_methods(LogMethods(journal, daemon)))
     return watcher

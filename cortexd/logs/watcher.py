@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.alerts import AlertCapReached, AlertManager, Severity
-from cortexd.config.schema import LogsConfig
+from cortexd.config.schema import Config, LogsConfig
 from cortexd.logs.journal import Entry, Journal, Query
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class JournalWatcher:
         self._state = "running"
         tg.start_soon(self._loop)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.config = config.logs
         self.patterns = build_patterns(self.config)
 

@@ -41,7 +41,7 @@ from cortexd.config.restore import (
     staged_files,
     write_config_files,
 )
-from cortexd.config.schema import UpdatesConfig
+from cortexd.config.schema import Config, UpdatesConfig
 from cortexd.monitor.checks.packages import Upgrade
 from cortexd.monitor.checks.system import read_reboot_flag
 from cortexd.monitor.pending import PendingUpdates
@@ -141,7 +141,7 @@ class UpdateService:
         tg.start_soon(self._housekeeping)
         tg.start_soon(self.system.watch)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.apt = Apt(config.updates.apt_command, lists_dir=config.updates.apt_lists_dir)
         self.snapshots.apt = self.apt
         self.pending.configure(
