@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from cortexd.alerts import AlertCapReached, AlertManager, Severity
 from cortexd.config.schema import Config, LogsConfig
+from cortexd.host.files import atomic_write
 from cortexd.logs.journal import Entry, Journal, Query
 
 log = logging.getLogger(__name__)
@@ -141,13 +142,7 @@ class CursorFile:
             return None
 
     def save(self, cursor: str) -> None:
-        tmp = f"{self.path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(cursor + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, (cursor + "\n").encode())
 
 
 class JournalWatcher:

@@ -8,10 +8,8 @@ begins.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import os
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config, MetricsConfig
+from cortexd.host.files import atomic_write
 from cortexd.metrics.collector import Metrics, Sources
 from cortexd.metrics.http import HttpListener, Response
 from cortexd.monitor.health import build_health
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from cortexd.monitor.scheduler import Monitor
 
 log = logging.getLogger(__name__)
+TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 
 JSON = "application/json"
 
@@ -135,29 +135,15 @@ class MetricsComponent:
         path = self.config.textfile_path
         data = await self.metrics.render_async(process=False)
         try:
-            await anyio.to_thread.run_sync(_atomic_write, path, data)
+            # node_exporter reads only *.prom files; the temporary name never is one.
+            await anyio.to_thread.run_sync(
+                functools.partial(atomic_write, path, data, mode=TEXTFILE_MODE)
+            )
             self.textfile_writes += 1
         except OSError as exc:
             self.textfile_errors += 1
             if self.textfile_errors == 1 or self.textfile_errors % 60 == 0:
                 log.warning("cannot write the metrics textfile %s: %s", path, exc)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    # node_exporter reads only *.prom files, so the temporary name never is one.
-    fd, tmp = tempfile.mkstemp(prefix=".cortexd-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def metrics_methods(metrics: Metrics) -> list[Method]:

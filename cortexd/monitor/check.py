@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from cortexd.alerts.model import Severity
-from cortexd.monitor.checks.commands import CommandRunner
+from cortexd.host.commands import CommandRunner
 from cortexd.monitor.thresholds import Thresholds
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
+from cortexd.host.commands import CommandRunner
 from cortexd.monitor.check import Check, CheckResult, Status
-from cortexd.monitor.checks.commands import CommandRunner
 from cortexd.monitor.health import build_health
 from cortexd.monitor.registry import build_checks, pending_updates
 from cortexd.monitor.scheduler import Monitor

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
+from cortexd.host.commands import CommandFailed, Runner, have, is_real, run_command
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def simulate(
     """Run one upgrade simulation (blocking).
 
     Raises:
-        RuntimeError: apt failed (the check reports it as ERROR).
+        CommandFailed: apt failed (the check reports it as ERROR).
     """
     checked_at = time.time() if now is None else now
     if is_real(runner) and tuple(apt_command) == ("apt-get",) and _no_apt():
@@ -109,7 +109,11 @@ def simulate(
     argv = [*apt_command, *NO_LOCK, "-s", "-q", "dist-upgrade"]
     done = runner(argv, SIMULATION_TIMEOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}")
+        raise CommandFailed(
+            f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}",
+            program="apt-get",
+            returncode=done.returncode,
+        )
     return Scan(tuple(parse_simulation(done.stdout)), time.time() - newest, None, checked_at)
 
 
@@ -190,7 +194,7 @@ class PendingUpdates:
         then answers from it when it is young enough.
 
         Raises:
-            RuntimeError: apt failed; nothing is cached.
+            CommandFailed: apt failed; nothing is cached.
         """
         with self._scan_lock:
             self.look()
@@ -205,7 +209,7 @@ class PendingUpdates:
             stamp = self._stamp()
             try:
                 found = simulate(*settings, self.clock())
-            except RuntimeError as exc:
+            except CommandFailed as exc:
                 self._failure = str(exc)
                 raise
             self._failure = None

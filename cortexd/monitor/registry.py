@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 
 from cortexd.config.schema import CheckSettings, Config
+from cortexd.host.commands import CommandRunner, Runner
 from cortexd.monitor.check import Check
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandRunner, Runner
 from cortexd.monitor.pending import PendingUpdates
 
 log = logging.getLogger(__name__)

@@ -175,7 +175,7 @@ class UpdateService:
         answered without a refresh instead (`force_limited`, `age_seconds`).
 
         Raises:
-            RuntimeError: apt failed (nothing is cached).
+            CommandFailed: apt failed (nothing is cached).
         """
         if not force:
             return await self._check(force=False)

@@ -16,9 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cortexd.config.schema import ChecksConfig, CheckSettings, Config
+from cortexd.host.commands import (
+    CommandFailed,
+    CommandResult,
+    CommandRunner,
+    Runner,
+    run_command,
+)
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandResult, CommandRunner, Runner, run_command
 from cortexd.monitor.pending import PendingUpdates
 from cortexd.monitor.registry import build_checks
 
@@ -265,7 +271,7 @@ def test_stopping_kills_a_running_command() -> None:
     assert time.monotonic() - started < 30  # nowhere near the 60 s sleep
     try:
         runner(["true"], 5)
-    except RuntimeError as exc:
+    except CommandFailed as exc:
         assert "stopping" in str(exc)
     else:
         raise AssertionError("a stopped runner still ran a command")

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
+from cortexd.host.commands import Runner, have, is_real, run_command
 from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
 from cortexd.monitor.pending import (
     DPKG_DIR,
     SIMULATION_TIMEOUT,

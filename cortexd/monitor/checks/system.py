@@ -12,33 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
+from cortexd.host.commands import Runner, have, run_command
+from cortexd.host.systemd import SYSTEMD_RUNTIME, failed_units
+from cortexd.host.systemd import parse_failed_units as parse_failed_units
 from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.commands import Runner, have, run_command
 
-SYSTEMD_RUNTIME = "/run/systemd/system"  # present only when systemd is PID 1 (sd_booted)
 REBOOT_FLAG = "/run/reboot-required"
 CONNECT_TIMEOUT = 3.0
 
 # -- systemd_failed -------------------------------------------------------------
-
-
-def parse_failed_units(text: str) -> list[dict[str, str]]:
-    """Units from `systemctl list-units --state=failed --plain --no-legend` output."""
-    units = []
-    for line in text.splitlines():
-        parts = line.strip().lstrip("●*").split(None, 4)
-        if len(parts) < 4 or "." not in parts[0]:
-            continue
-        units.append(
-            {
-                "unit": parts[0],
-                "load": parts[1],
-                "active": parts[2],
-                "sub": parts[3],
-                "description": parts[4] if len(parts) > 4 else "",
-            }
-        )
-    return units
 
 
 class SystemdFailed(Check):
@@ -64,13 +46,7 @@ class SystemdFailed(Check):
                     details={"failed_units": None},
                 )
             ]
-        done = self.runner(
-            ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"],
-            30.0,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"systemctl failed: {done.stderr.strip()[:300]}")
-        units = parse_failed_units(done.stdout)
+        units = failed_units(self.runner)
         if not units:
             return [Finding("no failed units", status=Status.PASS, details={"failed_units": []})]
         names = [u["unit"] for u in units]
