@@ -23,6 +23,7 @@ from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
+    from cortexd.store import Stores
 
 CHUNK_BYTES = 48 * 1024
 UPLOAD_CHUNK_BYTES = 32 * 1024  # base64 of this fits a 64 KiB request line with room
@@ -179,13 +180,13 @@ def _append(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def install(daemon: Daemon, config_targets: ConfigTargets) -> BackupService:
-    """Add the backup service (after every feature with a database) and its methods.
+def install(daemon: Daemon, config_targets: ConfigTargets, stores: Stores) -> BackupService:
+    """Add the backup service and its methods.
 
     `config_targets` names the files a restore may write back (see
-    `cortexd.config.restore`).
+    `cortexd.config.restore`); `stores` the databases it copies and swaps.
     """
-    service = BackupService(daemon, config_targets)
+    service = BackupService(daemon, config_targets, stores)
     daemon.components.append(service)
     daemon.registry.add(backup_methods(service))
     return service

@@ -12,10 +12,11 @@ into archives root asks for and those kept under `<state_dir>/backups`, never
 into one streamed to an admin who is not root: with it, anyone could sign.
 
 Restore swaps databases only while their owners have them closed: each
-component holding a `Database` under the state directory is asked to close
-(`stop()`), the verified copies are moved into place with `os.replace` (an
-atomic rename on the same filesystem), and the owners reopen (`open()`),
-which reloads what they keep in memory. Requests arriving in that window get
+database the composition root declared (`cortexd.store.Stores`) under the
+state directory is released by its owner (closed, or the alert manager
+stopped), the verified copies are moved into place with `os.replace` (an
+atomic rename on the same filesystem), and the owners resume (reopen, or
+`open()`, which reloads what they keep in memory). Requests arriving in that window get
 UNAVAILABLE from the closed database, never a half-swapped one.
 """
 
@@ -47,7 +48,7 @@ from cortexd.config.restore import (
 )
 from cortexd.config.schema import BackupConfig, Config
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
-from cortexd.store import Database, copier
+from cortexd.store import StoreOwner, Stores, copier
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
@@ -137,12 +138,14 @@ class BackupService:
         self,
         daemon: Daemon,
         config_targets: ConfigTargets,
+        stores: Stores,
         *,
         config_dir: str = CONFIG_DIR,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
         self.config_targets = config_targets
+        self.stores = stores
         self.config_dir = config_dir
         self.clock = clock
         self.uploads = Uploads(clock, lambda: self.config.upload_idle_seconds)
@@ -253,7 +256,7 @@ class BackupService:
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
         targets = self.config_targets()
-        copier = database_copier(self.daemon)
+        copier = database_copier(self.stores)
 
         def build() -> dict[str, Any]:
             found = collect_config(targets, self.config_dir)
@@ -307,14 +310,19 @@ class BackupService:
 
     # -- upkeep -------------------------------------------------------------
 
-    def databases(self) -> list[tuple[Any, Database]]:
-        """(owner component, its database) for each database under the state dir."""
-        return daemon_databases(self.daemon)
+    def databases(self) -> list[StoreOwner]:
+        """The declared databases that live in the state directory."""
+        root = os.path.realpath(self.state_dir)
+        return [
+            owner
+            for owner in self.stores
+            if os.path.dirname(os.path.realpath(owner.db.path)) == root
+        ]
 
     async def upkeep(self, *, vacuum: bool = False) -> list[str]:
         """WAL checkpoint and `PRAGMA optimize` (and VACUUM) on every open database."""
         done = []
-        for _owner, db in self.databases():
+        for db in (owner.db for owner in self.databases()):
 
             def work(conn: Any) -> None:
                 conn.execute("PRAGMA optimize").fetchall()
@@ -457,21 +465,21 @@ class BackupService:
 
     async def _swap_databases(self, staging: str, manifest: dict[str, Any]) -> list[str]:
         names = [f["name"] for f in manifest["files"] if f["name"].startswith("state/")]
-        owners = {os.path.basename(db.path): (owner, db) for owner, db in self.databases()}
+        owners = {os.path.basename(owner.db.path): owner for owner in self.databases()}
         restored = []
         for name in names:
             base = os.path.basename(name)
-            owner, db = owners.get(base, (None, None))
-            if db is not None:
-                await _close(owner, db)
+            owner = owners.get(base)
+            if owner is not None:
+                await owner.release()
             try:
                 await anyio.to_thread.run_sync(
                     _replace_db, os.path.join(staging, name), os.path.join(self.state_dir, base)
                 )
                 restored.append(base)
             finally:
-                if db is not None:
-                    await _reopen(owner, db)
+                if owner is not None:
+                    await owner.resume()
         return restored
 
 
@@ -506,20 +514,9 @@ def _size_of(directory: str) -> int:
     return sum(_file_size(os.path.join(directory, n)) for n in names)
 
 
-def daemon_databases(daemon: Daemon) -> list[tuple[Any, Database]]:
-    """(owner component, its database) for each database under the daemon's state dir."""
-    found = []
-    root = os.path.realpath(daemon.config.state_dir)
-    for component in daemon.components:
-        db = getattr(component, "db", None)
-        if isinstance(db, Database) and os.path.dirname(os.path.realpath(db.path)) == root:
-            found.append((component, db))
-    return found
-
-
-def database_copier(daemon: Daemon) -> Callable[[str, str], None]:
+def database_copier(stores: Stores) -> Callable[[str, str], None]:
     """How a worker thread copies the daemon's databases: through the connections it holds."""
-    return copier([db for _owner, db in daemon_databases(daemon)], archive.copy_database)
+    return copier(stores.databases(), archive.copy_database)
 
 
 def _replace_db(source: str, target: str) -> None:
@@ -530,19 +527,3 @@ def _replace_db(source: str, target: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(target + suffix)
     os.replace(tmp, target)
-
-
-async def _close(owner: Any, db: Database) -> None:
-    stop = getattr(owner, "stop", None)
-    if callable(getattr(owner, "open", None)) and callable(stop):
-        await stop()
-    else:
-        await db.close()
-
-
-async def _reopen(owner: Any, db: Database) -> None:
-    reopen = getattr(owner, "open", None)
-    if callable(reopen):
-        await reopen()
-    else:
-        await db.open()

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from cortexd.alerts.manager import AlertManager
 from cortexd.healing.loop import Healer, unit_name
 from cortexd.repair.manager import RepairManager
-from cortexd.repair.metrics import MetricsLink
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
@@ -41,6 +40,5 @@ def install(daemon: Daemon, alerts: AlertManager, repair: RepairManager) -> Heal
     """Build the healer (after the repair manager, whose database holds its log)."""
     healer = Healer(daemon.config, alerts, repair.record_healing)
     daemon.components.append(healer)
-    daemon.components.append(MetricsLink(daemon, repair, healer))
     daemon.registry.add(healing_methods(healer, repair))
     return healer

@@ -234,19 +234,8 @@ def log_methods(logs: LogMethods) -> list[Method]:
     ]
 
 
-def find_alert_manager(daemon: Daemon) -> AlertManager:
-    """The alert manager already installed in `daemon` (features install it first)."""
-    from cortexd.alerts import AlertManager
-
-    for component in daemon.components:
-        if isinstance(component, AlertManager):
-            return component
-    raise RuntimeError("the alert manager must be installed before this feature")
-
-
-def install(daemon: Daemon) -> JournalWatcher:
-    """Add the log methods and the journal watcher (after the alert manager)."""
-    alerts = find_alert_manager(daemon)
+def install(daemon: Daemon, alerts: AlertManager) -> JournalWatcher:
+    """Add the log methods and the journal watcher, which raises alerts through `alerts`."""
     journal = Journal()
     config = daemon.config.logs
     cursor = CursorFile(os.path.join(daemon.config.state_dir, "journal-cursor"))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config, MetricsConfig
@@ -27,6 +29,7 @@ from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
+    from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
 
 log = logging.getLogger(__name__)
@@ -69,11 +72,7 @@ class MetricsComponent:
 
     async def start(self, tg: TaskGroup) -> None:
         """Install the hooks, bind the HTTP listener (OSError if the port is taken)."""
-        hooks = getattr(self.monitor, "after_check", None)
-        if hooks is not None:
-            hooks.append(self.metrics.on_check)
-        else:
-            log.warning("this monitor has no after_check hook; check runs are not counted")
+        self.monitor.after_check.append(self.metrics.on_check)
         self.alerts.listeners.append(self.metrics.on_alert)
         if self.config.http_enabled:
             self.http = HttpListener(
@@ -169,15 +168,19 @@ def install(
     alerts: AlertManager,
     notifier: Any = None,
     updates: Any = None,
+    engine: Engine | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> MetricsComponent:
-    """Build the metrics on the daemon's own registry; add the component and `metrics`."""
-    engine = next(
-        (getattr(c, "engine", None) for c in daemon.components if c.name == "inference"), None
-    )
+    """Build the metrics on the daemon's own registry; add the component and `metrics`.
+
+    `collectors` are other features' own figures, registered beside these.
+    """
     sources = Sources(
         stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine, updates=updates
     )
     metrics = Metrics(sources)
+    for collector in collectors:
+        metrics.registry.register(collector)
     component = MetricsComponent(daemon, metrics, monitor, alerts)
     daemon.components.append(component)
     daemon.registry.add(metrics_methods(metrics))

@@ -54,6 +54,7 @@ from cortexd.updates.system import SystemUpdates
 
 if TYPE_CHECKING:
     from cortexd.app import Daemon
+    from cortexd.store import Stores
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,14 @@ class UpdateService:
         daemon: Daemon,
         alerts: AlertManager,
         config_targets: ConfigTargets,
+        stores: Stores,
         pending: PendingUpdates | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
         self.config_targets = config_targets
+        self.stores = stores
         self.alerts = alerts
         self.clock = clock
         self.pending = pending or PendingUpdates(
@@ -234,7 +237,7 @@ class UpdateService:
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
         targets = self.config_targets()
         state_dir = self.daemon.config.state_dir
-        copy = database_copier(self.daemon)
+        copy = database_copier(self.stores)
         now = self.clock()
 
         def take() -> dict[str, Any]:
