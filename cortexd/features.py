@@ -3,7 +3,8 @@
 A feature builds its components from the config, adds them to
 `daemon.components` (started in order, stopped in reverse) and registers its
 socket methods with `daemon.registry.add(...)`. Nothing else in the root
-knows what a feature does.
+knows what a feature does. Features see the daemon only as a
+`cortexd.runtime.Runtime`; what one needs from another is an argument here.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from typing import TYPE_CHECKING
 from cortexd.store import Stores
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from collections.abc import Callable, Sequence
+
     from cortexd.config.restore import Target
     from cortexd.plugins.manager import PluginManager
+    from cortexd.runtime import Runtime
 
 
-def install_features(daemon: Daemon) -> None:
+def install_features(daemon: Runtime, config_sources: Callable[[], Sequence[str]]) -> None:
     """Build and register every optional capability for `daemon`.
+
+    `config_sources` names the config files the running config came from
+    (what restore and rollback may write back).
 
     Order matters where one feature feeds another: alerts before what raises
     them, and metrics last, reading every other component at scrape time.
@@ -55,7 +61,7 @@ def install_features(daemon: Daemon) -> None:
     install_logs(daemon, alerts)
 
     def config_targets() -> list[Target]:
-        return restorable_config(daemon, plugins)
+        return restorable_config(daemon, config_sources(), plugins)
 
     install_backup(daemon, config_targets, stores)
     updates = install_updates(daemon, alerts, config_targets, stores, monitor.pending)
@@ -78,7 +84,9 @@ def install_features(daemon: Daemon) -> None:
     )
 
 
-def restorable_config(daemon: Daemon, plugins: PluginManager) -> list[Target]:
+def restorable_config(
+    daemon: Runtime, sources: Sequence[str], plugins: PluginManager
+) -> list[Target]:
     """What restore and update rollback may write back: the loaded config, the rules,
     the plugins (loaded again after a restore, unless plugins are disabled)."""
     from cortexd.config.plugintree import PluginTree
@@ -93,4 +101,4 @@ def restorable_config(daemon: Daemon, plugins: PluginManager) -> list[Target]:
     )
     reload = plugins.reload if daemon.config.plugins.enabled else None
     tree = PluginTree(daemon.config.plugins.directory, reload)
-    return config_targets(daemon.loaded.sources, [rules], tree)
+    return config_targets(sources, [rules], tree)

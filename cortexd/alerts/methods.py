@@ -24,7 +24,7 @@ from cortexd.server import Call, Method, Param
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 10_000
 MAX_LABELS = 32
@@ -305,7 +305,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon) -> AlertManager:
+def install(daemon: Runtime) -> AlertManager:
     """Build the alert manager on `<state_dir>/alerts.db`, add it and its methods."""
     db = Database(os.path.join(daemon.config.state_dir, "alerts.db"), MIGRATIONS)
     manager = AlertManager(db, daemon.config.alerts)

@@ -22,7 +22,7 @@ from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
     from cortexd.store import Stores
 
 CHUNK_BYTES = 48 * 1024
@@ -180,7 +180,7 @@ def _append(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def install(daemon: Daemon, config_targets: ConfigTargets, stores: Stores) -> BackupService:
+def install(daemon: Runtime, config_targets: ConfigTargets, stores: Stores) -> BackupService:
     """Add the backup service and its methods.
 
     `config_targets` names the files a restore may write back (see

@@ -51,7 +51,7 @@ from cortexd.protocol import Busy, PermissionDenied, Unavailable
 from cortexd.store import StoreOwner, Stores, copier
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class BackupService:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Runtime,
         config_targets: ConfigTargets,
         stores: Stores,
         *,

@@ -37,7 +37,7 @@ from cortexd.repair.methods import cortex_roots
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_TOKENS = 4096
 MAX_QUESTION = 2000
@@ -199,7 +199,7 @@ def explain_methods(
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     *,
     alerts: AlertManager,
     health: HealthSource,

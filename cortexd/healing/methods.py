@@ -10,7 +10,7 @@ from cortexd.repair.manager import RepairManager
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 1000
 
@@ -36,7 +36,7 @@ def healing_methods(healer: Healer, repair: RepairManager) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, alerts: AlertManager, repair: RepairManager) -> Healer:
+def install(daemon: Runtime, alerts: AlertManager, repair: RepairManager) -> Healer:
     """Build the healer (after the repair manager, whose database holds its log)."""
     healer = Healer(daemon.config, alerts, repair.record_healing)
     daemon.components.append(healer)

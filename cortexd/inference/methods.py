@@ -28,7 +28,7 @@ from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 # Longest possible inference.request_timeout plus room for the handler's own
 # grace period: the server-level deadline must never fire first.
@@ -249,7 +249,7 @@ def methods(engine: Engine) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, alerts: AlertSink | None = None) -> Engine:
+def install(daemon: Runtime, alerts: AlertSink | None = None) -> Engine:
     """Add the inference engine to `daemon`: its component and its methods.
 
     `alerts` hears about runner crashes; it must be started before the engine

@@ -22,8 +22,8 @@ from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
     from cortexd.alerts import AlertManager
-    from cortexd.app import Daemon
     from cortexd.config.schema import LogsConfig
+    from cortexd.runtime import Runtime
 
 MAX_LINES = 10_000
 READ_DEADLINE = 60.0
@@ -61,7 +61,7 @@ LEVEL = Param("level", str, check=level_problem)
 class LogMethods:
     """The log methods over one `Journal`; `config` follows reloads through `daemon`."""
 
-    def __init__(self, journal: Journal, daemon: Daemon) -> None:
+    def __init__(self, journal: Journal, daemon: Runtime) -> None:
         self.journal = journal
         self.daemon = daemon
 
@@ -234,7 +234,7 @@ def log_methods(logs: LogMethods) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, alerts: AlertManager) -> JournalWatcher:
+def install(daemon: Runtime, alerts: AlertManager) -> JournalWatcher:
     """Add the log methods and the journal watcher, which raises alerts through `alerts`."""
     journal = Journal()
     config = daemon.config.logs

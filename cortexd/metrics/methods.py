@@ -28,9 +28,9 @@ from cortexd.monitor.health import build_health
 from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
     from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
+    from cortexd.runtime import Runtime
 
 log = logging.getLogger(__name__)
 TEXTFILE_MODE = 0o644  # node_exporter runs as another user
@@ -58,7 +58,7 @@ class MetricsComponent:
     name = "metrics"
 
     def __init__(
-        self, daemon: Daemon, metrics: Metrics, monitor: Monitor, alerts: AlertManager
+        self, daemon: Runtime, metrics: Metrics, monitor: Monitor, alerts: AlertManager
     ) -> None:
         self.daemon = daemon
         self.metrics = metrics
@@ -111,9 +111,7 @@ class MetricsComponent:
 
     def ready(self) -> dict[str, bool]:
         """Whether the Unix socket accepts and the monitor runs."""
-        server = self.daemon.server
-        socket_up = server.accepting
-        socket_up = socket_up and not server.shutting_down and not self.daemon.stopping
+        socket_up = self.daemon.serving()
         monitor_up = self.monitor.state().get("state") == "running"
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
 
@@ -162,7 +160,7 @@ def metrics_methods(metrics: Metrics) -> list[Method]:
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     *,
     monitor: Monitor,
     alerts: AlertManager,

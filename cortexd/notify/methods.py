@@ -20,7 +20,7 @@ from cortexd.server import Call, Method, Param
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 10_000
 TEST_TIMEOUT_GRACE = 5.0
@@ -143,7 +143,7 @@ def notify_methods(notifier: Notifier) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, alerts: AlertManager) -> Notifier:
+def install(daemon: Runtime, alerts: AlertManager) -> Notifier:
     """Build the notifier on `<state_dir>/notify.db`, add it and its methods.
 
     Its `action_types` is where notifier plugins add theirs.

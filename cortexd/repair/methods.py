@@ -37,7 +37,7 @@ from cortexd.sharedwork import SharedWork
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 APPLY_TIMEOUT = 7500.0  # above repair.command_timeout's maximum, plus verification
 PLAN_TIMEOUT = 130.0
@@ -175,7 +175,7 @@ def repair_methods(manager: RepairManager) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, monitor: Monitor, alerts: AlertManager) -> RepairManager:
+def install(daemon: Runtime, monitor: Monitor, alerts: AlertManager) -> RepairManager:
     """Build the repair manager on `<state_dir>/repair.db`, add its checks and methods."""
     config = daemon.config
     runner = FixRunner(timeout=config.repair.command_timeout)

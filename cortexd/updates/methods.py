@@ -14,7 +14,7 @@ from cortexd.updates.service import UpdateService
 
 if TYPE_CHECKING:
     from cortexd.alerts import AlertManager
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
     from cortexd.store import Stores
 
 CHECK_TIMEOUT = 900.0
@@ -146,7 +146,7 @@ def update_methods(service: UpdateService) -> list[Method]:
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     alerts: AlertManager,
     config_targets: ConfigTargets,
     stores: Stores,

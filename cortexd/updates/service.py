@@ -53,7 +53,7 @@ from cortexd.updates.snapshots import Snapshots, package_changes
 from cortexd.updates.system import SystemUpdates
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
     from cortexd.store import Stores
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class UpdateService:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Runtime,
         alerts: AlertManager,
         config_targets: ConfigTargets,
         stores: Stores,
