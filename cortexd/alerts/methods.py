@@ -21,6 +21,7 @@ from cortexd.alerts.model import (
 from cortexd.alerts.store import MIGRATIONS
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between, positive
 from cortexd.store import Database
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ def _severity(value: str) -> str | None:
     return None
 
 
-def _limit(value: int) -> str | None:
-    return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
-
-
 def _labels(value: dict[str, Any]) -> str | None:
     if len(value) > MAX_LABELS:
         return f"at most {MAX_LABELS} labels"
@@ -61,10 +58,6 @@ def _text(limit: int) -> Any:
         return None if 0 < len(value) <= limit else f"must be 1 to {limit} characters"
 
     return check
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
 
 
 MAX_TTL = 365 * 86400.0
@@ -213,7 +206,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
     list_params = (
         *FILTER_PARAMS,
         Param("state", str, choices=STATE_CHOICES),
-        Param("limit", int, default=100, check=_limit),
+        Param("limit", int, default=100, check=between(1, MAX_LIST)),
         Param("include_cleared", bool, default=False),
     )
     id_param = Param("id", str, required=True)
@@ -282,7 +275,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
             silence,
             params=(
                 Param("matchers", list, required=True, items=str),
-                Param("duration_seconds", float, required=True, check=_positive),
+                Param("duration_seconds", float, required=True, check=positive),
                 Param("comment", str, default=""),
             ),
             access="admin",

@@ -20,6 +20,7 @@ from cortexd.backup.service import BackupService, ConfigTargets
 from cortexd.config.restore import is_root_or_owner
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import positive
 
 if TYPE_CHECKING:
     from cortexd.runtime import Runtime
@@ -37,10 +38,6 @@ def _sha256(value: str) -> str | None:
 
 def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
-
-
-def _positive(value: int) -> str | None:
-    return None if value > 0 else "must be greater than 0"
 
 
 def backup_methods(service: BackupService) -> list[Method]:
@@ -126,7 +123,7 @@ def backup_methods(service: BackupService) -> list[Method]:
             "restore.begin",
             begin,
             params=(
-                Param("size", int, required=True, check=_positive),
+                Param("size", int, required=True, check=positive),
                 Param("sha256", str, required=True, check=_sha256),
             ),
             access="admin",

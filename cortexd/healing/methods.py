@@ -8,6 +8,7 @@ from cortexd.alerts.manager import AlertManager
 from cortexd.healing.loop import Healer, unit_name
 from cortexd.repair.manager import RepairManager
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
     from cortexd.runtime import Runtime
@@ -23,14 +24,14 @@ def healing_methods(healer: Healer, repair: RepairManager) -> list[Method]:
         entries = await repair.healing_log(unit_name(unit) if unit else None, call.params["limit"])
         return {**healer.state(), "entries": entries}
 
-    def limit(value: int) -> str | None:
-        return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
-
     return [
         Method(
             "healing.list",
             listing,
-            params=(Param("unit", str), Param("limit", int, default=100, check=limit)),
+            params=(
+                Param("unit", str),
+                Param("limit", int, default=100, check=between(1, MAX_LIST)),
+            ),
             summary="self-healing state and its log, newest first",
         )
     ]

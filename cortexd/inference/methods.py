@@ -26,6 +26,7 @@ from cortexd.inference.job import GenerationParams, Job
 from cortexd.inference.modelfile import model_dirs
 from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
     from cortexd.runtime import Runtime
@@ -46,10 +47,6 @@ DEFAULTS = GenerationParams()
 
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
-
-
-def _max_tokens(value: int) -> str | None:
-    return None if 1 <= value <= MAX_TOKENS_LIMIT else f"must be between 1 and {MAX_TOKENS_LIMIT}"
 
 
 def _temperature(value: float) -> str | None:
@@ -85,7 +82,7 @@ def _messages(value: list[Any]) -> str | None:
 
 
 SAMPLING = (
-    Param("max_tokens", int, default=DEFAULTS.max_tokens, check=_max_tokens),
+    Param("max_tokens", int, default=DEFAULTS.max_tokens, check=between(1, MAX_TOKENS_LIMIT)),
     Param("temperature", float, default=DEFAULTS.temperature, check=_temperature),
     Param("top_p", float, default=DEFAULTS.top_p, check=_top_p),
     Param("stop", list, default=[], items=str, check=_stop),

@@ -19,6 +19,7 @@ from cortexd.logs.timespec import parse_since, since_problem
 from cortexd.logs.watcher import CursorFile, JournalWatcher
 from cortexd.protocol import Timeout, Unavailable
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
     from cortexd.alerts import AlertManager
@@ -32,10 +33,6 @@ FOLLOW_MAX_SECONDS = 7 * 86400.0
 EXPORT_BATCH = 200
 FOLLOW_BATCH = 1000
 MAX_PATTERN = 1024
-
-
-def _lines(value: int) -> str | None:
-    return None if 1 <= value <= MAX_LINES else f"must be between 1 and {MAX_LINES}"
 
 
 def _regex(value: str) -> str | None:
@@ -74,8 +71,7 @@ class LogMethods:
 
         Read at each call, not at install, so a reloaded bound takes effect.
         """
-        top = self.config.max_entries
-        return None if 1 <= value <= top else f"must be between 1 and {top}"
+        return between(1, self.config.max_entries)(value)
 
     async def _read(self, fn: Any, query: Query) -> list[Entry]:
         problem = await anyio.to_thread.run_sync(self.journal.available)
@@ -189,7 +185,7 @@ def log_methods(logs: LogMethods) -> list[Method]:
             params=(
                 UNITS,
                 LEVEL,
-                Param("lines", int, default=50, check=_lines),
+                Param("lines", int, default=50, check=between(1, MAX_LINES)),
                 Param("follow", bool, default=False),
             ),
             access="journal",

@@ -33,6 +33,7 @@ from cortexd.repair.runner import FixRunner
 from cortexd.repair.store import MIGRATIONS
 from cortexd.repair.system import RestartUnit, VacuumJournal
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 from cortexd.sharedwork import SharedWork
 from cortexd.store import Database
 
@@ -142,9 +143,6 @@ def repair_methods(manager: RepairManager) -> list[Method]:
     async def fixes_history(call: Call) -> dict[str, Any]:
         return {"runs": await manager.history(call.params["limit"])}
 
-    def limit(value: int) -> str | None:
-        return None if 1 <= value <= MAX_HISTORY else f"must be between 1 and {MAX_HISTORY}"
-
     return [
         Method("fixes.list", fixes_list, inline=True, summary="the registered fixes"),
         Method(
@@ -169,7 +167,7 @@ def repair_methods(manager: RepairManager) -> list[Method]:
         Method(
             "fixes.history",
             fixes_history,
-            params=(Param("limit", int, default=50, check=limit),),
+            params=(Param("limit", int, default=50, check=between(1, MAX_HISTORY)),),
             summary="recently applied fixes, newest first",
         ),
     ]
