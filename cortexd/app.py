@@ -34,7 +34,7 @@ from cortexd.config import (
 from cortexd.log import set_level
 from cortexd.protocol import ConfigError
 from cortexd.runtime import Component
-from cortexd.sd import Notifier, inherited_socket
+from cortexd.sd import SystemdNotifier, inherited_socket
 from cortexd.server import (
     Authorizer,
     BoundSocket,
@@ -76,7 +76,7 @@ class Daemon:
         *,
         config_path: str | None = None,
         overrides: Mapping[str, Any] | None = None,
-        notifier: Notifier | None = None,
+        notifier: SystemdNotifier | None = None,
         loader: Callable[[], LoadedConfig] | None = None,
     ) -> None:
         self.loaded = loaded
@@ -84,7 +84,7 @@ class Daemon:
         self.pending_restart: list[str] = []
         frozen_overrides = dict(overrides or {})
         self._loader = loader or (lambda: load_config(config_path, frozen_overrides))
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or SystemdNotifier()
         self.started_wall = time.time()
         self.started = time.monotonic()
         self.registry = Registry()

@@ -1,4 +1,4 @@
-"""Socket methods of the alert manager (docs/protocol.md, "Alerts") and the seed's aliases."""
+"""Socket methods of the alert manager (docs/protocol.md, "Alerts") and the old aliases."""
 
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
             params=list_params,
             summary="alerts, filtered (active ones by default)",
         ),
-        # The seed's `alerts` lists firing alerts by default; a method of its
+        # The original daemon's `alerts` lists firing alerts by default; a method of its
         # own because an alias cannot change a default.
         Method(
             "alerts",

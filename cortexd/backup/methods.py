@@ -1,4 +1,4 @@
-"""Socket methods of backup and restore (SPEC §14).
+"""Socket methods of backup and restore (docs/protocol.md).
 
 The archive travels over the socket both ways, so the daemon never reads or
 writes a path the caller names: `backup.create` streams it as base64 chunks

@@ -1,4 +1,4 @@
-"""Socket methods of the log analyzer (SPEC §13): tail, errors, search, export.
+"""Socket methods of the log analyzer (docs/protocol.md): tail, errors, search, export.
 
 Reading the journal needs admin rights or membership in `adm` or
 `systemd-journal` (access "journal"): it holds authentication logs.

@@ -1,6 +1,6 @@
 """The metrics component: the `metrics` method, the HTTP listener and the textfile.
 
-`/health` answers the seed's document (`status` healthy | degraded |
+`/health` answers the original daemon's document (`status` healthy | degraded |
 unhealthy, per-check statuses, an RFC 3339 timestamp); `/ready` answers 503
 until the Unix socket accepts and the monitor runs, and again once shutdown
 begins.
@@ -39,7 +39,7 @@ JSON = "application/json"
 
 
 def health_document(monitor: Monitor, alerts: AlertManager) -> dict[str, Any]:
-    """The /health body: the seed's shape, with the host and active alert counts."""
+    """The /health body: the original daemon's shape, with the host and active alert counts."""
     full = build_health(monitor.results, alerts.state())
     # The same values as the `health` method, fewer of them.
     return {

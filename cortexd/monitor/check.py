@@ -1,4 +1,4 @@
-"""What a check is and what it returns (SPEC §4).
+"""What a check is and what it returns (docs/config.md).
 
 A check's `collect()` is plain blocking code (it reads /proc, statvfs, runs
 dpkg…); the scheduler runs it on a worker thread with a deadline. It returns

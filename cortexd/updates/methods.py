@@ -1,4 +1,4 @@
-"""Socket methods of the update module (SPEC §12): check, snapshot(s), rollback, apply."""
+"""Socket methods of the update module (docs/protocol.md): check, snapshot(s), rollback, apply."""
 
 from __future__ import annotations
 

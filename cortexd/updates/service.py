@@ -1,4 +1,4 @@
-"""The update module: check, snapshot, apply and roll back (SPEC §12).
+"""The update module: check, snapshot, apply and roll back (docs/protocol.md).
 
 `check` answers from the daemon's one upgrade scan (`PendingUpdates`, which
 the monitor's update checks and `health` read too) while it is younger than

@@ -34,7 +34,7 @@ from cortexd.app import Daemon
 from cortexd.config import Config, ConfigFiles, LoadedConfig, load_config
 from cortexd.log import set_level
 from cortexd.protocol import CortexError, ErrorCode
-from cortexd.sd import Notifier
+from cortexd.sd import SystemdNotifier
 from tests.daemon import running_daemon
 
 # Keys whose text must have a form the loader checks; every other string key
@@ -274,7 +274,7 @@ def test_a_reload_leaves_nothing_of_the_old_values(
     values = key_values(live_keys(), workdir)
     first = load(workdir, {k: a for k, (a, _) in values.items()})
     second = load(workdir, {k: b for k, (_, b) in values.items()})
-    daemon = Daemon(first, loader=lambda: second, notifier=Notifier({}))
+    daemon = Daemon(first, loader=lambda: second, notifier=SystemdNotifier({}))
     old = {id(o): o for o in config_objects(first.config)}
     old_values = {k: a for k, (a, _) in values.items() if distinct(a)}
     assert old_values, "no distinctive values to look for"
