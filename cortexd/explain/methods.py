@@ -27,13 +27,13 @@ from cortexd.explain.prompt import ask_messages, explain_messages
 from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
 from cortexd.explain.suggest import suggest
 from cortexd.explain.summary import SUMMARY_STOP, summarise
+from cortexd.host.clock import kernel_clock_state
 from cortexd.host.commands import CommandRunner
+from cortexd.host.files import cortex_roots
 from cortexd.inference.engine import Engine
 from cortexd.inference.job import GenerationParams
 from cortexd.inference.methods import METHOD_TIMEOUT
 from cortexd.knowledge import KnowledgeBase, load_builtin
-from cortexd.monitor.checks.system import kernel_clock_state
-from cortexd.repair.methods import cortex_roots
 from cortexd.server import Call, Method, Param
 from cortexd.server.registry import between
 

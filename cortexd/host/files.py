@@ -6,6 +6,8 @@ import contextlib
 import os
 import secrets
 
+from cortexd.config.schema import Config
+
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 
@@ -44,3 +46,8 @@ def atomic_write(path: str, data: bytes, *, mode: int = PRIVATE_MODE) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def cortex_roots(config: Config) -> list[str]:
+    """The daemon's own config, state and runtime directories (under `repair.root` in tests)."""
+    return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]

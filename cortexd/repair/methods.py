@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config
+from cortexd.host.files import cortex_roots
 from cortexd.monitor.check import Check
 from cortexd.monitor.registry import apply_settings
 from cortexd.monitor.scheduler import Monitor
@@ -43,11 +44,6 @@ if TYPE_CHECKING:
 APPLY_TIMEOUT = 7500.0  # above repair.command_timeout's maximum, plus verification
 PLAN_TIMEOUT = 130.0
 MAX_HISTORY = 1000
-
-
-def cortex_roots(config: Config) -> list[str]:
-    """The Cortex config, state and runtime directories (under `repair.root` for tests)."""
-    return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]
 
 
 def failing_mounts(monitor: Monitor | None) -> list[str]:

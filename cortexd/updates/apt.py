@@ -1,7 +1,7 @@
 """apt and dpkg as the update module uses them: simulate, refresh, upgrade, list.
 
 The pending-upgrade simulation and its parser are the monitor's
-(`cortexd.monitor.pending`), so the `apt_updates` check and `updates.check`
+(`cortexd.host.pending`), so the `apt_updates` check and `updates.check`
 always agree. `updates.apt_command` replaces `apt-get` in
 every command, which is how tests (and packagers with a wrapper) inject
 their own. When systemd is PID 1, commands that change packages run in a
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cortexd.host.commands import CommandFailed, CommandResult
+from cortexd.host.pending import APT_LISTS, Upgrade, simulate
 from cortexd.host.systemd import systemd_is_pid1
-from cortexd.monitor.pending import APT_LISTS, Upgrade, simulate
 
 DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"
 APT_ARCHIVES = "/var/cache/apt/archives"

@@ -42,10 +42,9 @@ from cortexd.config.restore import (
     write_config_files,
 )
 from cortexd.config.schema import Config, UpdatesConfig
+from cortexd.host.packages import read_reboot_flag, reboot_flag_path
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.checks.packages import Upgrade
-from cortexd.monitor.checks.system import read_reboot_flag
-from cortexd.monitor.pending import PendingUpdates
-from cortexd.monitor.registry import reboot_flag_path
 from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cortexd.config.schema import ChecksConfig, CheckSettings, Config
+from cortexd.host import packages as host_packages
 from cortexd.host.commands import (
     CommandFailed,
     CommandResult,
@@ -23,9 +24,9 @@ from cortexd.host.commands import (
     Runner,
     run_command,
 )
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.pending import PendingUpdates
 from cortexd.monitor.registry import build_checks
 
 DATA = Path(__file__).parent / "data"
@@ -99,8 +100,8 @@ def test_held_lock_is_found_through_proc_locks(tmp_path: Path) -> None:
     lock = tmp_path / "lock-frontend"
     with open(lock, "w") as fh:
         fcntl.lockf(fh, fcntl.LOCK_EX)
-        assert packages.held_locks([str(lock)]) == {str(lock): os.getpid()}
-    assert packages.held_locks([str(lock)]) == {}
+        assert host_packages.held_locks([str(lock)]) == {str(lock): os.getpid()}
+    assert host_packages.held_locks([str(lock)]) == {}
 
 
 def test_dependency_conflicts_reports_broken_packages() -> None:

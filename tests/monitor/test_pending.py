@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cortexd.host.commands import CommandFailed, CommandResult
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.checks import packages
-from cortexd.monitor.pending import PendingUpdates
 from tests.alerts.conftest import FakeClock
 
 TWO_UPGRADES = (

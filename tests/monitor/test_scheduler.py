@@ -383,8 +383,8 @@ async def test_changed_package_files_rerun_the_update_checks_once_settled(
     alerts: AlertManager, tmp_path: Path
 ) -> None:
     from cortexd.host.commands import CommandResult
+    from cortexd.host.pending import PendingUpdates
     from cortexd.monitor.checks.packages import AptUpdates, SecurityUpdates
-    from cortexd.monitor.pending import PendingUpdates
     from cortexd.monitor.scheduler import PACKAGE_SETTLE_SECONDS
 
     (tmp_path / "lists").mkdir()

@@ -17,8 +17,8 @@ import orjson
 from cortexd.explain.facts.model import Context, Found, Gatherer
 from cortexd.explain.facts.procs import processes
 from cortexd.host.commands import CommandFailed, have
+from cortexd.host.network import default_route
 from cortexd.host.systemd import SYSTEMD_RUNTIME
-from cortexd.monitor.checks.system import default_route
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:\\-]{1,255}$")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".mount", ".path", ".target", ".scope", ".slice")
