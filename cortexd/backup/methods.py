@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cortexd.backup.service import BackupService, ConfigTargets
+from cortexd.backup.service import BackupService
+from cortexd.config.collect import ConfigTargets
 from cortexd.config.restore import is_root_or_owner
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param

@@ -29,7 +29,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,9 +36,13 @@ from anyio.abc import TaskGroup
 
 from cortexd.backup import archive, hostkey
 from cortexd.backup.uploads import Upload, Uploads
-from cortexd.config.plugintree import SKIPPED_DIRS, PluginTree, plugin_files
+from cortexd.config.collect import (
+    CONFIG_DIR,
+    ConfigTargets,
+    collect_config,
+    config_files,
+)
 from cortexd.config.restore import (
-    Target,
     is_root_or_owner,
     plan_config_restore,
     reload_restored,
@@ -48,7 +51,7 @@ from cortexd.config.restore import (
 )
 from cortexd.config.schema import BackupConfig, Config
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
-from cortexd.store import StoreOwner, Stores, copier
+from cortexd.store import StoreOwner, Stores
 
 if TYPE_CHECKING:
     from cortexd.runtime import Runtime
@@ -62,71 +65,6 @@ HOUR = 3600.0
 RESTORE_STATE_FACTOR = 4
 RESTORE_FLOOR_BYTES = 256 << 20
 BUILD_DEADLINE = 600.0
-CONFIG_DIR = "/etc/cortex"
-MAX_CONFIG_FILES = 256
-
-
-ConfigTargets = Callable[[], list[Target]]
-
-
-@dataclass(slots=True)
-class ConfigFiles:
-    """The files an archive or snapshot keeps, and what it leaves out and why."""
-
-    files: list[str] = field(default_factory=list)
-    left_out: list[dict[str, str]] = field(default_factory=list)
-
-
-def collect_config(targets: list[Target], config_dir: str = CONFIG_DIR) -> ConfigFiles:
-    """What an archive or snapshot keeps; blocking (walks directories).
-
-    First the configuration files of `targets` (daemon.conf, the rules file,
-    wherever they are), then each plugin of the plugins directory, whole or
-    not at all (`plugintree.plugin_files`), then the rest of /etc/cortex.
-    Restore writes back only the first two kinds; the rest (certificates,
-    say) is kept for root to take out of the archive by hand. A file larger
-    than an archive member may be, which would make the archive impossible
-    to restore, is left out and listed instead.
-    """
-    found = ConfigFiles()
-    trees = [t for t in targets if isinstance(t, PluginTree)]
-    found.files = [t.path for t in targets if not isinstance(t, PluginTree)]
-    for tree in trees:
-        plugins = plugin_files(tree.directory, MAX_CONFIG_FILES - len(found.files))
-        found.files.extend(plugins.files)
-        found.left_out.extend(plugins.left_out)
-    kept = set(found.files)
-    skipped_trees = {os.path.abspath(t.directory) for t in trees}
-    if not os.path.isdir(config_dir):
-        return found
-    for root, dirs, names in os.walk(config_dir):
-        dirs[:] = sorted(
-            d for d in dirs if d not in SKIPPED_DIRS and os.path.join(root, d) not in skipped_trees
-        )
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if path in kept:
-                continue
-            if len(found.files) >= MAX_CONFIG_FILES:
-                found.left_out.append(
-                    {"path": root, "reason": f"a backup holds at most {MAX_CONFIG_FILES} files"}
-                )
-                return found
-            if _file_size(path) > archive.MAX_CONFIG_MEMBER_BYTES:
-                found.left_out.append(
-                    {
-                        "path": path,
-                        "reason": f"larger than {archive.MAX_CONFIG_MEMBER_BYTES} bytes",
-                    }
-                )
-                continue
-            found.files.append(path)
-    return found
-
-
-def config_files(targets: list[Target], config_dir: str = CONFIG_DIR) -> list[str]:
-    """The files of `collect_config`."""
-    return collect_config(targets, config_dir).files
 
 
 class BackupService:
@@ -256,7 +194,7 @@ class BackupService:
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
         targets = self.config_targets()
-        copier = database_copier(self.stores)
+        copier = self.stores.copier()
 
         def build() -> dict[str, Any]:
             found = collect_config(targets, self.config_dir)
@@ -512,11 +450,6 @@ def _size_of(directory: str) -> int:
     except OSError:
         return 0
     return sum(_file_size(os.path.join(directory, n)) for n in names)
-
-
-def database_copier(stores: Stores) -> Callable[[str, str], None]:
-    """How a worker thread copies the daemon's databases: through the connections it holds."""
-    return copier(stores.databases(), archive.copy_database)
 
 
 def _replace_db(source: str, target: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 
@@ -10,6 +11,7 @@ from cortexd.config.schema import Config
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
+READ_CHUNK = 1 << 20
 
 
 def atomic_write(path: str, data: bytes, *, mode: int = PRIVATE_MODE) -> None:
@@ -51,3 +53,11 @@ def atomic_write(path: str, data: bytes, *, mode: int = PRIVATE_MODE) -> None:
 def cortex_roots(config: Config) -> list[str]:
     """The daemon's own config, state and runtime directories (under `repair.root` in tests)."""
     return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from cortexd.store.copy import copier, copy_database
 from cortexd.store.db import Database
 
 Step = Callable[[], Awaitable[None]]
@@ -45,3 +46,8 @@ class Stores:
     def databases(self) -> list[Database]:
         """Every declared database."""
         return [owner.db for owner in self._owners]
+
+    def copier(self) -> Callable[[str, str], None]:
+        """How a worker thread copies a database file: through its owner's connection
+        when it is one of these, else with a connection of its own."""
+        return copier(self.databases(), copy_database)

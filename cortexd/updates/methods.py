@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cortexd.backup.service import ConfigTargets
+from cortexd.config.collect import ConfigTargets
 from cortexd.host.pending import PendingUpdates
 from cortexd.server import Call, Method, Param
 from cortexd.updates.service import UpdateService

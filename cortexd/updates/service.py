@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
-from cortexd.backup.service import ConfigTargets, collect_config, database_copier
+from cortexd.config.collect import ConfigTargets, collect_config
 from cortexd.config.restore import (
     is_root_or_owner,
     plan_config_restore,
@@ -43,8 +43,7 @@ from cortexd.config.restore import (
 )
 from cortexd.config.schema import Config, UpdatesConfig
 from cortexd.host.packages import read_reboot_flag, reboot_flag_path
-from cortexd.host.pending import PendingUpdates
-from cortexd.monitor.checks.packages import Upgrade
+from cortexd.host.pending import PendingUpdates, Upgrade
 from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed
@@ -236,7 +235,7 @@ class UpdateService:
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
         targets = self.config_targets()
         state_dir = self.daemon.config.state_dir
-        copy = database_copier(self.stores)
+        copy = self.stores.copier()
         now = self.clock()
 
         def take() -> dict[str, Any]:

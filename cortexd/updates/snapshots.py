@@ -23,9 +23,10 @@ from typing import Any
 
 import orjson
 
-from cortexd.backup.archive import copy_database, sha256_file, state_databases
 from cortexd.host.commands import CommandFailed
+from cortexd.host.files import sha256_file
 from cortexd.protocol import NotFound
+from cortexd.store.copy import copy_database, state_databases
 from cortexd.updates.apt import Apt, Installed
 from cortexd.updates.repack import repack
 
