@@ -131,3 +131,11 @@ def is_real(runner: Runner) -> bool:
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a command's output, cut to a readable length."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:STDERR_EXCERPT]
+    return "(no output)"

@@ -61,3 +61,11 @@ def sha256_file(path: str) -> str:
         while chunk := fh.read(READ_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def list_names(path: str) -> list[str]:
+    """The names in the directory `path`; none when it is missing or unreadable."""
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cortexd.host.commands import CommandFailed, Runner, have, is_real, run_command
+from cortexd.host.commands import CommandFailed, Runner, first_line, have, is_real, run_command
+from cortexd.host.files import list_names
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def simulate(
     checked_at = time.time() if now is None else now
     if is_real(runner) and tuple(apt_command) == ("apt-get",) and _no_apt():
         return Scan((), None, "no dpkg/apt on this host", checked_at)
-    lists = [n for n in _listdir(lists_dir) if n.endswith(_LIST_SUFFIXES)]
+    lists = [n for n in list_names(lists_dir) if n.endswith(_LIST_SUFFIXES)]
     if not lists:
         never = "package lists were never downloaded (run apt-get update)"
         return Scan((), None, never, checked_at)
@@ -110,7 +111,7 @@ def simulate(
     done = runner(argv, SIMULATION_TIMEOUT)
     if done.returncode != 0:
         raise CommandFailed(
-            f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}",
+            f"apt-get -s dist-upgrade failed: {first_line(done.stderr)}",
             program="apt-get",
             returncode=done.returncode,
         )
@@ -241,17 +242,3 @@ def _mtime(path: str) -> int | None:
 
 def _no_apt() -> bool:
     return not os.path.isdir(DPKG_DIR) or not have("dpkg") or not have("apt-get")
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return "(no output)"

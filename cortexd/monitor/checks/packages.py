@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
-from cortexd.host.commands import Runner, have, is_real, run_command
+from cortexd.host.commands import Runner, first_line, have, is_real, run_command
+from cortexd.host.files import list_names
 from cortexd.host.packages import LOCK_FILES, held_locks
 from cortexd.host.pending import (
     DPKG_DIR,
@@ -68,14 +69,14 @@ class AptStatus(Check):
         problems: list[str] = []
         status = Status.PASS
         updates = os.path.join(self.dpkg_dir, "updates")
-        pending = [n for n in _listdir(updates) if n.isdigit()]
+        pending = [n for n in list_names(updates) if n.isdigit()]
         if pending:
             problems.append("dpkg was interrupted; run `dpkg --configure -a`")
             status = Status.FAIL
         audit = self.runner(["dpkg", "--audit"], 60.0)
         audit_text = audit.stdout.strip()
         if audit.returncode != 0 or audit_text:
-            problems.append(f"dpkg --audit reports: {_first_line(audit_text or audit.stderr)}")
+            problems.append(f"dpkg --audit reports: {first_line(audit_text or audit.stderr)}")
             status = Status.FAIL
         locks = held_locks([os.path.join(self.dpkg_dir, "lock-frontend"), *LOCK_FILES[1:]])
         if locks:
@@ -126,7 +127,7 @@ class DependencyConflicts(Check):
         if done.returncode != 0 or broken:
             return [
                 Finding(
-                    f"apt-get check failed: {_first_line('; '.join(broken) or text)}",
+                    f"apt-get check failed: {first_line('; '.join(broken) or text)}",
                     status=Status.FAIL,
                     details={"returncode": done.returncode, "problems": broken[:50]},
                 )
@@ -269,7 +270,7 @@ class CveScan(Check):
             if done.returncode != 0:
                 return [
                     Finding(
-                        f"debsecan could not fetch tracker data: {_first_line(done.stderr)}",
+                        f"debsecan could not fetch tracker data: {first_line(done.stderr)}",
                         status=Status.SKIP,
                     )
                 ]
@@ -317,17 +318,3 @@ class CveScan(Check):
                 details=details,
             )
         ]
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return "(no output)"
