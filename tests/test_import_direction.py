@@ -62,6 +62,8 @@ WIRED = {
     ("metrics", "alerts"): "install_metrics(alerts=alerts)",
     ("metrics", "inference"): "install_metrics(engine=engine)",
     ("metrics", "monitor"): "install_metrics(monitor=monitor)",
+    ("metrics", "notify"): "install_metrics(notifier=notifier)",
+    ("metrics", "updates"): "install_metrics(updates=updates)",
     ("monitor", "alerts"): "install_monitor(daemon, alerts)",
     ("notify", "alerts"): "install_notify(daemon, alerts)",
     ("plugins", "monitor"): "install_plugins(daemon, monitor, …)",

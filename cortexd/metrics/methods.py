@@ -30,7 +30,9 @@ from cortexd.server import Call, Method
 if TYPE_CHECKING:
     from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
+    from cortexd.notify.notifier import Notifier
     from cortexd.runtime import Runtime
+    from cortexd.updates.service import UpdateService
 
 log = logging.getLogger(__name__)
 TEXTFILE_MODE = 0o644  # node_exporter runs as another user
@@ -164,8 +166,8 @@ def install(
     *,
     monitor: Monitor,
     alerts: AlertManager,
-    notifier: Any = None,
-    updates: Any = None,
+    notifier: Notifier | None = None,
+    updates: UpdateService | None = None,
     engine: Engine | None = None,
     collectors: Sequence[Collector] = (),
 ) -> MetricsComponent:
