@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import types
@@ -246,6 +247,17 @@ def workdir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+CONFIG_MD = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+DOC_ROW = re.compile(r"^\| `([a-z_<>.]+)` \|(?:[^|]*\|){3} (yes|no) \|", re.M)
+
+
+def test_the_keys_are_the_ones_docs_config_md_calls_live() -> None:
+    documented = {key for key, restart in DOC_ROW.findall(CONFIG_MD.read_text()) if restart == "no"}
+    checks = re.compile(r"^checks\.[a-z_]+\.")
+    from_schema = {checks.sub("checks.<id>.", k.dotted) for k in live_keys()}
+    assert documented == from_schema
 
 
 def test_every_live_key_has_test_values(workdir: str) -> None:
