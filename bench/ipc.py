@@ -2,7 +2,7 @@
 
 Run: `make bench`, or `.venv/bin/python bench/ipc.py [--quick] [--json]`.
 
-What it measures (SPEC §15), all in one run on this machine:
+What it measures (docs/performance.md), all in one run on this machine:
 
 - `ping` and `status` throughput and p50/p99 latency over persistent
   connections at 1, 16, 64 and 256 closed-loop clients, against the daemon
@@ -84,7 +84,7 @@ class Settings:
 def parse_args(argv: list[str] | None) -> Settings:
     """Settings from the command line; exits with status 2 on bad usage."""
     parser = argparse.ArgumentParser(
-        description="cortexd IPC benchmark (SPEC §15).",
+        description="cortexd IPC benchmark (docs/performance.md).",
         epilog="Example: .venv/bin/python bench/ipc.py --quick --json > figures.json",
     )
     parser.add_argument("--quick", action="store_true", help="short cells, fewer runs")

@@ -19,14 +19,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd import __version__
 from cortexd.config import (
-    Config,
     LoadedConfig,
     keep_running_values,
     load_config,
@@ -34,7 +33,8 @@ from cortexd.config import (
 )
 from cortexd.log import set_level
 from cortexd.protocol import ConfigError
-from cortexd.sd import Notifier, inherited_socket
+from cortexd.runtime import Component
+from cortexd.sd import SystemdNotifier, inherited_socket
 from cortexd.server import (
     Authorizer,
     BoundSocket,
@@ -54,24 +54,6 @@ STATUS_INTERVAL = 30.0
 # Components get at least this long to persist their state on shutdown, even
 # when draining requests used up all of `server.shutdown_timeout`.
 MIN_COMPONENT_STOP = 2.0
-
-
-class Component(Protocol):
-    """A long-running part of the daemon that the root starts, reloads and stops."""
-
-    name: str
-
-    def state(self) -> dict[str, Any]:
-        """A small JSON-ready summary for `status` (at least `state`)."""
-
-    async def start(self, tg: TaskGroup) -> None:
-        """Start background work in `tg`; return once the component serves."""
-
-    def apply_config(self, config: Config) -> None:
-        """Take a reloaded config (only settings that can change live)."""
-
-    async def stop(self) -> None:
-        """Finish or cancel work and persist state; bounded by the caller's deadline."""
 
 
 def _gid(name: str) -> int | None:
@@ -94,7 +76,7 @@ class Daemon:
         *,
         config_path: str | None = None,
         overrides: Mapping[str, Any] | None = None,
-        notifier: Notifier | None = None,
+        notifier: SystemdNotifier | None = None,
         loader: Callable[[], LoadedConfig] | None = None,
     ) -> None:
         self.loaded = loaded
@@ -102,7 +84,7 @@ class Daemon:
         self.pending_restart: list[str] = []
         frozen_overrides = dict(overrides or {})
         self._loader = loader or (lambda: load_config(config_path, frozen_overrides))
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or SystemdNotifier()
         self.started_wall = time.time()
         self.started = time.monotonic()
         self.registry = Registry()
@@ -129,7 +111,7 @@ class Daemon:
         from cortexd.features import install_features
 
         self.registry.add(core_methods(self))
-        install_features(self)
+        install_features(self, lambda: self.loaded.sources)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -196,6 +178,10 @@ class Daemon:
     def stopping(self) -> bool:
         """True once a shutdown has been requested."""
         return self._shutdown.is_set()
+
+    def serving(self) -> bool:
+        """Whether the socket accepts requests now (bound, not shutting down)."""
+        return self.server.accepting and not self.server.shutting_down and not self.stopping
 
     async def wait_stopping(self) -> None:
         """Return once a shutdown has been requested (for components that must

@@ -6,7 +6,7 @@ import logging
 import os
 import platform
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cortexd import __version__
 from cortexd.config import redacted
@@ -14,12 +14,30 @@ from cortexd.protocol import JSONRPC, ConfigError, NotFound
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.config import LoadedConfig
+    from cortexd.runtime import Runtime
+    from cortexd.server import Server
+
+    class Root(Runtime, Protocol):
+        """What these methods read of the daemon beyond `Runtime` (`cortexd.app.Daemon`).
+
+        Declared here rather than imported, so the root's modules form no cycle.
+        """
+
+        loaded: LoadedConfig
+        pending_restart: list[str]
+        inherited: bool
+        server: Server
+        started: float
+        started_wall: float
+
+        def request_shutdown(self, reason: str) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
 
-def core_methods(daemon: Daemon) -> list[Method]:
+def core_methods(daemon: Root) -> list[Method]:
     """The methods every daemon serves, bound to `daemon`."""
 
     def ping(call: Call) -> dict[str, Any]:

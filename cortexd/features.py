@@ -3,21 +3,29 @@
 A feature builds its components from the config, adds them to
 `daemon.components` (started in order, stopped in reverse) and registers its
 socket methods with `daemon.registry.add(...)`. Nothing else in the root
-knows what a feature does.
+knows what a feature does. Features see the daemon only as a
+`cortexd.runtime.Runtime`; what one needs from another is an argument here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cortexd.store import Stores
+
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from collections.abc import Callable, Sequence
+
     from cortexd.config.restore import Target
     from cortexd.plugins.manager import PluginManager
+    from cortexd.runtime import Runtime
 
 
-def install_features(daemon: Daemon) -> None:
+def install_features(daemon: Runtime, config_sources: Callable[[], Sequence[str]]) -> None:
     """Build and register every optional capability for `daemon`.
+
+    `config_sources` names the config files the running config came from
+    (what restore and rollback may write back).
 
     Order matters where one feature feeds another: alerts before what raises
     them, and metrics last, reading every other component at scrape time.
@@ -27,6 +35,7 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.explain.auto import AutoExplainer
     from cortexd.explain.methods import install as install_explain
     from cortexd.healing.methods import install as install_healing
+    from cortexd.healing.metrics import RepairCollector
     from cortexd.inference.methods import install as install_inference
     from cortexd.logs.methods import install as install_logs
     from cortexd.metrics.methods import install as install_metrics
@@ -36,16 +45,26 @@ def install_features(daemon: Daemon) -> None:
     from cortexd.repair.methods import install as install_repair
     from cortexd.updates.methods import install as install_updates
 
+    stores = Stores()
     alerts = install_alerts(daemon)
+    # The alert manager keeps its open alerts in memory: a restore stops it
+    # and opens it again, which reloads them from the restored file.
+    stores.add(alerts.db, release=alerts.stop, resume=alerts.open)
     engine = install_inference(daemon, alerts)
     notifier = install_notify(daemon, alerts)
+    stores.add(notifier.db)
     monitor = install_monitor(daemon, alerts)
     repair = install_repair(daemon, monitor, alerts)
-    install_healing(daemon, alerts, repair)
+    stores.add(repair.db)
+    healer = install_healing(daemon, alerts, repair)
     plugins = install_plugins(daemon, monitor, repair.hooks, notifier.action_types)
-    install_logs(daemon)
-    install_backup(daemon, lambda: restorable_config(daemon, plugins))
-    updates = install_updates(daemon, lambda: restorable_config(daemon, plugins), monitor.pending)
+    install_logs(daemon, alerts)
+
+    def config_targets() -> list[Target]:
+        return restorable_config(daemon, config_sources(), plugins)
+
+    install_backup(daemon, config_targets, stores)
+    updates = install_updates(daemon, alerts, config_targets, stores, monitor.pending)
     explainer = install_explain(
         daemon, alerts=alerts, health=monitor, engine=engine, fixes=repair, plugins=plugins
     )
@@ -54,10 +73,20 @@ def install_features(daemon: Daemon) -> None:
     alerts.listeners.append(auto_explain.on_alert)
     alerts.details.append(auto_explain.detail)
     notifier.include_explanations(auto_explain.text_for)
-    install_metrics(daemon, monitor=monitor, alerts=alerts, notifier=notifier, updates=updates)
+    install_metrics(
+        daemon,
+        monitor=monitor,
+        alerts=alerts,
+        notifier=notifier,
+        updates=updates,
+        engine=engine,
+        collectors=[RepairCollector(repair, healer)],
+    )
 
 
-def restorable_config(daemon: Daemon, plugins: PluginManager) -> list[Target]:
+def restorable_config(
+    daemon: Runtime, sources: Sequence[str], plugins: PluginManager
+) -> list[Target]:
     """What restore and update rollback may write back: the loaded config, the rules,
     the plugins (loaded again after a restore, unless plugins are disabled)."""
     from cortexd.config.plugintree import PluginTree
@@ -72,4 +101,4 @@ def restorable_config(daemon: Daemon, plugins: PluginManager) -> list[Target]:
     )
     reload = plugins.reload if daemon.config.plugins.enabled else None
     tree = PluginTree(daemon.config.plugins.directory, reload)
-    return config_targets(daemon.loaded.sources, [rules], tree)
+    return config_targets(sources, [rules], tree)

@@ -22,7 +22,7 @@ SD_LISTEN_FDS_START = 3
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
-class Notifier:
+class SystemdNotifier:
     """Sends sd_notify state lines; a no-op when systemd did not ask for them.
 
     `environ` stands in for the process environment in tests. The address is

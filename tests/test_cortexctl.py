@@ -41,8 +41,19 @@ def shared_daemon() -> Iterator[DaemonProcess]:
         yield d
 
 
+# Where a command with no --socket looks: never the host's /run/cortex.sock,
+# which another daemon on the machine may hold with other permissions.
+NO_DAEMON = "/nonexistent/cortexctl-tests/cortex.sock"
+
+
+@pytest.fixture(autouse=True)
+def no_host_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process calls of the CLI or the clients default to NO_DAEMON too."""
+    monkeypatch.setenv("CORTEX_SOCKET", NO_DAEMON)
+
+
 def cortexctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CORTEX_SOCKET"}
+    env = {**os.environ, "CORTEX_SOCKET": NO_DAEMON}
     env["NO_COLOR"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "cortexctl", *args],
@@ -119,6 +130,16 @@ def test_usage_exit_2(args: list[str]) -> None:
     result = cortexctl("--socket", "/nonexistent/c.sock", *args)
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_a_command_without_socket_never_dials_the_hosts_socket() -> None:
+    result = cortexctl("status")
+    assert result.returncode == 3, result.stderr
+    assert NO_DAEMON in result.stderr
+    assert "/run/cortex.sock" not in result.stderr
+    with pytest.raises(DaemonUnreachable) as caught:
+        Client().connect()
+    assert NO_DAEMON in str(caught.value)
 
 
 def test_help_exit_0() -> None:

@@ -33,7 +33,7 @@ from cortexctl.aio import AsyncClient
 from cortexd import __version__
 from cortexd.app import Daemon
 from cortexd.config import load_config
-from cortexd.sd import Notifier
+from cortexd.sd import SystemdNotifier
 from tests.daemon import (
     READY_TIMEOUT,
     DaemonProcess,
@@ -223,15 +223,15 @@ def test_no_watchdog_pings_when_systemd_did_not_ask_for_them() -> None:
 
 
 def test_watchdog_period_belongs_to_the_watched_pid_only() -> None:
-    assert Notifier({"WATCHDOG_USEC": "2000000"}).watchdog_seconds == 2.0
+    assert SystemdNotifier({"WATCHDOG_USEC": "2000000"}).watchdog_seconds == 2.0
     other_pid = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
-    assert Notifier(other_pid).watchdog_seconds is None
-    assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_seconds is None
+    assert SystemdNotifier(other_pid).watchdog_seconds is None
+    assert SystemdNotifier({"WATCHDOG_USEC": "soon"}).watchdog_seconds is None
 
 
 def test_notifier_consumes_its_environment() -> None:
     env = {"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "1000000"}
-    notifier = Notifier(env)
+    notifier = SystemdNotifier(env)
     notifier.ready("serving")  # an unreachable address is not an error
     notifier.close()
     assert env == {}
@@ -542,7 +542,7 @@ async def test_components_start_in_order_stop_in_reverse_and_fail_alone() -> Non
     try:
         path = os.path.join(workdir, "daemon.conf")
         await anyio.Path(path).write_text(yaml.safe_dump(base_config(workdir)))
-        daemon = Daemon(load_config(path), config_path=path, notifier=Notifier({}))
+        daemon = Daemon(load_config(path), config_path=path, notifier=SystemdNotifier({}))
         events: list[tuple[Any, ...]] = []
         # Only the recorders: this is the root's contract, not the features'
         # (their components are tested with their own packages).

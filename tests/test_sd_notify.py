@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cortexd.sd import Notifier
+from cortexd.sd import SystemdNotifier
 from tests.daemon import NotifyListener, running_daemon, short_tmpdir
 
 WAIT = 10.0
@@ -43,7 +43,7 @@ def test_reloading_carries_the_monotonic_time_it_began(
     listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
-    notifier = Notifier()
+    notifier = SystemdNotifier()
     assert "NOTIFY_SOCKET" not in os.environ, "a child process would inherit the address"
     before = monotonic_usec()
     notifier.reloading()
@@ -65,7 +65,7 @@ def test_status_text_goes_out_as_utf8(
     listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
-    notifier = Notifier()
+    notifier = SystemdNotifier()
     notifier.ready("serving on /run/cørtex → sock")
     notifier.close()
     assert listener.wait_for(lambda m: "READY" in m, WAIT)["STATUS"] == (
@@ -79,7 +79,7 @@ def test_an_abstract_address_is_reached(monkeypatch: pytest.MonkeyPatch) -> None
         sock.bind("\0" + name)
         sock.settimeout(WAIT)
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        notifier = Notifier()
+        notifier = SystemdNotifier()
         notifier.watchdog()
         notifier.close()
         assert sock.recv(4096) == b"WATCHDOG=1"
@@ -91,7 +91,7 @@ def test_an_unreachable_address_is_logged_and_sends_nothing(
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
     caplog.set_level(logging.WARNING, logger="cortexd.sd")
     # filterwarnings=error: a socket left to the garbage collector fails this test.
-    notifier = Notifier()
+    notifier = SystemdNotifier()
     assert notifier.enabled is False
     notifier.ready("serving")
     notifier.close()
@@ -101,7 +101,7 @@ def test_an_unreachable_address_is_logged_and_sends_nothing(
 
 def test_a_stand_in_environment_never_sends(listener: NotifyListener) -> None:
     env = {"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "4000000"}
-    notifier = Notifier(env)
+    notifier = SystemdNotifier(env)
     assert notifier.enabled is False
     assert notifier.watchdog_seconds == 4.0
     notifier.ready("serving")

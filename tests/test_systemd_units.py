@@ -47,7 +47,7 @@ SERVICE = UNIT_DIR / "cortexd.service"
 SOCKET = UNIT_DIR / "cortexd.socket"
 DOC = REPO / "docs" / "systemd.md"
 
-# SPEC §10: the service must rate at or below this.
+# docs/systemd.md: the service must rate at or below this.
 MAX_EXPOSURE = 2.0
 # The daemon's default server.shutdown_timeout; the unit must wait longer.
 DAEMON_SHUTDOWN_TIMEOUT = 10.0

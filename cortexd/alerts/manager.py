@@ -44,7 +44,7 @@ from cortexd.alerts.model import (
 )
 from cortexd.alerts.silences import Silences
 from cortexd.alerts.upkeep import Upkeep
-from cortexd.config.schema import AlertsConfig
+from cortexd.config.schema import AlertsConfig, Config
 from cortexd.protocol import NotFound
 from cortexd.store import Database, StorageUnavailable, StoreFailed
 
@@ -129,7 +129,7 @@ class AlertManager:
         tg.start_soon(self._upkeep.housekeeping)
         tg.start_soon(self._upkeep.timers)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.config = config.alerts
         self._upkeep.wake()
 

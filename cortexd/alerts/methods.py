@@ -1,4 +1,4 @@
-"""Socket methods of the alert manager (docs/protocol.md, "Alerts") and the seed's aliases."""
+"""Socket methods of the alert manager (docs/protocol.md, "Alerts") and the old aliases."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ from cortexd.alerts.model import (
 from cortexd.alerts.store import MIGRATIONS
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between, positive
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 10_000
 MAX_LABELS = 32
@@ -39,10 +40,6 @@ def _severity(value: str) -> str | None:
     except ValueError:
         return f"must be one of {', '.join(SEVERITY_NAMES)}; got {value!r}"
     return None
-
-
-def _limit(value: int) -> str | None:
-    return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
 
 
 def _labels(value: dict[str, Any]) -> str | None:
@@ -61,10 +58,6 @@ def _text(limit: int) -> Any:
         return None if 0 < len(value) <= limit else f"must be 1 to {limit} characters"
 
     return check
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
 
 
 MAX_TTL = 365 * 86400.0
@@ -213,7 +206,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
     list_params = (
         *FILTER_PARAMS,
         Param("state", str, choices=STATE_CHOICES),
-        Param("limit", int, default=100, check=_limit),
+        Param("limit", int, default=100, check=between(1, MAX_LIST)),
         Param("include_cleared", bool, default=False),
     )
     id_param = Param("id", str, required=True)
@@ -224,7 +217,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
             params=list_params,
             summary="alerts, filtered (active ones by default)",
         ),
-        # The seed's `alerts` lists firing alerts by default; a method of its
+        # The original daemon's `alerts` lists firing alerts by default; a method of its
         # own because an alias cannot change a default.
         Method(
             "alerts",
@@ -282,7 +275,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
             silence,
             params=(
                 Param("matchers", list, required=True, items=str),
-                Param("duration_seconds", float, required=True, check=_positive),
+                Param("duration_seconds", float, required=True, check=positive),
                 Param("comment", str, default=""),
             ),
             access="admin",
@@ -305,7 +298,7 @@ def alert_methods(manager: AlertManager) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon) -> AlertManager:
+def install(daemon: Runtime) -> AlertManager:
     """Build the alert manager on `<state_dir>/alerts.db`, add it and its methods."""
     db = Database(os.path.join(daemon.config.state_dir, "alerts.db"), MIGRATIONS)
     manager = AlertManager(db, daemon.config.alerts)

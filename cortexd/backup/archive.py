@@ -40,7 +40,10 @@ import orjson
 
 from cortexd import __version__
 from cortexd.backup import hostkey
+from cortexd.config.collect import MAX_CONFIG_MEMBER_BYTES
+from cortexd.host.files import sha256_file
 from cortexd.protocol import CortexError, ErrorCode
+from cortexd.store.copy import copy_database, state_databases
 
 FORMAT = "cortex-backup"
 # 2: signed manifests. Version 1 archives (unsigned) still verify, as foreign.
@@ -53,7 +56,6 @@ MAX_MANIFEST_BYTES = 1 << 20
 # What one archive may hold: the manifest, the databases, up to 256
 # configuration files (the daemon archives no more), the key.
 MAX_MEMBERS = 400
-MAX_CONFIG_MEMBER_BYTES = 4 << 20
 # tar's per-member header (with a possible long-name or pax header) and the
 # final padding, on top of the members' bytes, in the decompressed stream.
 _TAR_OVERHEAD_PER_MEMBER = 3 * 512
@@ -97,50 +99,6 @@ def machine_id() -> str:
             return fh.read().strip()
     except OSError:
         return ""
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_READ):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-LOCKED_WAIT = 5.0
-
-
-def copy_database(source: str, target: str) -> None:
-    """An online, consistent copy of `source` into a new file `target` (backup API)."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=LOCKED_WAIT)
-    try:
-        # Python's backup loop retries a busy source forever; a read transaction
-        # taken first fails within LOCKED_WAIT instead (a database another process
-        # holds in exclusive locking mode) and keeps the source steady meanwhile.
-        src.execute("BEGIN")
-        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)
-            # A single self-contained file: no WAL beside the copy.
-            dst.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            dst.close()
-    finally:
-        src.close()
-
-
-def state_databases(state_dir: str) -> list[str]:
-    """The SQLite files directly under `state_dir`."""
-    try:
-        names = sorted(os.listdir(state_dir))
-    except FileNotFoundError:
-        return []
-    return [
-        os.path.join(state_dir, n)
-        for n in names
-        if n.endswith(".db") and os.path.isfile(os.path.join(state_dir, n))
-    ]
 
 
 def _manifest_digest(files: list[dict[str, Any]]) -> str:

@@ -10,7 +10,6 @@ this daemon wrote verify. See docs/security.md.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -19,6 +18,8 @@ import stat
 from typing import Any
 
 import orjson
+
+from cortexd.host.files import atomic_write
 
 KEY_FILE = "host.key"
 KEY_BYTES = 32
@@ -68,18 +69,7 @@ def _create(state_dir: str, path: str) -> bytes:
 
 def install(path: str, key: bytes) -> None:
     """Write `key` to `path` (0600) through a new file and a rename. Blocking."""
-    tmp = f"{path}.new-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, key)
 
 
 def key_id(key: bytes) -> str:

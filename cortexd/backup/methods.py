@@ -1,4 +1,4 @@
-"""Socket methods of backup and restore (SPEC §14).
+"""Socket methods of backup and restore (docs/protocol.md).
 
 The archive travels over the socket both ways, so the daemon never reads or
 writes a path the caller names: `backup.create` streams it as base64 chunks
@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cortexd.backup.service import BackupService, ConfigTargets
+from cortexd.backup.service import BackupService
+from cortexd.config.collect import ConfigTargets
 from cortexd.config.restore import is_root_or_owner
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import positive
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
+    from cortexd.store import Stores
 
 CHUNK_BYTES = 48 * 1024
 UPLOAD_CHUNK_BYTES = 32 * 1024  # base64 of this fits a 64 KiB request line with room
@@ -36,10 +39,6 @@ def _sha256(value: str) -> str | None:
 
 def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
-
-
-def _positive(value: int) -> str | None:
-    return None if value > 0 else "must be greater than 0"
 
 
 def backup_methods(service: BackupService) -> list[Method]:
@@ -125,7 +124,7 @@ def backup_methods(service: BackupService) -> list[Method]:
             "restore.begin",
             begin,
             params=(
-                Param("size", int, required=True, check=_positive),
+                Param("size", int, required=True, check=positive),
                 Param("sha256", str, required=True, check=_sha256),
             ),
             access="admin",
@@ -179,13 +178,13 @@ def _append(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def install(daemon: Daemon, config_targets: ConfigTargets) -> BackupService:
-    """Add the backup service (after every feature with a database) and its methods.
+def install(daemon: Runtime, config_targets: ConfigTargets, stores: Stores) -> BackupService:
+    """Add the backup service and its methods.
 
     `config_targets` names the files a restore may write back (see
-    `cortexd.config.restore`).
+    `cortexd.config.restore`); `stores` the databases it copies and swaps.
     """
-    service = BackupService(daemon, config_targets)
+    service = BackupService(daemon, config_targets, stores)
     daemon.components.append(service)
     daemon.registry.add(backup_methods(service))
     return service

@@ -12,10 +12,11 @@ into archives root asks for and those kept under `<state_dir>/backups`, never
 into one streamed to an admin who is not root: with it, anyone could sign.
 
 Restore swaps databases only while their owners have them closed: each
-component holding a `Database` under the state directory is asked to close
-(`stop()`), the verified copies are moved into place with `os.replace` (an
-atomic rename on the same filesystem), and the owners reopen (`open()`),
-which reloads what they keep in memory. Requests arriving in that window get
+database the composition root declared (`cortexd.store.Stores`) under the
+state directory is released by its owner (closed, or the alert manager
+stopped), the verified copies are moved into place with `os.replace` (an
+atomic rename on the same filesystem), and the owners resume (reopen, or
+`open()`, which reloads what they keep in memory). Requests arriving in that window get
 UNAVAILABLE from the closed database, never a half-swapped one.
 """
 
@@ -28,7 +29,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,21 +36,25 @@ from anyio.abc import TaskGroup
 
 from cortexd.backup import archive, hostkey
 from cortexd.backup.uploads import Upload, Uploads
-from cortexd.config.plugintree import SKIPPED_DIRS, PluginTree, plugin_files
+from cortexd.config.collect import (
+    CONFIG_DIR,
+    ConfigTargets,
+    collect_config,
+    config_files,
+)
 from cortexd.config.restore import (
-    Target,
     is_root_or_owner,
     plan_config_restore,
     reload_restored,
     staged_files,
     write_config_files,
 )
-from cortexd.config.schema import BackupConfig
+from cortexd.config.schema import BackupConfig, Config
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
-from cortexd.store import Database, copier
+from cortexd.store import StoreOwner, Stores
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -61,71 +65,6 @@ HOUR = 3600.0
 RESTORE_STATE_FACTOR = 4
 RESTORE_FLOOR_BYTES = 256 << 20
 BUILD_DEADLINE = 600.0
-CONFIG_DIR = "/etc/cortex"
-MAX_CONFIG_FILES = 256
-
-
-ConfigTargets = Callable[[], list[Target]]
-
-
-@dataclass(slots=True)
-class ConfigFiles:
-    """The files an archive or snapshot keeps, and what it leaves out and why."""
-
-    files: list[str] = field(default_factory=list)
-    left_out: list[dict[str, str]] = field(default_factory=list)
-
-
-def collect_config(targets: list[Target], config_dir: str = CONFIG_DIR) -> ConfigFiles:
-    """What an archive or snapshot keeps; blocking (walks directories).
-
-    First the configuration files of `targets` (daemon.conf, the rules file,
-    wherever they are), then each plugin of the plugins directory, whole or
-    not at all (`plugintree.plugin_files`), then the rest of /etc/cortex.
-    Restore writes back only the first two kinds; the rest (certificates,
-    say) is kept for root to take out of the archive by hand. A file larger
-    than an archive member may be, which would make the archive impossible
-    to restore, is left out and listed instead.
-    """
-    found = ConfigFiles()
-    trees = [t for t in targets if isinstance(t, PluginTree)]
-    found.files = [t.path for t in targets if not isinstance(t, PluginTree)]
-    for tree in trees:
-        plugins = plugin_files(tree.directory, MAX_CONFIG_FILES - len(found.files))
-        found.files.extend(plugins.files)
-        found.left_out.extend(plugins.left_out)
-    kept = set(found.files)
-    skipped_trees = {os.path.abspath(t.directory) for t in trees}
-    if not os.path.isdir(config_dir):
-        return found
-    for root, dirs, names in os.walk(config_dir):
-        dirs[:] = sorted(
-            d for d in dirs if d not in SKIPPED_DIRS and os.path.join(root, d) not in skipped_trees
-        )
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if path in kept:
-                continue
-            if len(found.files) >= MAX_CONFIG_FILES:
-                found.left_out.append(
-                    {"path": root, "reason": f"a backup holds at most {MAX_CONFIG_FILES} files"}
-                )
-                return found
-            if _file_size(path) > archive.MAX_CONFIG_MEMBER_BYTES:
-                found.left_out.append(
-                    {
-                        "path": path,
-                        "reason": f"larger than {archive.MAX_CONFIG_MEMBER_BYTES} bytes",
-                    }
-                )
-                continue
-            found.files.append(path)
-    return found
-
-
-def config_files(targets: list[Target], config_dir: str = CONFIG_DIR) -> list[str]:
-    """The files of `collect_config`."""
-    return collect_config(targets, config_dir).files
 
 
 class BackupService:
@@ -135,14 +74,16 @@ class BackupService:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Runtime,
         config_targets: ConfigTargets,
+        stores: Stores,
         *,
         config_dir: str = CONFIG_DIR,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
         self.config_targets = config_targets
+        self.stores = stores
         self.config_dir = config_dir
         self.clock = clock
         self.uploads = Uploads(clock, lambda: self.config.upload_idle_seconds)
@@ -202,7 +143,7 @@ class BackupService:
                 log.error("backup host key unusable, backups are off: %s", exc)
         return self.key
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         """Settings are read through the daemon on each use."""
 
     async def stop(self) -> None:
@@ -253,7 +194,7 @@ class BackupService:
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
         targets = self.config_targets()
-        copier = database_copier(self.daemon)
+        copier = self.stores.copier()
 
         def build() -> dict[str, Any]:
             found = collect_config(targets, self.config_dir)
@@ -307,14 +248,19 @@ class BackupService:
 
     # -- upkeep -------------------------------------------------------------
 
-    def databases(self) -> list[tuple[Any, Database]]:
-        """(owner component, its database) for each database under the state dir."""
-        return daemon_databases(self.daemon)
+    def databases(self) -> list[StoreOwner]:
+        """The declared databases that live in the state directory."""
+        root = os.path.realpath(self.state_dir)
+        return [
+            owner
+            for owner in self.stores
+            if os.path.dirname(os.path.realpath(owner.db.path)) == root
+        ]
 
     async def upkeep(self, *, vacuum: bool = False) -> list[str]:
         """WAL checkpoint and `PRAGMA optimize` (and VACUUM) on every open database."""
         done = []
-        for _owner, db in self.databases():
+        for db in (owner.db for owner in self.databases()):
 
             def work(conn: Any) -> None:
                 conn.execute("PRAGMA optimize").fetchall()
@@ -457,21 +403,21 @@ class BackupService:
 
     async def _swap_databases(self, staging: str, manifest: dict[str, Any]) -> list[str]:
         names = [f["name"] for f in manifest["files"] if f["name"].startswith("state/")]
-        owners = {os.path.basename(db.path): (owner, db) for owner, db in self.databases()}
+        owners = {os.path.basename(owner.db.path): owner for owner in self.databases()}
         restored = []
         for name in names:
             base = os.path.basename(name)
-            owner, db = owners.get(base, (None, None))
-            if db is not None:
-                await _close(owner, db)
+            owner = owners.get(base)
+            if owner is not None:
+                await owner.release()
             try:
                 await anyio.to_thread.run_sync(
                     _replace_db, os.path.join(staging, name), os.path.join(self.state_dir, base)
                 )
                 restored.append(base)
             finally:
-                if db is not None:
-                    await _reopen(owner, db)
+                if owner is not None:
+                    await owner.resume()
         return restored
 
 
@@ -506,22 +452,6 @@ def _size_of(directory: str) -> int:
     return sum(_file_size(os.path.join(directory, n)) for n in names)
 
 
-def daemon_databases(daemon: Daemon) -> list[tuple[Any, Database]]:
-    """(owner component, its database) for each database under the daemon's state dir."""
-    found = []
-    root = os.path.realpath(daemon.config.state_dir)
-    for component in daemon.components:
-        db = getattr(component, "db", None)
-        if isinstance(db, Database) and os.path.dirname(os.path.realpath(db.path)) == root:
-            found.append((component, db))
-    return found
-
-
-def database_copier(daemon: Daemon) -> Callable[[str, str], None]:
-    """How a worker thread copies the daemon's databases: through the connections it holds."""
-    return copier([db for _owner, db in daemon_databases(daemon)], archive.copy_database)
-
-
 def _replace_db(source: str, target: str) -> None:
     tmp = f"{target}.restore-tmp"
     shutil.copyfile(source, tmp)
@@ -530,19 +460,3 @@ def _replace_db(source: str, target: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(target + suffix)
     os.replace(tmp, target)
-
-
-async def _close(owner: Any, db: Database) -> None:
-    stop = getattr(owner, "stop", None)
-    if callable(getattr(owner, "open", None)) and callable(stop):
-        await stop()
-    else:
-        await db.close()
-
-
-async def _reopen(owner: Any, db: Database) -> None:
-    reopen = getattr(owner, "open", None)
-    if callable(reopen):
-        await reopen()
-    else:
-        await db.open()

@@ -45,7 +45,7 @@ FLAT_ALIASES: dict[str, tuple[str, str]] = {
     "enable_journald_logging": ("logging", "target"),
     "log_level": ("logging", "level"),
 }
-# The seed numbered its levels: 0 DEBUG … 3 ERROR.
+# The original daemon numbered its levels: 0 DEBUG … 3 ERROR.
 SEED_LOG_LEVELS = {0: "DEBUG", 1: "INFO", 2: "WARN", 3: "ERROR"}
 
 Layer = dict[str, Any]
@@ -227,7 +227,7 @@ def _add_layer(
 def _normalise(
     layer: Layer, source: str, lines: dict[tuple[str, ...], int], errors: list[str]
 ) -> tuple[Layer, Origins]:
-    """Map the seed's flat keys to their sections and note where each key came from."""
+    """Map the original daemon's flat keys to their sections and note where each key came from."""
     out: Layer = {}
     origins: Origins = {}
 

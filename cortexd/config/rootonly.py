@@ -37,7 +37,7 @@ def root_only_values(document: Any) -> dict[str, Any]:
     """The root-only keys a parsed daemon.conf document sets, with their values.
 
     Keys the document leaves unset are absent, so setting a key to its
-    default still counts as a change: it overrides a lower layer. The seed's
+    default still counts as a change: it overrides a lower layer. The original daemon's
     flat aliases (`model_path`, `socket_path`) count as their sections' keys.
     """
     if not isinstance(document, dict):

@@ -27,17 +27,18 @@ from cortexd.explain.prompt import ask_messages, explain_messages
 from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
 from cortexd.explain.suggest import suggest
 from cortexd.explain.summary import SUMMARY_STOP, summarise
+from cortexd.host.clock import kernel_clock_state
+from cortexd.host.commands import CommandRunner
+from cortexd.host.files import cortex_roots
 from cortexd.inference.engine import Engine
 from cortexd.inference.job import GenerationParams
 from cortexd.inference.methods import METHOD_TIMEOUT
 from cortexd.knowledge import KnowledgeBase, load_builtin
-from cortexd.monitor.checks.commands import CommandRunner
-from cortexd.monitor.checks.system import kernel_clock_state
-from cortexd.repair.methods import cortex_roots
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_TOKENS = 4096
 MAX_QUESTION = 2000
@@ -55,10 +56,6 @@ def _length(limit: int) -> Any:
     return check
 
 
-def _max_tokens(value: int) -> str | None:
-    return None if 1 <= value <= MAX_TOKENS else f"must be between 1 and {MAX_TOKENS}"
-
-
 def _temperature(value: float) -> str | None:
     return None if 0.0 <= value <= 2.0 else "must be between 0 and 2"
 
@@ -73,7 +70,7 @@ def _seed(value: int) -> str | None:
 
 ANSWER_PARAMS = (
     Param("model", bool, default=True),
-    Param("max_tokens", int, check=_max_tokens),
+    Param("max_tokens", int, check=between(1, MAX_TOKENS)),
     Param("temperature", float, default=TEMPERATURE, check=_temperature),
     Param("top_p", float, default=TOP_P, check=_top_p),
     Param("seed", int, check=_seed),
@@ -199,7 +196,7 @@ def explain_methods(
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     *,
     alerts: AlertManager,
     health: HealthSource,

@@ -31,10 +31,9 @@ from anyio.abc import TaskGroup
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity
 from cortexd.config.schema import Config, HealingConfig
-from cortexd.monitor.checks.commands import CommandResult, run_command
-from cortexd.monitor.checks.system import parse_failed_units
+from cortexd.host.commands import CommandResult, run_command
+from cortexd.host.systemd import HostLayout, failed_units, systemd_is_pid1
 from cortexd.protocol import CortexError
-from cortexd.repair.runner import HostLayout, systemd_is_pid1
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +165,9 @@ class Healer:
         return not allow or unit in allow
 
     async def failed_units(self) -> list[str]:
-        """Units systemd lists as failed. Raises RuntimeError when systemctl fails."""
-        argv = ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]
-        done = await anyio.to_thread.run_sync(self.exec, argv, SYSTEMCTL_TIMEOUT)
-        if done.returncode != 0:
-            raise RuntimeError(f"systemctl failed: {done.stderr.strip()[:300]}")
-        return [u["unit"] for u in parse_failed_units(done.stdout)]
+        """Units systemd lists as failed. Raises CommandFailed when systemctl fails."""
+        units = await anyio.to_thread.run_sync(failed_units, self.exec, SYSTEMCTL_TIMEOUT)
+        return [u["unit"] for u in units]
 
     async def tick(self, tg: TaskGroup) -> list[str]:
         """Look for failed units once; start healing the due ones in `tg`. Returns them."""

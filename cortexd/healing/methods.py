@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 from cortexd.alerts.manager import AlertManager
 from cortexd.healing.loop import Healer, unit_name
 from cortexd.repair.manager import RepairManager
-from cortexd.repair.metrics import MetricsLink
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 1000
 
@@ -24,23 +24,22 @@ def healing_methods(healer: Healer, repair: RepairManager) -> list[Method]:
         entries = await repair.healing_log(unit_name(unit) if unit else None, call.params["limit"])
         return {**healer.state(), "entries": entries}
 
-    def limit(value: int) -> str | None:
-        return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
-
     return [
         Method(
             "healing.list",
             listing,
-            params=(Param("unit", str), Param("limit", int, default=100, check=limit)),
+            params=(
+                Param("unit", str),
+                Param("limit", int, default=100, check=between(1, MAX_LIST)),
+            ),
             summary="self-healing state and its log, newest first",
         )
     ]
 
 
-def install(daemon: Daemon, alerts: AlertManager, repair: RepairManager) -> Healer:
+def install(daemon: Runtime, alerts: AlertManager, repair: RepairManager) -> Healer:
     """Build the healer (after the repair manager, whose database holds its log)."""
     healer = Healer(daemon.config, alerts, repair.record_healing)
     daemon.components.append(healer)
-    daemon.components.append(MetricsLink(daemon, repair, healer))
     daemon.registry.add(healing_methods(healer, repair))
     return healer

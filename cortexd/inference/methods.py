@@ -26,9 +26,10 @@ from cortexd.inference.job import GenerationParams, Job
 from cortexd.inference.modelfile import model_dirs
 from cortexd.protocol import Timeout
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 # Longest possible inference.request_timeout plus room for the handler's own
 # grace period: the server-level deadline must never fire first.
@@ -46,10 +47,6 @@ DEFAULTS = GenerationParams()
 
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
-
-
-def _max_tokens(value: int) -> str | None:
-    return None if 1 <= value <= MAX_TOKENS_LIMIT else f"must be between 1 and {MAX_TOKENS_LIMIT}"
 
 
 def _temperature(value: float) -> str | None:
@@ -85,7 +82,7 @@ def _messages(value: list[Any]) -> str | None:
 
 
 SAMPLING = (
-    Param("max_tokens", int, default=DEFAULTS.max_tokens, check=_max_tokens),
+    Param("max_tokens", int, default=DEFAULTS.max_tokens, check=between(1, MAX_TOKENS_LIMIT)),
     Param("temperature", float, default=DEFAULTS.temperature, check=_temperature),
     Param("top_p", float, default=DEFAULTS.top_p, check=_top_p),
     Param("stop", list, default=[], items=str, check=_stop),
@@ -249,7 +246,7 @@ def methods(engine: Engine) -> list[Method]:
     ]
 
 
-def install(daemon: Daemon, alerts: AlertSink | None = None) -> Engine:
+def install(daemon: Runtime, alerts: AlertSink | None = None) -> Engine:
     """Add the inference engine to `daemon`: its component and its methods.
 
     `alerts` hears about runner crashes; it must be started before the engine

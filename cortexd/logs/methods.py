@@ -1,4 +1,4 @@
-"""Socket methods of the log analyzer (SPEC §13): tail, errors, search, export.
+"""Socket methods of the log analyzer (docs/protocol.md): tail, errors, search, export.
 
 Reading the journal needs admin rights or membership in `adm` or
 `systemd-journal` (access "journal"): it holds authentication logs.
@@ -19,11 +19,12 @@ from cortexd.logs.timespec import parse_since, since_problem
 from cortexd.logs.watcher import CursorFile, JournalWatcher
 from cortexd.protocol import Timeout, Unavailable
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 
 if TYPE_CHECKING:
     from cortexd.alerts import AlertManager
-    from cortexd.app import Daemon
     from cortexd.config.schema import LogsConfig
+    from cortexd.runtime import Runtime
 
 MAX_LINES = 10_000
 READ_DEADLINE = 60.0
@@ -32,10 +33,6 @@ FOLLOW_MAX_SECONDS = 7 * 86400.0
 EXPORT_BATCH = 200
 FOLLOW_BATCH = 1000
 MAX_PATTERN = 1024
-
-
-def _lines(value: int) -> str | None:
-    return None if 1 <= value <= MAX_LINES else f"must be between 1 and {MAX_LINES}"
 
 
 def _regex(value: str) -> str | None:
@@ -58,24 +55,23 @@ UNITS = Param("units", list, default=[], items=str, check=_units)
 LEVEL = Param("level", str, check=level_problem)
 
 
-def _limit_check(config: LogsConfig) -> Any:
-    def check(value: int) -> str | None:
-        top = config.max_entries
-        return None if 1 <= value <= top else f"must be between 1 and {top}"
-
-    return check
-
-
 class LogMethods:
     """The log methods over one `Journal`; `config` follows reloads through `daemon`."""
 
-    def __init__(self, journal: Journal, daemon: Daemon) -> None:
+    def __init__(self, journal: Journal, daemon: Runtime) -> None:
         self.journal = journal
         self.daemon = daemon
 
     @property
     def config(self) -> LogsConfig:
         return self.daemon.config.logs
+
+    def check_limit(self, value: int) -> str | None:
+        """A `limit` param's problem against the running `logs.max_entries`.
+
+        Read at each call, not at install, so a reloaded bound takes effect.
+        """
+        return between(1, self.config.max_entries)(value)
 
     async def _read(self, fn: Any, query: Query) -> list[Entry]:
         problem = await anyio.to_thread.run_sync(self.journal.available)
@@ -178,9 +174,9 @@ class LogMethods:
         return {"count": count, "format": p["format"], "truncated": truncated}
 
 
-def log_methods(logs: LogMethods, config: LogsConfig) -> list[Method]:
+def log_methods(logs: LogMethods) -> list[Method]:
     """The `logs.*` methods bound to `logs`."""
-    limit = Param("limit", int, check=_limit_check(config))
+    limit = Param("limit", int, check=logs.check_limit)
     since = Param("since", str, default="1h", check=since_problem)
     return [
         Method(
@@ -189,7 +185,7 @@ def log_methods(logs: LogMethods, config: LogsConfig) -> list[Method]:
             params=(
                 UNITS,
                 LEVEL,
-                Param("lines", int, default=50, check=_lines),
+                Param("lines", int, default=50, check=between(1, MAX_LINES)),
                 Param("follow", bool, default=False),
             ),
             access="journal",
@@ -234,23 +230,12 @@ def log_methods(logs: LogMethods, config: LogsConfig) -> list[Method]:
     ]
 
 
-def find_alert_manager(daemon: Daemon) -> AlertManager:
-    """The alert manager already installed in `daemon` (features install it first)."""
-    from cortexd.alerts import AlertManager
-
-    for component in daemon.components:
-        if isinstance(component, AlertManager):
-            return component
-    raise RuntimeError("the alert manager must be installed before this feature")
-
-
-def install(daemon: Daemon) -> JournalWatcher:
-    """Add the log methods and the journal watcher (after the alert manager)."""
-    alerts = find_alert_manager(daemon)
+def install(daemon: Runtime, alerts: AlertManager) -> JournalWatcher:
+    """Add the log methods and the journal watcher, which raises alerts through `alerts`."""
     journal = Journal()
     config = daemon.config.logs
     cursor = CursorFile(os.path.join(daemon.config.state_dir, "journal-cursor"))
     watcher = JournalWatcher(journal, alerts, config, cursor)
     daemon.components.append(watcher)
-    daemon.registry.add(log_methods(LogMethods(journal, daemon), config))
+    daemon.registry.add(log_methods(LogMethods(journal, daemon)))
     return watcher

@@ -25,7 +25,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.alerts import AlertCapReached, AlertManager, Severity
-from cortexd.config.schema import LogsConfig
+from cortexd.config.schema import Config, LogsConfig
+from cortexd.host.files import atomic_write
 from cortexd.logs.journal import Entry, Journal, Query
 
 log = logging.getLogger(__name__)
@@ -141,13 +142,7 @@ class CursorFile:
             return None
 
     def save(self, cursor: str) -> None:
-        tmp = f"{self.path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(cursor + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, (cursor + "\n").encode())
 
 
 class JournalWatcher:
@@ -210,7 +205,7 @@ class JournalWatcher:
         self._state = "running"
         tg.start_soon(self._loop)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.config = config.logs
         self.patterns = build_patterns(self.config)
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §11) on the daemon's own registry, and /health, /ready."""
+"""Prometheus metrics (docs/protocol.md) on the daemon's own registry, and /health, /ready."""
 
 from __future__ import annotations
 

@@ -41,8 +41,13 @@ class HasState(Protocol):
 
 
 class CheckRun(Protocol):
-    check_id: str
-    duration_ms: float
+    """What the metrics read of a finished check run (the monitor's CheckResult)."""
+
+    @property
+    def check_id(self) -> str: ...
+
+    @property
+    def duration_ms(self) -> float: ...
 
     @property
     def status(self) -> Any: ...

@@ -1,6 +1,6 @@
 """The metrics component: the `metrics` method, the HTTP listener and the textfile.
 
-`/health` answers the seed's document (`status` healthy | degraded |
+`/health` answers the original daemon's document (`status` healthy | degraded |
 unhealthy, per-check statuses, an RFC 3339 timestamp); `/ready` answers 503
 until the Unix socket accepts and the monitor runs, and again once shutdown
 begins.
@@ -8,35 +8,40 @@ begins.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import os
-import tempfile
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config, MetricsConfig
+from cortexd.host.files import atomic_write
 from cortexd.metrics.collector import Metrics, Sources
 from cortexd.metrics.http import HttpListener, Response
 from cortexd.monitor.health import build_health
 from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
+    from cortexd.notify.notifier import Notifier
+    from cortexd.runtime import Runtime
+    from cortexd.updates.service import UpdateService
 
 log = logging.getLogger(__name__)
+TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 
 JSON = "application/json"
 
 
 def health_document(monitor: Monitor, alerts: AlertManager) -> dict[str, Any]:
-    """The /health body: the seed's shape, with the host and active alert counts."""
+    """The /health body: the original daemon's shape, with the host and active alert counts."""
     full = build_health(monitor.results, alerts.state())
     # The same values as the `health` method, fewer of them.
     return {
@@ -55,7 +60,7 @@ class MetricsComponent:
     name = "metrics"
 
     def __init__(
-        self, daemon: Daemon, metrics: Metrics, monitor: Monitor, alerts: AlertManager
+        self, daemon: Runtime, metrics: Metrics, monitor: Monitor, alerts: AlertManager
     ) -> None:
         self.daemon = daemon
         self.metrics = metrics
@@ -69,11 +74,7 @@ class MetricsComponent:
 
     async def start(self, tg: TaskGroup) -> None:
         """Install the hooks, bind the HTTP listener (OSError if the port is taken)."""
-        hooks = getattr(self.monitor, "after_check", None)
-        if hooks is not None:
-            hooks.append(self.metrics.on_check)
-        else:
-            log.warning("this monitor has no after_check hook; check runs are not counted")
+        self.monitor.after_check.append(self.metrics.on_check)
         self.alerts.listeners.append(self.metrics.on_alert)
         if self.config.http_enabled:
             self.http = HttpListener(
@@ -112,9 +113,7 @@ class MetricsComponent:
 
     def ready(self) -> dict[str, bool]:
         """Whether the Unix socket accepts and the monitor runs."""
-        server = self.daemon.server
-        socket_up = server.accepting
-        socket_up = socket_up and not server.shutting_down and not self.daemon.stopping
+        socket_up = self.daemon.serving()
         monitor_up = self.monitor.state().get("state") == "running"
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
 
@@ -135,29 +134,15 @@ class MetricsComponent:
         path = self.config.textfile_path
         data = await self.metrics.render_async(process=False)
         try:
-            await anyio.to_thread.run_sync(_atomic_write, path, data)
+            # node_exporter reads only *.prom files; the temporary name never is one.
+            await anyio.to_thread.run_sync(
+                functools.partial(atomic_write, path, data, mode=TEXTFILE_MODE)
+            )
             self.textfile_writes += 1
         except OSError as exc:
             self.textfile_errors += 1
             if self.textfile_errors == 1 or self.textfile_errors % 60 == 0:
                 log.warning("cannot write the metrics textfile %s: %s", path, exc)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    # node_exporter reads only *.prom files, so the temporary name never is one.
-    fd, tmp = tempfile.mkstemp(prefix=".cortexd-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def metrics_methods(metrics: Metrics) -> list[Method]:
@@ -177,21 +162,25 @@ def metrics_methods(metrics: Metrics) -> list[Method]:
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     *,
     monitor: Monitor,
     alerts: AlertManager,
-    notifier: Any = None,
-    updates: Any = None,
+    notifier: Notifier | None = None,
+    updates: UpdateService | None = None,
+    engine: Engine | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> MetricsComponent:
-    """Build the metrics on the daemon's own registry; add the component and `metrics`."""
-    engine = next(
-        (getattr(c, "engine", None) for c in daemon.components if c.name == "inference"), None
-    )
+    """Build the metrics on the daemon's own registry; add the component and `metrics`.
+
+    `collectors` are other features' own figures, registered beside these.
+    """
     sources = Sources(
         stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine, updates=updates
     )
     metrics = Metrics(sources)
+    for collector in collectors:
+        metrics.registry.register(collector)
     component = MetricsComponent(daemon, metrics, monitor, alerts)
     daemon.components.append(component)
     daemon.registry.add(metrics_methods(metrics))

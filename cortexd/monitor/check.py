@@ -1,4 +1,4 @@
-"""What a check is and what it returns (SPEC §4).
+"""What a check is and what it returns (docs/config.md).
 
 A check's `collect()` is plain blocking code (it reads /proc, statvfs, runs
 dpkg…); the scheduler runs it on a worker thread with a deadline. It returns
@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from cortexd.alerts.model import Severity
-from cortexd.monitor.checks.commands import CommandRunner
+from cortexd.host.commands import CommandRunner
 from cortexd.monitor.thresholds import Thresholds
 
 

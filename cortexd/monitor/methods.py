@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
+from cortexd.host.commands import CommandRunner
 from cortexd.monitor.check import Check, CheckResult, Status
-from cortexd.monitor.checks.commands import CommandRunner
 from cortexd.monitor.health import build_health
 from cortexd.monitor.registry import build_checks, pending_updates
 from cortexd.monitor.scheduler import Monitor
@@ -14,7 +14,7 @@ from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 CHECKS_RUN_TIMEOUT = 600.0
 
@@ -133,7 +133,7 @@ def _select(monitor: Monitor, ids: list[str] | None, category: str | None) -> li
     return checks
 
 
-def install(daemon: Daemon, alerts: AlertManager) -> Monitor:
+def install(daemon: Runtime, alerts: AlertManager) -> Monitor:
     """Build the monitor, add it as a component and register its methods.
 
     The monitor owns the daemon's one `PendingUpdates` (`monitor.pending`),

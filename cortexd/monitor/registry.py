@@ -7,10 +7,11 @@ import logging
 from collections.abc import Callable
 
 from cortexd.config.schema import CheckSettings, Config
+from cortexd.host.commands import CommandRunner, Runner
+from cortexd.host.packages import reboot_flag_path
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.check import Check
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandRunner, Runner
-from cortexd.monitor.pending import PendingUpdates
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ def _factories(runner: CommandRunner, pending: PendingUpdates) -> dict[str, Fact
         ),
         "reboot_required": lambda s: system.RebootRequired(reboot_flag_path(s)),
     }
-
-
-def reboot_flag_path(settings: CheckSettings) -> str:
-    """The reboot flag `reboot_required` and `updates.check` read (`data_path` moves it)."""
-    return settings.data_path or system.REBOOT_FLAG
 
 
 def pending_updates(config: Config, runner: Runner) -> PendingUpdates:

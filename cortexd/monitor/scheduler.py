@@ -34,9 +34,9 @@ from anyio.abc import TaskGroup
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import Severity, fingerprint
 from cortexd.config.schema import Config
+from cortexd.host.commands import CommandRunner
+from cortexd.host.pending import PendingUpdates, Stamp
 from cortexd.monitor.check import Check, CheckResult, Finding, Status, worst
-from cortexd.monitor.checks.commands import CommandRunner
-from cortexd.monitor.pending import PendingUpdates, Stamp
 from cortexd.monitor.thresholds import LevelTracker
 from cortexd.protocol import CortexError
 

@@ -1,4 +1,4 @@
-"""Alert notifications (SPEC §6): rules, a durable outbox, delivery and dead letters."""
+"""Alert notifications (docs/protocol.md): rules, a durable outbox, delivery and dead letters."""
 
 from __future__ import annotations
 

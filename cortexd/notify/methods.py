@@ -17,21 +17,14 @@ from cortexd.notify.notifier import DAY, Notifier
 from cortexd.notify.store import MIGRATIONS, entry_dict
 from cortexd.protocol import InvalidParams, NotFound
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between, positive
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 MAX_LIST = 10_000
 TEST_TIMEOUT_GRACE = 5.0
-
-
-def _limit(value: int) -> str | None:
-    return None if 1 <= value <= MAX_LIST else f"must be between 1 and {MAX_LIST}"
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
 
 
 def notify_methods(notifier: Notifier) -> list[Method]:
@@ -97,7 +90,7 @@ def notify_methods(notifier: Notifier) -> list[Method]:
     filters = (
         Param("action", str),
         Param("since", float),
-        Param("limit", int, default=100, check=_limit),
+        Param("limit", int, default=100, check=between(1, MAX_LIST)),
     )
     return [
         Method(
@@ -136,14 +129,14 @@ def notify_methods(notifier: Notifier) -> list[Method]:
         Method(
             "deadletter.purge",
             dl_purge,
-            params=(Param("older_than_seconds", float, check=_positive),),
+            params=(Param("older_than_seconds", float, check=positive),),
             access="admin",
             summary="delete dead letters older than an age (the retention by default)",
         ),
     ]
 
 
-def install(daemon: Daemon, alerts: AlertManager) -> Notifier:
+def install(daemon: Runtime, alerts: AlertManager) -> Notifier:
     """Build the notifier on `<state_dir>/notify.db`, add it and its methods.
 
     Its `action_types` is where notifier plugins add theirs.

@@ -1,6 +1,6 @@
 """Notification rules (`/etc/cortex/alerts.yaml`): which alerts go to which actions.
 
-The file keeps the seed's shape::
+The file keeps the original daemon's shape::
 
     alerts:
       - name: disk-critical

@@ -26,6 +26,7 @@ import orjson
 from anyio.abc import TaskGroup
 
 from cortexd.config.schema import Config, PluginsConfig
+from cortexd.host.files import PUBLIC_MODE, atomic_write
 from cortexd.monitor.check import Check, CheckResult, Finding, Status
 from cortexd.notify.actions import ActionTypes, Send
 from cortexd.notify.send import Answer, DeliveryFailed
@@ -489,10 +490,8 @@ class PluginManager:
 
     def _write_disabled(self, disabled: set[str]) -> None:
         os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(orjson.dumps({"disabled": sorted(disabled)}))
-        os.replace(tmp, self.state_path)
+        data = orjson.dumps({"disabled": sorted(disabled)})
+        atomic_write(self.state_path, data, mode=PUBLIC_MODE)
 
     # -- check hooks -----------------------------------------------------------
 

@@ -37,7 +37,7 @@ class PluginError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """The fields of plugin.yaml (the seed's, plus check settings)."""
+    """The fields of plugin.yaml (the original daemon's, plus check settings)."""
 
     name: str
     version: str

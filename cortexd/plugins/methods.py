@@ -13,7 +13,7 @@ from cortexd.plugins.manager import PluginManager
 from cortexd.server import Call, Method, Param
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 RELOAD_TIMEOUT = 120.0
 
@@ -70,7 +70,7 @@ def plugin_methods(manager: PluginManager) -> list[Method]:
 
 
 def install(
-    daemon: Daemon,
+    daemon: Runtime,
     monitor: Monitor,
     hooks: HookRegistry,
     action_types: ActionTypes | None = None,

@@ -14,37 +14,15 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 
+from cortexd.host.packages import held_locks, stale_locks
+from cortexd.host.pending import NO_LOCK
 from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.packages import LOCK_FILES, NO_LOCK, held_locks
 from cortexd.repair.model import Fix, Plan, Step, StepResult
 from cortexd.repair.runner import FixRunner, file_op, run_step
 
 # Looking before a fix stays within the manager's planning deadline (120 s).
 CHECK_TIMEOUT = 100.0
-
-
-def lock_paths(root: str) -> list[str]:
-    """The apt/dpkg lock files under `root` ("/" on a real host)."""
-    return [os.path.join(root, p.lstrip("/")) for p in LOCK_FILES]
-
-
-def stale_locks(root: str, proc_locks: str = "/proc/locks") -> tuple[list[str], dict[str, int]]:
-    """(stale lock files, held lock files → pid) under `root`."""
-    paths = lock_paths(root)
-    held = held_locks(paths, proc_locks)
-    stale: list[str] = []
-    for path in paths:
-        if path in held:
-            continue
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
-            stale.append(path)
-    return stale, held
 
 
 class AptLocks(Check):

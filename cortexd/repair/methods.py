@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config
+from cortexd.host.files import cortex_roots
 from cortexd.monitor.check import Check
 from cortexd.monitor.registry import apply_settings
 from cortexd.monitor.scheduler import Monitor
@@ -33,20 +34,16 @@ from cortexd.repair.runner import FixRunner
 from cortexd.repair.store import MIGRATIONS
 from cortexd.repair.system import RestartUnit, VacuumJournal
 from cortexd.server import Call, Method, Param
+from cortexd.server.registry import between
 from cortexd.sharedwork import SharedWork
 from cortexd.store import Database
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
 
 APPLY_TIMEOUT = 7500.0  # above repair.command_timeout's maximum, plus verification
 PLAN_TIMEOUT = 130.0
 MAX_HISTORY = 1000
-
-
-def cortex_roots(config: Config) -> list[str]:
-    """The Cortex config, state and runtime directories (under `repair.root` for tests)."""
-    return [config.repair.config_dir, config.state_dir, config.repair.runtime_dir]
 
 
 def failing_mounts(monitor: Monitor | None) -> list[str]:
@@ -142,9 +139,6 @@ def repair_methods(manager: RepairManager) -> list[Method]:
     async def fixes_history(call: Call) -> dict[str, Any]:
         return {"runs": await manager.history(call.params["limit"])}
 
-    def limit(value: int) -> str | None:
-        return None if 1 <= value <= MAX_HISTORY else f"must be between 1 and {MAX_HISTORY}"
-
     return [
         Method("fixes.list", fixes_list, inline=True, summary="the registered fixes"),
         Method(
@@ -169,13 +163,13 @@ def repair_methods(manager: RepairManager) -> list[Method]:
         Method(
             "fixes.history",
             fixes_history,
-            params=(Param("limit", int, default=50, check=limit),),
+            params=(Param("limit", int, default=50, check=between(1, MAX_HISTORY)),),
             summary="recently applied fixes, newest first",
         ),
     ]
 
 
-def install(daemon: Daemon, monitor: Monitor, alerts: AlertManager) -> RepairManager:
+def install(daemon: Runtime, monitor: Monitor, alerts: AlertManager) -> RepairManager:
     """Build the repair manager on `<state_dir>/repair.db`, add its checks and methods."""
     config = daemon.config
     runner = FixRunner(timeout=config.repair.command_timeout)

@@ -16,31 +16,16 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from cortexd.monitor.checks.commands import CommandResult, CommandRunner
+from cortexd.host.commands import CommandFailed, CommandResult, CommandRunner
+from cortexd.host.systemd import HostLayout, systemd_is_pid1
 from cortexd.protocol import Unavailable
 from cortexd.repair.model import Step, StepResult, excerpt
 
-SYSTEMD_RUNTIME = "/run/systemd/system"
-SYSTEM_BUS = "/run/dbus/system_bus_socket"
 DEFAULT_TIMEOUT = 900.0
 
 Exec = Callable[[Sequence[str], float], CommandResult]
 Direct = Callable[[], None]
-
-
-def systemd_is_pid1(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
-    """Whether systemd manages this host (sd_booted()'s test)."""
-    return os.path.isdir(runtime_dir)
-
-
-@dataclass(frozen=True, slots=True)
-class HostLayout:
-    """Where this host's systemd and system bus live (tests point these elsewhere)."""
-
-    systemd_runtime: str = SYSTEMD_RUNTIME
-    system_bus: str = SYSTEM_BUS
 
 
 class FixRunner:
@@ -126,7 +111,7 @@ def run_step(runner: FixRunner, step: Step, name: str, *, wrap: bool = True) -> 
         return StepResult(step, ok=False, error=f"not installed: {exc.filename or step.argv[0]}")
     except subprocess.TimeoutExpired as exc:
         return StepResult(step, ok=False, error=f"timed out after {exc.timeout:g}s")
-    except (OSError, RuntimeError) as exc:
+    except (OSError, CommandFailed) as exc:
         return StepResult(step, ok=False, error=str(exc))
     return StepResult(
         step,

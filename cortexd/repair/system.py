@@ -6,10 +6,11 @@ import os
 import re
 from collections.abc import Callable
 
-from cortexd.monitor.checks.system import parse_failed_units
+from cortexd.host.systemd import failed_units as systemd_failed_units
+from cortexd.host.systemd import systemd_is_pid1
 from cortexd.protocol import InvalidParams, Unavailable
 from cortexd.repair.model import Fix, Plan, Step, StepResult
-from cortexd.repair.runner import FixRunner, run_step, systemd_is_pid1
+from cortexd.repair.runner import FixRunner, run_step
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+$")
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
@@ -28,16 +29,11 @@ def failed_units(runner: FixRunner) -> list[str]:
 
     Raises:
         Unavailable: systemd is not PID 1 here.
-        RuntimeError: systemctl failed.
+        CommandFailed: systemctl failed.
     """
     if not runner.transient:
         raise Unavailable("systemd is not PID 1 on this host; there are no units to restart")
-    done = runner.exec(
-        ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"], 30.0
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"systemctl failed: {done.stderr.strip()[:300]}")
-    return [u["unit"] for u in parse_failed_units(done.stdout)]
+    return [u["unit"] for u in systemd_failed_units(runner.exec)]
 
 
 class RestartUnit(Fix):

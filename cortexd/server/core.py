@@ -193,7 +193,12 @@ class Server:
         registry: Registry,
         stats: ServerStats,
         authorizer: Authorizer,
+        *,
+        peer_of: Callable[[socket.socket], Peer] = Peer.of,
     ) -> None:
+        # `peer_of` reads a connection's credentials (SO_PEERCRED); tests of
+        # access rules pass one that answers for another user.
+        self._peer_of = peer_of
         self.config = config
         self.registry = registry
         self.stats = stats
@@ -280,7 +285,7 @@ class Server:
                 failing = False
             stats = self.stats
             try:
-                peer = Peer.of(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+                peer = self._peer_of(stream.extra(anyio.abc.SocketAttribute.raw_socket))
             except OSError:  # the client is gone already
                 await anyio.aclose_forcefully(stream)
                 continue

@@ -1,7 +1,7 @@
 """Turning one newline-delimited frame into a checked JSON-RPC request.
 
 Kept apart from the connection logic so the rules for what counts as a
-request (SPEC §3) sit in one small place with no I/O.
+request (docs/protocol.md) sit in one small place with no I/O.
 """
 
 from __future__ import annotations

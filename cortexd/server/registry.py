@@ -103,7 +103,17 @@ def _describe(value: Any) -> str:
 
 
 def positive(value: float) -> str | None:
+    """A `check` for a number that must be greater than 0."""
     return None if value > 0 else "must be greater than 0"
+
+
+def between(lo: int, hi: int) -> Callable[[int], str | None]:
+    """A `check` for an integer from `lo` to `hi` (a limit, a count, a size)."""
+
+    def check(value: int) -> str | None:
+        return None if lo <= value <= hi else f"must be between {lo} and {hi}"
+
+    return check
 
 
 @dataclass(frozen=True, slots=True)

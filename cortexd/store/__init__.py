@@ -7,6 +7,7 @@ its model (e.g. `cortexd.alerts.store`) and hands its migrations in here.
 from cortexd.store.copy import copier
 from cortexd.store.db import Database, Migration
 from cortexd.store.errors import DatabaseLocked, StorageUnavailable, StoreFailed
+from cortexd.store.owners import StoreOwner, Stores
 from cortexd.store.quarantine import Quarantined, find_quarantined
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Quarantined",
     "StorageUnavailable",
     "StoreFailed",
+    "StoreOwner",
+    "Stores",
     "copier",
     "find_quarantined",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from collections.abc import Callable, Iterable
 
 import anyio.from_thread
@@ -37,3 +38,39 @@ def copier(
             anyio.from_thread.run(functools.partial(db.backup, target, deadline=COPY_DEADLINE))
 
     return copy
+
+
+LOCKED_WAIT = 5.0
+
+
+def copy_database(source: str, target: str) -> None:
+    """An online, consistent copy of `source` into a new file `target` (backup API)."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=LOCKED_WAIT)
+    try:
+        # Python's backup loop retries a busy source forever; a read transaction
+        # taken first fails within LOCKED_WAIT instead (a database another process
+        # holds in exclusive locking mode) and keeps the source steady meanwhile.
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+            # A single self-contained file: no WAL beside the copy.
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def state_databases(state_dir: str) -> list[str]:
+    """The SQLite files directly under `state_dir`."""
+    try:
+        names = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return []
+    return [
+        os.path.join(state_dir, n)
+        for n in names
+        if n.endswith(".db") and os.path.isfile(os.path.join(state_dir, n))
+    ]

@@ -1,7 +1,7 @@
 """apt and dpkg as the update module uses them: simulate, refresh, upgrade, list.
 
 The pending-upgrade simulation and its parser are the monitor's
-(`cortexd.monitor.pending`), so the `apt_updates` check and `updates.check`
+(`cortexd.host.pending`), so the `apt_updates` check and `updates.check`
 always agree. `updates.apt_command` replaces `apt-get` in
 every command, which is how tests (and packagers with a wrapper) inject
 their own. When systemd is PID 1, commands that change packages run in a
@@ -17,8 +17,9 @@ import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cortexd.monitor.checks.commands import CommandResult
-from cortexd.monitor.pending import APT_LISTS, Upgrade, simulate
+from cortexd.host.commands import CommandFailed, CommandResult
+from cortexd.host.pending import APT_LISTS, Upgrade, simulate
+from cortexd.host.systemd import systemd_is_pid1
 
 DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n"
 APT_ARCHIVES = "/var/cache/apt/archives"
@@ -75,10 +76,6 @@ def deb_control(path: str, timeout: float = LIST_TIMEOUT) -> dict[str, str]:
     return fields
 
 
-def systemd_is_pid1() -> bool:
-    return os.path.isdir("/run/systemd/system")
-
-
 class Apt:
     """The package tools, with `apt_command` standing in for `apt-get`."""
 
@@ -113,7 +110,7 @@ class Apt:
         """Every installed package with its version (dpkg-query)."""
         done = self.run(["dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT], LIST_TIMEOUT)
         if done.returncode != 0:
-            raise RuntimeError(f"dpkg-query failed: {done.stderr.strip()[:200]}")
+            raise CommandFailed.of("dpkg-query", done)
         out = []
         for line in done.stdout.splitlines():
             parts = line.split("\t")

@@ -1,4 +1,4 @@
-"""Socket methods of the update module (SPEC §12): check, snapshot(s), rollback, apply."""
+"""Socket methods of the update module (docs/protocol.md): check, snapshot(s), rollback, apply."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from cortexd.backup.service import ConfigTargets
-from cortexd.monitor.pending import PendingUpdates
+from cortexd.config.collect import ConfigTargets
+from cortexd.host.pending import PendingUpdates
 from cortexd.server import Call, Method, Param
 from cortexd.updates.service import UpdateService
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.alerts import AlertManager
+    from cortexd.runtime import Runtime
+    from cortexd.store import Stores
 
 CHECK_TIMEOUT = 900.0
 SNAPSHOT_TIMEOUT = 900.0
@@ -144,17 +146,19 @@ def update_methods(service: UpdateService) -> list[Method]:
 
 
 def install(
-    daemon: Daemon, config_targets: ConfigTargets, pending: PendingUpdates | None = None
+    daemon: Runtime,
+    alerts: AlertManager,
+    config_targets: ConfigTargets,
+    stores: Stores,
+    pending: PendingUpdates | None = None,
 ) -> UpdateService:
-    """Add the update service and its methods (after the alert manager).
+    """Add the update service and its methods.
 
-    `config_targets` names the files a rollback may write back; `pending` is
-    the monitor's upgrade scan, shared so `health` and `updates.check` give
-    one answer.
+    `config_targets` names the files a rollback may write back, `stores` the
+    databases a snapshot copies; `pending` is the monitor's upgrade scan,
+    shared so `health` and `updates.check` give one answer.
     """
-    from cortexd.logs.methods import find_alert_manager
-
-    service = UpdateService(daemon, find_alert_manager(daemon), config_targets, pending)
+    service = UpdateService(daemon, alerts, config_targets, stores, pending)
     daemon.components.append(service)
     daemon.registry.add(update_methods(service))
     return service

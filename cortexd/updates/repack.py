@@ -25,7 +25,9 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 
-from cortexd.updates.apt import deb_control, systemd_is_pid1
+from cortexd.host.commands import CommandFailed
+from cortexd.host.systemd import systemd_is_pid1
+from cortexd.updates.apt import deb_control
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def repack(
     default it is looked up on PATH, and "" means do not use it.
 
     Raises:
-        RuntimeError: dpkg has no record of the package, or dpkg-deb failed.
+        CommandFailed: dpkg has no record of the package, or dpkg-deb failed.
     """
     tool = shutil.which("dpkg-repack") if dpkg_repack is None else dpkg_repack
     if tool:
@@ -153,7 +155,7 @@ def rebuild(
     """The built-in rebuild: `<package>_<version>_<arch>.deb` in `target_dir`; its path.
 
     Raises:
-        RuntimeError: dpkg has no record of the package, or dpkg-deb failed.
+        CommandFailed: dpkg has no record of the package, or dpkg-deb failed.
     """
     status = subprocess.run(
         ["dpkg-query", "-s", f"{package}:{arch}" if arch != "all" else package],
@@ -163,10 +165,14 @@ def rebuild(
         check=False,
     )
     if status.returncode != 0:
-        raise RuntimeError(f"dpkg knows no package {package}: {status.stderr.strip()[:200]}")
+        raise CommandFailed(
+            f"dpkg knows no package {package}: {status.stderr.strip()[:200]}",
+            program="dpkg-query",
+            returncode=status.returncode,
+        )
     listing = _info_file(info_dir, package, arch, "list")
     if listing is None:
-        raise RuntimeError(f"no file list for {package} in {info_dir}")
+        raise CommandFailed(f"no file list for {package} in {info_dir}", program="dpkg-deb")
     with tempfile.TemporaryDirectory(prefix="repack-", dir=target_dir) as root:
         os.chmod(root, 0o755)
         control_dir = os.path.join(root, "DEBIAN")
@@ -194,5 +200,9 @@ def rebuild(
             check=False,
         )
         if built.returncode != 0:
-            raise RuntimeError(f"dpkg-deb failed: {built.stderr.strip()[:300]}")
+            raise CommandFailed(
+                f"dpkg-deb failed: {built.stderr.strip()[:300]}",
+                program="dpkg-deb",
+                returncode=built.returncode,
+            )
     return output

@@ -1,4 +1,4 @@
-"""The update module: check, snapshot, apply and roll back (SPEC §12).
+"""The update module: check, snapshot, apply and roll back (docs/protocol.md).
 
 `check` answers from the daemon's one upgrade scan (`PendingUpdates`, which
 the monitor's update checks and `health` read too) while it is younger than
@@ -33,7 +33,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
-from cortexd.backup.service import ConfigTargets, collect_config, database_copier
+from cortexd.config.collect import ConfigTargets, collect_config
 from cortexd.config.restore import (
     is_root_or_owner,
     plan_config_restore,
@@ -41,11 +41,9 @@ from cortexd.config.restore import (
     staged_files,
     write_config_files,
 )
-from cortexd.config.schema import UpdatesConfig
-from cortexd.monitor.checks.packages import Upgrade
-from cortexd.monitor.checks.system import read_reboot_flag
-from cortexd.monitor.pending import PendingUpdates
-from cortexd.monitor.registry import reboot_flag_path
+from cortexd.config.schema import Config, UpdatesConfig
+from cortexd.host.packages import read_reboot_flag, reboot_flag_path
+from cortexd.host.pending import PendingUpdates, Upgrade
 from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed
@@ -53,7 +51,8 @@ from cortexd.updates.snapshots import Snapshots, package_changes
 from cortexd.updates.system import SystemUpdates
 
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
+    from cortexd.runtime import Runtime
+    from cortexd.store import Stores
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +79,17 @@ class UpdateService:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Runtime,
         alerts: AlertManager,
         config_targets: ConfigTargets,
+        stores: Stores,
         pending: PendingUpdates | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.daemon = daemon
         self.config_targets = config_targets
+        self.stores = stores
         self.alerts = alerts
         self.clock = clock
         self.pending = pending or PendingUpdates(
@@ -141,7 +142,7 @@ class UpdateService:
         tg.start_soon(self._housekeeping)
         tg.start_soon(self.system.watch)
 
-    def apply_config(self, config: Any) -> None:
+    def apply_config(self, config: Config) -> None:
         self.apt = Apt(config.updates.apt_command, lists_dir=config.updates.apt_lists_dir)
         self.snapshots.apt = self.apt
         self.pending.configure(
@@ -175,7 +176,7 @@ class UpdateService:
         answered without a refresh instead (`force_limited`, `age_seconds`).
 
         Raises:
-            RuntimeError: apt failed (nothing is cached).
+            CommandFailed: apt failed (nothing is cached).
         """
         if not force:
             return await self._check(force=False)
@@ -234,7 +235,7 @@ class UpdateService:
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
         targets = self.config_targets()
         state_dir = self.daemon.config.state_dir
-        copy = database_copier(self.daemon)
+        copy = self.stores.copier()
         now = self.clock()
 
         def take() -> dict[str, Any]:

@@ -23,8 +23,10 @@ from typing import Any
 
 import orjson
 
-from cortexd.backup.archive import copy_database, sha256_file, state_databases
+from cortexd.host.commands import CommandFailed
+from cortexd.host.files import sha256_file
 from cortexd.protocol import NotFound
+from cortexd.store.copy import copy_database, state_databases
 from cortexd.updates.apt import Apt, Installed
 from cortexd.updates.repack import repack
 
@@ -134,7 +136,7 @@ class Snapshots:
             else:
                 try:
                     built, how = repack(item.package, item.version, item.arch or "all", debs_dir)
-                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                except (CommandFailed, OSError, subprocess.SubprocessError) as exc:
                     entry.update(file=None, source=f"could not rebuild: {exc}")
                 else:
                     entry.update(file=os.path.basename(built), source=how)

@@ -31,9 +31,11 @@ import orjson
 from cortexd import __version__
 from cortexd.alerts import AlertManager, Severity
 from cortexd.config.schema import UpdatesConfig
+from cortexd.host.files import atomic_write
+from cortexd.host.systemd import systemd_is_pid1
 from cortexd.protocol import Busy, Unavailable
 from cortexd.updates import channel, debversion, installer
-from cortexd.updates.apt import Apt, Installed, systemd_is_pid1
+from cortexd.updates.apt import Apt, Installed
 
 log = logging.getLogger(__name__)
 
@@ -412,10 +414,4 @@ def _newer(version: str, installed: str | None) -> bool:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))

@@ -32,6 +32,7 @@ from cortexd.monitor.scheduler import Monitor
 from cortexd.monitor.thresholds import Thresholds
 from cortexd.server import Call
 from cortexd.server.call import Peer
+from cortexd.store import Stores
 from cortexd.updates.service import UpdateService
 from tests.alerts.conftest import FakeClock, make_manager
 from tests.daemon import running_daemon
@@ -352,7 +353,7 @@ async def test_updates_applied_is_an_event_and_a_later_apply_ends_a_failure(
     tmp_path: Path, alerts: AlertManager, clock: FakeClock
 ) -> None:
     daemon = SimpleNamespace(config=Config(state_dir=str(tmp_path)))
-    service = UpdateService(daemon, alerts, list)  # type: ignore[arg-type]
+    service = UpdateService(daemon, alerts, list, Stores())  # type: ignore[arg-type]
     packages: Any = [SimpleNamespace(package="openssl")]
     await service._report(100, packages, ["E: broken"], None)
     clock.step(60)

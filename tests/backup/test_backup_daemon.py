@@ -94,6 +94,10 @@ def test_backup_while_writing_then_restore_into_a_fresh_daemon(tmp_path: Path) -
         # The daemon keeps working on the restored database.
         new = raise_alert(target, 5)
         assert new in alert_ids(target)
+        # The notifier let go of its database for the swap and took it back.
+        assert "notify.db" in done.stdout and "repair.db" in done.stdout
+        assert target.call("notify.history", {"since": 0})["notifications"] is not None
+        assert target.call("status")["components"]["notify"]["state"] == "running"
         # The daemon holds its databases exclusively: look inside once it has stopped.
         assert target.stop() == 0
         db = Path(target.state_dir) / "alerts.db"

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cortexd.backup.archive import MAX_CONFIG_MEMBER_BYTES
-from cortexd.backup.service import MAX_CONFIG_FILES, collect_config
+from cortexd.config.collect import MAX_CONFIG_FILES, MAX_CONFIG_MEMBER_BYTES, collect_config
 from cortexd.config.plugintree import MAX_PLUGIN_FILE_BYTES, PluginTree
 from cortexd.config.restore import ConfigTarget, config_targets
 

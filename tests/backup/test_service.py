@@ -10,18 +10,16 @@ from typing import Any
 
 from cortexd.backup.service import BackupService
 from cortexd.config.schema import BackupConfig
-from cortexd.store import Database, Migration
+from cortexd.store import Database, Migration, Stores
 
 DAY = 86400.0
 
 
-class Owner:
-    """A component owning a database, as the alert manager does."""
-
-    name = "owner"
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
+def _stores(*dbs: Database) -> Stores:
+    stores = Stores()
+    for db in dbs:
+        stores.add(db)
+    return stores
 
 
 def _kept(state: Path) -> list[Path]:
@@ -37,10 +35,9 @@ async def _pragma(db: Database, name: str) -> str:
     return str(await db.read(lambda c: c.execute(f"PRAGMA {name}").fetchone()[0]))
 
 
-def _daemon(state: Path, config: BackupConfig, components: list[Any]) -> Any:
+def _daemon(state: Path, config: BackupConfig) -> Any:
     return SimpleNamespace(
         config=SimpleNamespace(state_dir=str(state), backup=config),
-        components=components,
         loaded=SimpleNamespace(sources=()),
     )
 
@@ -53,8 +50,9 @@ async def test_daily_backups_are_kept_and_pruned(tmp_path: Path) -> None:
         now = [time.time()]  # file mtimes are real: the clock starts at real time
         cfg = BackupConfig(schedule="daily", retention_days=2, upkeep_interval_hours=0)
         service = BackupService(
-            _daemon(state, cfg, [Owner(db)]),
+            _daemon(state, cfg),
             list,
+            _stores(db),
             config_dir=str(tmp_path / "none"),
             clock=lambda: now[0],
         )
@@ -82,7 +80,7 @@ async def test_upkeep_checkpoints_and_vacuums(tmp_path: Path) -> None:
         wal = f"{db.path}-wal"
         assert _size(wal) > 0
         service = BackupService(
-            _daemon(state, BackupConfig(), [Owner(db)]), list, config_dir=str(tmp_path / "none")
+            _daemon(state, BackupConfig()), list, _stores(db), config_dir=str(tmp_path / "none")
         )
         done = await service.upkeep(vacuum=True)
         assert done == ["things.db"]

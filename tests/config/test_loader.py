@@ -1,4 +1,4 @@
-"""Loading the layered config: precedence, the seed's flat keys, env, validation messages."""
+"""Loading the layered config: precedence, the original flat keys, env, validation messages."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_environment_is_the_process_environment_by_default(
     assert load_config(str(explicit)).config.server.idle_timeout == 42.0
 
 
-# -- the seed's flat keys ------------------------------------------------
+# -- the original daemon's flat keys ------------------------------------------------
 
 
 def test_seed_flat_keys_map_to_their_sections(layout: Layout) -> None:

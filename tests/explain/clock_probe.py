@@ -24,10 +24,10 @@ from cortexd.alerts.model import Alert, Severity, fingerprint
 from cortexd.config.schema import Config
 from cortexd.explain.facts import Host, schema
 from cortexd.explain.service import Explainer
+from cortexd.host.commands import CommandRunner
 from cortexd.knowledge import load_builtin
 from cortexd.monitor.check import CheckResult, Status
 from cortexd.monitor.checks import system
-from cortexd.monitor.checks.commands import CommandRunner
 from cortexd.repair.methods import build_fixes
 from cortexd.repair.model import Fix
 from cortexd.repair.runner import FixRunner

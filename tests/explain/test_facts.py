@@ -14,7 +14,7 @@ from cortexd.explain.facts.disk import _telling_dirs, walk
 from cortexd.explain.facts.model import MAX_FACTS_PER_KIND, MAX_TEXT
 from cortexd.explain.facts.system import unit_journal
 from cortexd.explain.gather import gather
-from cortexd.monitor.checks.commands import CommandResult, run_command
+from cortexd.host.commands import CommandResult, run_command
 
 MIB = 1024 * 1024
 

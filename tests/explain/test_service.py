@@ -11,8 +11,8 @@ from cortexd.alerts.model import Alert, Severity, fingerprint
 from cortexd.config.schema import Config
 from cortexd.explain.facts import Host, schema
 from cortexd.explain.service import MAX_IN_PROGRESS, ExplainBusy, Explainer, RunbookBroken
+from cortexd.host.commands import run_command
 from cortexd.knowledge import KnowledgeBase, KnowledgeError, load_builtin
-from cortexd.monitor.checks.commands import run_command
 from cortexd.protocol import ErrorCode
 from cortexd.repair.methods import build_fixes
 from cortexd.repair.runner import FixRunner

@@ -27,8 +27,8 @@ from cortexd.alerts.model import ListFilter, Severity
 from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
 from cortexd.config.schema import AlertsConfig, Config, HealingConfig
 from cortexd.healing.loop import Healer
-from cortexd.repair.metrics import RepairCollector
-from cortexd.repair.runner import HostLayout
+from cortexd.healing.metrics import RepairCollector
+from cortexd.host.systemd import HostLayout
 from cortexd.repair.store import MIGRATIONS, add_healing, healing_log
 from cortexd.store import Database
 

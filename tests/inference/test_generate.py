@@ -84,6 +84,21 @@ def test_time_to_first_token_reaches_prometheus(model_daemon: DaemonProcess) -> 
     assert (sample(text, TTFT_SUM) or 0) >= result["ttft_ms"] / 1000
 
 
+def test_requests_and_tokens_reach_prometheus(model_daemon: DaemonProcess) -> None:
+    completed = 'cortex_inference_requests_total{outcome="completed"}'
+    prompt = 'cortex_inference_tokens_total{kind="prompt"}'
+    generated = 'cortex_inference_tokens_total{kind="generated"}'
+    before = model_daemon.call("metrics")["text"]
+    result = model_daemon.call(
+        "inference.generate", {"prompt": COUNTING_PROMPT, "max_tokens": 6, "temperature": 0}
+    )
+    after = model_daemon.call("metrics")["text"]
+    assert result["eval_count"] > 0 and result["prompt_tokens"] > 0
+    assert sample(after, completed) == (sample(before, completed) or 0) + 1
+    assert sample(after, prompt) == (sample(before, prompt) or 0) + result["prompt_tokens"]
+    assert sample(after, generated) == (sample(before, generated) or 0) + result["eval_count"]
+
+
 def test_stop_strings_end_the_answer_before_them(model_daemon: DaemonProcess) -> None:
     result = model_daemon.call(
         "inference.generate",

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import psutil
 import pytest
 
+from cortexd.alerts import AlertManager
+from cortexd.app import Daemon
+from cortexd.config import ConfigFiles, load_config
+from cortexd.metrics.methods import MetricsComponent
+from cortexd.monitor.scheduler import Monitor
 from cortexd.protocol import MethodNotFound
-from tests.daemon import DaemonProcess, running_daemon
+from cortexd.sd import SystemdNotifier
+from tests.daemon import DaemonProcess, running_daemon, short_tmpdir
 from tests.metrics.helpers import promtool, sample
 from tests.notify.helpers import free_port, poll
+
+WAIT = 30.0
 
 
 def get(port: int, path: str) -> tuple[int, bytes, str]:
@@ -115,15 +126,70 @@ def test_the_textfile_is_written_whole(http_daemon: tuple[DaemonProcess, int, Pa
     assert "cortex_build_info{" in text
     # node_exporter exports its own process_* metrics: the daemon's would clash there.
     assert "\nprocess_" not in text and not text.startswith("process_")
-    assert [p.name for p in textfile.parent.iterdir() if p.name.startswith(".cortexd-")] == []
+    # No temporary file is left beside it.
+    assert [p.name for p in textfile.parent.iterdir()] == [textfile.name]
 
 
-def test_ready_is_503_before_the_socket_serves(tmp_path: Path) -> None:
-    """A component after metrics (started later) holds the socket back: /ready says so."""
-    from cortexd.app import Daemon
-    from cortexd.config import load_config
-    from cortexd.metrics.methods import MetricsComponent
+class Gate:
+    """A component started after metrics that holds the socket back until released."""
 
-    daemon = Daemon(load_config(None, {"state_dir": str(tmp_path)}, environ={}))
-    (component,) = [c for c in daemon.components if isinstance(c, MetricsComponent)]
-    assert component.ready() == {"ready": False, "socket": False, "monitor": False}
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.reached = anyio.Event()
+        self.release = anyio.Event()
+
+    def state(self) -> dict[str, Any]:
+        return {"state": "running" if self.release.is_set() else "starting"}
+
+    async def start(self, tg: Any) -> None:
+        self.reached.set()
+        await self.release.wait()
+
+    def apply_config(self, config: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+async def test_ready_is_503_until_the_socket_serves() -> None:
+    """/ready over HTTP while a component after metrics holds the socket back, then after."""
+    port = free_port()
+    workdir = short_tmpdir()
+    none = os.path.join(workdir, "none")
+    loaded = load_config(
+        files=ConfigFiles(system=none, user=none),
+        environ={},
+        overrides={
+            "state_dir": os.path.join(workdir, "state"),
+            "server": {"socket_path": os.path.join(workdir, "c.sock")},
+            "notify": {"rules_path": none},
+            "metrics": {"http_enabled": True, "http_port": port},
+        },
+    )
+    daemon = Daemon(loaded, notifier=SystemdNotifier({}))
+    kept = (AlertManager, Monitor, MetricsComponent)
+    gate = Gate()
+    daemon.components[:] = [*(c for c in daemon.components if isinstance(c, kept)), gate]
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(WAIT):
+                await gate.reached.wait()
+            status, body, _ = await anyio.to_thread.run_sync(get, port, "/ready")
+            assert (status, orjson.loads(body)) == (
+                503,
+                {"ready": False, "socket": False, "monitor": True},
+            )
+            gate.release.set()
+            with anyio.fail_after(WAIT):
+                while True:
+                    status, body, _ = await anyio.to_thread.run_sync(get, port, "/ready")
+                    if status == 200:
+                        break
+                    await anyio.sleep(0.05)
+            assert orjson.loads(body) == {"ready": True, "socket": True, "monitor": True}
+            daemon.request_shutdown("test over")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

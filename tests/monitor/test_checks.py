@@ -16,10 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cortexd.config.schema import ChecksConfig, CheckSettings, Config
+from cortexd.host import packages as host_packages
+from cortexd.host.commands import (
+    CommandFailed,
+    CommandResult,
+    CommandRunner,
+    Runner,
+    run_command,
+)
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.check import Status
 from cortexd.monitor.checks import disk, metrics, packages, system
-from cortexd.monitor.checks.commands import CommandResult, CommandRunner, Runner, run_command
-from cortexd.monitor.pending import PendingUpdates
 from cortexd.monitor.registry import build_checks
 
 DATA = Path(__file__).parent / "data"
@@ -93,8 +100,8 @@ def test_held_lock_is_found_through_proc_locks(tmp_path: Path) -> None:
     lock = tmp_path / "lock-frontend"
     with open(lock, "w") as fh:
         fcntl.lockf(fh, fcntl.LOCK_EX)
-        assert packages.held_locks([str(lock)]) == {str(lock): os.getpid()}
-    assert packages.held_locks([str(lock)]) == {}
+        assert host_packages.held_locks([str(lock)]) == {str(lock): os.getpid()}
+    assert host_packages.held_locks([str(lock)]) == {}
 
 
 def test_dependency_conflicts_reports_broken_packages() -> None:
@@ -265,7 +272,7 @@ def test_stopping_kills_a_running_command() -> None:
     assert time.monotonic() - started < 30  # nowhere near the 60 s sleep
     try:
         runner(["true"], 5)
-    except RuntimeError as exc:
+    except CommandFailed as exc:
         assert "stopping" in str(exc)
     else:
         raise AssertionError("a stopped runner still ran a command")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cortexd.host.commands import CommandFailed, CommandResult
+from cortexd.host.pending import PendingUpdates
 from cortexd.monitor.checks import packages
-from cortexd.monitor.checks.commands import CommandResult
-from cortexd.monitor.pending import PendingUpdates
 from tests.alerts.conftest import FakeClock
 
 TWO_UPGRADES = (
@@ -137,7 +137,7 @@ def test_a_failed_scan_keeps_nothing_and_says_why(host: Path) -> None:
     apt, clock = Apt(), FakeClock()
     pending = pending_on(host, apt, clock)
     apt.returncode = 100
-    with pytest.raises(RuntimeError, match="broken sources"):
+    with pytest.raises(CommandFailed, match="broken sources"):
         pending.scan(max_age=60)
     assert pending.latest is None
     assert pending.failure is not None and "broken sources" in pending.failure

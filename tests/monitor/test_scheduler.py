@@ -382,9 +382,9 @@ async def test_cpu_usage_keeps_its_window_across_a_config_reload(alerts: AlertMa
 async def test_changed_package_files_rerun_the_update_checks_once_settled(
     alerts: AlertManager, tmp_path: Path
 ) -> None:
-    from cortexd.monitor.checks.commands import CommandResult
+    from cortexd.host.commands import CommandResult
+    from cortexd.host.pending import PendingUpdates
     from cortexd.monitor.checks.packages import AptUpdates, SecurityUpdates
-    from cortexd.monitor.pending import PendingUpdates
     from cortexd.monitor.scheduler import PACKAGE_SETTLE_SECONDS
 
     (tmp_path / "lists").mkdir()

@@ -14,6 +14,7 @@ import pytest
 from cortexctl.cli import main as cortexctl
 from cortexd.protocol import CortexError
 from tests.daemon import DaemonProcess, running_daemon
+from tests.metrics.helpers import sample
 from tests.plugins.conftest import (
     BAD_IMPORT,
     COMMAND,
@@ -87,12 +88,19 @@ def test_each_plugin_ends_the_right_way_and_the_daemon_serves(plugin_dir: Path) 
             "failed": 5,
         }
 
+        passed = 'cortex_check_runs_total{check="plugin_port_check",status="pass"}'
+        failed = 'cortex_check_runs_total{check="plugin_raising",status="error"}'
+        before = daemon.call("metrics")["text"]
         results = {
             r["check_id"]: r
             for r in daemon.call("checks.run", {"ids": ["plugin_port_check", "plugin_raising"]})[
                 "results"
             ]
         }
+        # The plugins' check runs are counted like any check's.
+        after = daemon.call("metrics")["text"]
+        assert (sample(after, passed) or 0) >= (sample(before, passed) or 0) + 1
+        assert (sample(after, failed) or 0) >= (sample(before, failed) or 0) + 1
         assert results["plugin_port_check"]["status"] == "PASS"
         assert "test-service answers" in results["plugin_port_check"]["message"]
         assert results["plugin_raising"]["status"] == "ERROR"

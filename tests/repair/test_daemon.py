@@ -18,6 +18,7 @@ import yaml
 
 from cortexctl.cli import main as cortexctl
 from cortexd.config.schema import ChecksConfig
+from cortexd.host import failed_units, run_command, systemd_is_pid1
 from cortexd.protocol import CortexError
 from tests.daemon import DaemonProcess, running_daemon
 
@@ -139,14 +140,21 @@ def test_repair_commands_plan_by_default(daemon: DaemonProcess, host: Path) -> N
     assert not (host / "var/lib/dpkg/lock").exists()
 
 
-def test_services_repair_is_unavailable_without_systemd(daemon: DaemonProcess) -> None:
-    # PID 1 on this machine is not systemd, so there are no units to restart.
+def test_services_repair_plans_only_what_this_host_has(daemon: DaemonProcess) -> None:
+    # Only a plan (no --yes): nothing is restarted on the host running the suite.
     code, text = ctl(daemon, "repair", "services", "--restart-failed")
-    assert code == 1
-    assert "restart_unit: cannot plan - systemd is not PID 1 on this host" in text
-    with pytest.raises(CortexError) as exc:
-        daemon.call("fixes.plan", {"fix_id": "restart_unit"})
-    assert exc.value.code.name == "UNAVAILABLE"
+    if not systemd_is_pid1():
+        assert code == 1
+        assert "restart_unit: cannot plan - systemd is not PID 1 on this host" in text
+        with pytest.raises(CortexError) as exc:
+            daemon.call("fixes.plan", {"fix_id": "restart_unit"})
+        assert exc.value.code.name == "UNAVAILABLE"
+        return
+    assert code == 0, text
+    failed = [u["unit"] for u in failed_units(run_command)]
+    plan = daemon.call("fixes.plan", {"fix_id": "restart_unit"})["plan"]
+    assert [s["unit"] for s in plan["steps"]] == failed
+    assert ("no failed units" in text) == (not failed)
 
 
 def test_check_id_finds_its_fix(daemon: DaemonProcess) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from cortexd.host.commands import CommandResult
+from cortexd.host.systemd import HostLayout
 from cortexd.monitor.check import Status
-from cortexd.monitor.checks.commands import CommandResult
 from cortexd.protocol import Unavailable
 from cortexd.repair.apt import AptFixBroken, AptLocks, ClearAptLocks, DpkgConfigure
 from cortexd.repair.permissions import (
@@ -25,7 +26,7 @@ from cortexd.repair.permissions import (
     UserPermissions,
     WorldWritable,
 )
-from cortexd.repair.runner import FixRunner, HostLayout
+from cortexd.repair.runner import FixRunner
 from cortexd.repair.system import RestartUnit, VacuumJournal
 
 NOT_PID1 = HostLayout(systemd_runtime="/nonexistent/systemd", system_bus="/nonexistent/bus")

@@ -15,11 +15,12 @@ import pytest
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.store import MIGRATIONS as ALERT_MIGRATIONS
 from cortexd.config.schema import AlertsConfig, Config, RepairConfig
+from cortexd.host.systemd import HostLayout
 from cortexd.monitor.scheduler import Monitor
 from cortexd.plugins.hooks import HookRegistry
 from cortexd.repair.apt import AptLocks, ClearAptLocks, DpkgConfigure
 from cortexd.repair.manager import FixVetoed, RepairManager
-from cortexd.repair.runner import FixRunner, HostLayout
+from cortexd.repair.runner import FixRunner
 from cortexd.repair.store import MIGRATIONS
 from cortexd.store import Database
 

@@ -12,6 +12,7 @@ import contextlib
 import grp
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from cortexd.server import (
     Call,
     Method,
     Param,
+    Peer,
     Registry,
     Server,
     ServerStats,
@@ -164,8 +166,18 @@ class Conn:
 
 
 @contextlib.asynccontextmanager
-async def serving(methods: Iterable[Method] | None = None, **limits: Any) -> AsyncIterator[Served]:
-    """Run a `Server` with `methods` (default: `sample_methods()`) and `limits` on a temp socket."""
+async def serving(
+    methods: Iterable[Method] | None = None,
+    *,
+    authorizer: Authorizer | None = None,
+    peer_of: Callable[[socket.socket], Peer] = Peer.of,
+    **limits: Any,
+) -> AsyncIterator[Served]:
+    """Run a `Server` with `methods` (default: `sample_methods()`) and `limits` on a temp socket.
+
+    `authorizer` and `peer_of` stand in for the daemon's groups and for the
+    credentials of the connecting process.
+    """
     workdir = short_tmpdir()
     path = os.path.join(workdir, "s.sock")
     config = ServerConfig(socket_path=path, socket_group=own_group(), **limits)
@@ -173,7 +185,13 @@ async def serving(methods: Iterable[Method] | None = None, **limits: Any) -> Asy
     registry = Registry()
     registry.add(sample_methods() if methods is None else methods)
     stats = ServerStats()
-    server = Server(config, registry, stats, Authorizer(lambda: None, frozenset()))
+    server = Server(
+        config,
+        registry,
+        stats,
+        authorizer or Authorizer(lambda: None, frozenset()),
+        peer_of=peer_of,
+    )
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve, bound.sock)

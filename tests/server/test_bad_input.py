@@ -1,7 +1,7 @@
 """Every kind of bad input gets its JSON-RPC error from the real daemon, and the
 daemon keeps answering `ping` on a new connection afterwards.
 
-Codes and `data.name` follow SPEC §3's table.
+Codes and `data.name` follow the table in docs/protocol.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortexd.monitor.checks.commands import Runner
+from cortexd.host.commands import Runner
 
 FieldValue = float | int | str | bool
 # Bounds on what one explanation carries, whatever the host looks like.

@@ -12,8 +12,7 @@ import time
 
 from cortexd.explain.facts.model import Context, Found, Gatherer, clip
 from cortexd.explain.facts.procs import TICKS, processes
-from cortexd.monitor.checks.packages import held_locks
-from cortexd.repair.apt import lock_paths, stale_locks
+from cortexd.host.packages import held_locks, lock_paths, stale_locks
 
 # Programs that take the package locks, by their (15-character) comm.
 PACKAGE_TOOLS = frozenset(

@@ -16,8 +16,9 @@ import orjson
 
 from cortexd.explain.facts.model import Context, Found, Gatherer
 from cortexd.explain.facts.procs import processes
-from cortexd.monitor.checks.commands import have
-from cortexd.monitor.checks.system import SYSTEMD_RUNTIME, default_route
+from cortexd.host.commands import CommandFailed, have
+from cortexd.host.network import default_route
+from cortexd.host.systemd import SYSTEMD_RUNTIME
 
 UNIT_NAME = re.compile(r"^[A-Za-z0-9@._:\\-]{1,255}$")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".mount", ".path", ".target", ".scope", ".slice")
@@ -50,7 +51,7 @@ def _run(ctx: Context, argv: list[str]) -> str | None:
         return None
     try:
         done = ctx.host.runner(argv, budget)
-    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+    except (OSError, CommandFailed, subprocess.TimeoutExpired):
         return None  # the caller notes what it could not learn
     if done.returncode != 0:
         return None

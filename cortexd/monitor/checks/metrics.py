@@ -16,7 +16,7 @@ from cortexd.alerts.model import Severity
 from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.thresholds import Thresholds
 
-CPU_WINDOW = 300.0  # SPEC §4: cpu_usage grades the 5-minute average
+CPU_WINDOW = 300.0  # cpu_usage grades the 5-minute average
 # Until a fifth of the window has passed the average is mostly the start-up
 # burst (the daemon's own included): reported, but not graded.
 MIN_WINDOW = CPU_WINDOW / 5

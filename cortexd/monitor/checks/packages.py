@@ -5,7 +5,7 @@ upgrade simulation run with `Debug::NoLocking` so a check never takes (or
 waits for) the package locks an administrator's apt run holds. Package
 lists are not downloaded here; `apt_updates` reports against the lists the
 system last fetched and says how old they are. The two update checks read
-the daemon's one `PendingUpdates` (cortexd.monitor.pending), as `health` and
+the daemon's one `PendingUpdates` (cortexd.host.pending), as `health` and
 `updates.check` do.
 """
 
@@ -13,30 +13,25 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
-from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
-from cortexd.monitor.pending import (
+from cortexd.host.commands import Runner, first_line, have, is_real, run_command
+from cortexd.host.files import list_names
+from cortexd.host.packages import LOCK_FILES, held_locks
+from cortexd.host.pending import (
     DPKG_DIR,
     SIMULATION_TIMEOUT,
     PendingUpdates,
     Scan,
 )
 
-# Re-exported: the repair and update modules import them from here.
-from cortexd.monitor.pending import NO_LOCK as NO_LOCK
-from cortexd.monitor.pending import Upgrade as Upgrade
-from cortexd.monitor.pending import parse_simulation as parse_simulation
+# Re-exported where they were first defined; they live in cortexd.host.
+from cortexd.host.pending import NO_LOCK as NO_LOCK
+from cortexd.host.pending import Upgrade as Upgrade
+from cortexd.host.pending import parse_simulation as parse_simulation
+from cortexd.monitor.check import Check, Finding, Status
 
-LOCK_FILES = (
-    "/var/lib/dpkg/lock-frontend",
-    "/var/lib/dpkg/lock",
-    "/var/lib/apt/lists/lock",
-    "/var/cache/apt/archives/lock",
-)
 # The package scans cost seconds of CPU; they first run a little after
 # start-up so a daemon that starts (or a test daemon that lives briefly)
 # serves quickly, then at their own interval.
@@ -53,32 +48,6 @@ def _no_apt() -> Finding | None:
 
 
 # -- apt_status ---------------------------------------------------------------
-
-
-def held_locks(lock_files: Sequence[str], proc_locks: str = "/proc/locks") -> dict[str, int]:
-    """Which of `lock_files` some process holds a lock on, with its pid (from /proc/locks)."""
-    wanted: dict[tuple[int, int, int], str] = {}
-    for path in lock_files:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        wanted[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = path
-    held: dict[str, int] = {}
-    with open(proc_locks, encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            parts = line.split()
-            if "->" in parts:  # a waiter, not a holder
-                continue
-            try:
-                pid = int(parts[4])
-                major, minor, inode = parts[5].split(":")
-                key = (int(major, 16), int(minor, 16), int(inode))
-            except (IndexError, ValueError):
-                continue
-            if key in wanted:
-                held[wanted[key]] = pid
-    return held
 
 
 class AptStatus(Check):
@@ -100,14 +69,14 @@ class AptStatus(Check):
         problems: list[str] = []
         status = Status.PASS
         updates = os.path.join(self.dpkg_dir, "updates")
-        pending = [n for n in _listdir(updates) if n.isdigit()]
+        pending = [n for n in list_names(updates) if n.isdigit()]
         if pending:
             problems.append("dpkg was interrupted; run `dpkg --configure -a`")
             status = Status.FAIL
         audit = self.runner(["dpkg", "--audit"], 60.0)
         audit_text = audit.stdout.strip()
         if audit.returncode != 0 or audit_text:
-            problems.append(f"dpkg --audit reports: {_first_line(audit_text or audit.stderr)}")
+            problems.append(f"dpkg --audit reports: {first_line(audit_text or audit.stderr)}")
             status = Status.FAIL
         locks = held_locks([os.path.join(self.dpkg_dir, "lock-frontend"), *LOCK_FILES[1:]])
         if locks:
@@ -158,7 +127,7 @@ class DependencyConflicts(Check):
         if done.returncode != 0 or broken:
             return [
                 Finding(
-                    f"apt-get check failed: {_first_line('; '.join(broken) or text)}",
+                    f"apt-get check failed: {first_line('; '.join(broken) or text)}",
                     status=Status.FAIL,
                     details={"returncode": done.returncode, "problems": broken[:50]},
                 )
@@ -301,7 +270,7 @@ class CveScan(Check):
             if done.returncode != 0:
                 return [
                     Finding(
-                        f"debsecan could not fetch tracker data: {_first_line(done.stderr)}",
+                        f"debsecan could not fetch tracker data: {first_line(done.stderr)}",
                         status=Status.SKIP,
                     )
                 ]
@@ -349,17 +318,3 @@ class CveScan(Check):
                 details=details,
             )
         ]
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return "(no output)"

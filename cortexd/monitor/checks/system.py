@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cortexd.alerts.model import Severity
+from cortexd.host.clock import STA_UNSYNC, TIME_ERROR, kernel_clock_state
+from cortexd.host.commands import Runner, have, run_command
+from cortexd.host.network import default_route
+from cortexd.host.packages import REBOOT_FLAG, read_reboot_flag
+from cortexd.host.systemd import SYSTEMD_RUNTIME, failed_units
+from cortexd.host.systemd import parse_failed_units as parse_failed_units
 from cortexd.monitor.check import Check, Finding, Status
-from cortexd.monitor.checks.commands import Runner, have, run_command
 
-SYSTEMD_RUNTIME = "/run/systemd/system"  # present only when systemd is PID 1 (sd_booted)
-REBOOT_FLAG = "/run/reboot-required"
 CONNECT_TIMEOUT = 3.0
 
 # -- systemd_failed -------------------------------------------------------------
-
-
-def parse_failed_units(text: str) -> list[dict[str, str]]:
-    """Units from `systemctl list-units --state=failed --plain --no-legend` output."""
-    units = []
-    for line in text.splitlines():
-        parts = line.strip().lstrip("●*").split(None, 4)
-        if len(parts) < 4 or "." not in parts[0]:
-            continue
-        units.append(
-            {
-                "unit": parts[0],
-                "load": parts[1],
-                "active": parts[2],
-                "sub": parts[3],
-                "description": parts[4] if len(parts) > 4 else "",
-            }
-        )
-    return units
 
 
 class SystemdFailed(Check):
@@ -64,13 +45,7 @@ class SystemdFailed(Check):
                     details={"failed_units": None},
                 )
             ]
-        done = self.runner(
-            ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"],
-            30.0,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"systemctl failed: {done.stderr.strip()[:300]}")
-        units = parse_failed_units(done.stdout)
+        units = failed_units(self.runner)
         if not units:
             return [Finding("no failed units", status=Status.PASS, details={"failed_units": []})]
         names = [u["unit"] for u in units]
@@ -86,52 +61,6 @@ class SystemdFailed(Check):
 
 
 # -- time_sync ------------------------------------------------------------------
-
-TIME_ERROR = 5
-STA_UNSYNC = 0x0040
-
-
-class _Timeval(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
-
-
-class _Timex(ctypes.Structure):
-    """struct timex from <sys/timex.h> (Linux, glibc)."""
-
-    _fields_ = (
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time", _Timeval),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_padding", ctypes.c_int * 11),
-    )
-
-
-def kernel_clock_state() -> tuple[int, int, int]:
-    """(adjtimex return state, status flags, max error in µs); modes 0 only reads."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    tx = _Timex()
-    state = libc.adjtimex(ctypes.byref(tx))
-    if state < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(state), int(tx.status), int(tx.maxerror)
 
 
 class TimeSync(Check):
@@ -226,26 +155,6 @@ class DnsResolution(Check):
         return [Finding(f"cannot resolve {what}", status=status, details=details)]
 
 
-def default_route(
-    route_file: str = "/proc/net/route", ipv6_file: str = "/proc/net/ipv6_route"
-) -> bool:
-    """Whether the kernel has an IPv4 or IPv6 default route."""
-    try:
-        with open(route_file, encoding="ascii") as fh:
-            next(fh, None)
-            if any(line.split()[1:2] == ["00000000"] for line in fh):
-                return True
-    except OSError:
-        pass
-    try:
-        with open(ipv6_file, encoding="ascii") as fh:
-            return any(
-                line.split()[:2] == ["0" * 32, "00"] and line.split()[-1] != "lo" for line in fh
-            )
-    except OSError:
-        return False
-
-
 def _host_port(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     if not host:
@@ -302,30 +211,6 @@ class NetworkConnectivity(Check):
 
 
 # -- reboot_required ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RebootFlag:
-    """Debian's reboot flag as it is now: set or not, the packages that set it, since when."""
-
-    required: bool
-    packages: tuple[str, ...] = ()
-    since: float | None = None
-
-
-def read_reboot_flag(flag: str = REBOOT_FLAG) -> RebootFlag:
-    """Read the flag file and its `.pkgs` list (blocking; never cached: it is a file test)."""
-    try:
-        since = os.stat(flag).st_mtime
-    except FileNotFoundError:
-        return RebootFlag(False)
-    packages: set[str] = set()
-    try:
-        with open(flag + ".pkgs", encoding="utf-8", errors="replace") as fh:
-            packages = {line.strip() for line in fh if line.strip()}
-    except OSError:  # the list is a courtesy; the flag alone says a reboot is due
-        pass
-    return RebootFlag(True, tuple(sorted(packages)), since)
 
 
 class RebootRequired(Check):

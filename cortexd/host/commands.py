@@ -1,9 +1,9 @@
-"""Running host commands for checks: injectable, bounded, niced, killable.
+"""Running host commands: injectable, bounded, niced, killable.
 
-Checks run on worker threads, and a thread cannot be cancelled; so every
-child process is tracked here and `kill_all()` (called when the monitor
-stops) ends any still running, rather than leaving apt or dpkg orphaned
-behind a stopped daemon.
+Checks, fixes, healing and updates run commands on worker threads, and a
+thread cannot be cancelled; so every child process is tracked here and
+`kill_all()` (called when its owner stops) ends any still running, rather
+than leaving apt or dpkg orphaned behind a stopped daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from cortexd.protocol import CortexError, ErrorCode
 
 DEFAULT_COMMAND_TIMEOUT = 60.0
 # Checks are background work: they yield the CPU to whatever the host is for.
@@ -30,6 +33,28 @@ class CommandResult:
 
 
 Runner = Callable[[Sequence[str], float], CommandResult]
+STDERR_EXCERPT = 300
+
+
+class CommandFailed(CortexError):
+    """A host command could not do its work: it exited with an error, or its runner stopped.
+
+    Answered as UNAVAILABLE: the host, not the request, is what went wrong.
+    """
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message, **data)
+
+    @classmethod
+    def of(cls, program: str, done: CommandResult) -> CommandFailed:
+        """`program failed: <first part of stderr>` for a finished command."""
+        return cls(
+            f"{program} failed: {done.stderr.strip()[:STDERR_EXCERPT]}",
+            program=program,
+            returncode=done.returncode,
+        )
 
 
 class CommandRunner:
@@ -49,7 +74,7 @@ class CommandRunner:
         Raises:
             FileNotFoundError: the program is not installed.
             subprocess.TimeoutExpired: it ran past `timeout` (its process group is killed).
-            RuntimeError: the runner was stopped.
+            CommandFailed: the runner was stopped.
         """
         env = {**os.environ, "LC_ALL": "C", "LANG": "C", "DEBIAN_FRONTEND": "noninteractive"}
         command = list(argv)
@@ -57,7 +82,7 @@ class CommandRunner:
             command = ["nice", "-n", str(self.niceness), *command]
         with self._lock:
             if self._stopped:
-                raise RuntimeError("the monitor is stopping")
+                raise CommandFailed("the command runner is stopping")
             proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -95,7 +120,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 
 
 def run_command(argv: Sequence[str], timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
-    """Run one command outside any monitor (tools and tests)."""
+    """Run one command outside any long-lived runner (tools and tests)."""
     return CommandRunner(niceness=0)(argv, timeout)
 
 
@@ -106,3 +131,11 @@ def is_real(runner: Runner) -> bool:
 
 def have(program: str) -> bool:
     return shutil.which(program) is not None
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a command's output, cut to a readable length."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:STDERR_EXCERPT]
+    return "(no output)"

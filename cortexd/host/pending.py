@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cortexd.monitor.checks.commands import Runner, have, is_real, run_command
+from cortexd.host.commands import CommandFailed, Runner, first_line, have, is_real, run_command
+from cortexd.host.files import list_names
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,12 @@ def simulate(
     """Run one upgrade simulation (blocking).
 
     Raises:
-        RuntimeError: apt failed (the check reports it as ERROR).
+        CommandFailed: apt failed (the check reports it as ERROR).
     """
     checked_at = time.time() if now is None else now
     if is_real(runner) and tuple(apt_command) == ("apt-get",) and _no_apt():
         return Scan((), None, "no dpkg/apt on this host", checked_at)
-    lists = [n for n in _listdir(lists_dir) if n.endswith(_LIST_SUFFIXES)]
+    lists = [n for n in list_names(lists_dir) if n.endswith(_LIST_SUFFIXES)]
     if not lists:
         never = "package lists were never downloaded (run apt-get update)"
         return Scan((), None, never, checked_at)
@@ -109,7 +110,11 @@ def simulate(
     argv = [*apt_command, *NO_LOCK, "-s", "-q", "dist-upgrade"]
     done = runner(argv, SIMULATION_TIMEOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"apt-get -s dist-upgrade failed: {_first_line(done.stderr)}")
+        raise CommandFailed(
+            f"apt-get -s dist-upgrade failed: {first_line(done.stderr)}",
+            program="apt-get",
+            returncode=done.returncode,
+        )
     return Scan(tuple(parse_simulation(done.stdout)), time.time() - newest, None, checked_at)
 
 
@@ -190,7 +195,7 @@ class PendingUpdates:
         then answers from it when it is young enough.
 
         Raises:
-            RuntimeError: apt failed; nothing is cached.
+            CommandFailed: apt failed; nothing is cached.
         """
         with self._scan_lock:
             self.look()
@@ -205,7 +210,7 @@ class PendingUpdates:
             stamp = self._stamp()
             try:
                 found = simulate(*settings, self.clock())
-            except RuntimeError as exc:
+            except CommandFailed as exc:
                 self._failure = str(exc)
                 raise
             self._failure = None
@@ -237,17 +242,3 @@ def _mtime(path: str) -> int | None:
 
 def _no_apt() -> bool:
     return not os.path.isdir(DPKG_DIR) or not have("dpkg") or not have("apt-get")
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return "(no output)"

@@ -1,29 +1,20 @@
 """Prometheus figures of repair and self-healing, read from their counters at scrape time.
 
-`MetricsLink` is a small component: when the daemon starts it finds the
-metrics component (if the daemon has one) and registers `RepairCollector`
-on its registry, so repair needs no change in the metrics package and a
-daemon without metrics simply has none.
+The composition root hands `RepairCollector` to the metrics feature, so
+repair and healing need no change in the metrics package.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from anyio.abc import TaskGroup
 from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from cortexd.config.schema import Config
-
 if TYPE_CHECKING:
-    from cortexd.app import Daemon
     from cortexd.healing.loop import Healer
     from cortexd.repair.manager import RepairManager
-
-log = logging.getLogger(__name__)
 
 
 class RepairCollector(Collector):
@@ -56,32 +47,3 @@ class RepairCollector(Collector):
             count_value=self.healer.duration_count,
             sum_value=self.healer.duration_sum_ms / 1000,
         )
-
-
-class MetricsLink:
-    """Registers `RepairCollector` with the daemon's metrics component at start."""
-
-    name = "repair-metrics"
-
-    def __init__(self, daemon: Daemon, repair: RepairManager, healer: Healer) -> None:
-        self.daemon = daemon
-        self.collector = RepairCollector(repair, healer)
-        self.linked = False
-
-    async def start(self, tg: TaskGroup) -> None:
-        for component in self.daemon.components:
-            registry = getattr(getattr(component, "metrics", None), "registry", None)
-            if registry is not None:
-                registry.register(self.collector)
-                self.linked = True
-                return
-        log.debug("no metrics component; repair metrics are not exported")
-
-    def apply_config(self, config: Config) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def state(self) -> dict[str, Any]:
-        return {"state": "linked" if self.linked else "no metrics"}
