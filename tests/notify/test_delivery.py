@@ -11,7 +11,7 @@ import hmac
 import ssl
 import subprocess
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,9 @@ async def test_daily_summary_goes_out_once_a_day_after_its_time(notify_stack: Fa
     with receiver() as recv:
         config = rules({"type": "webhook", "url": recv.url()})
         async with notify_stack(config, daily_summary=True, **FAST) as (_, notifier):
-            today = datetime.now().replace(second=0, microsecond=0)
+            # Yesterday: the summary's times must lie in the past whatever the hour the
+            # test runs at (6:30 today is still to come just after midnight).
+            today = (datetime.now() - timedelta(days=1)).replace(second=0, microsecond=0)
             notifier.clock = lambda: today.replace(hour=5, minute=59).timestamp()
             await notifier._daily_summary()
             assert await outbox(notifier) == []

@@ -57,6 +57,9 @@ class CpuUsage(Check):
         start = self._samples[0]
         span = now[2] - start[2]
         usage = 100.0 * (now[1] - start[1]) / span if span > 0 else 0.0
+        # The kernel's counters are sums of floats: an idle interval can come out a
+        # hair below zero (or a busy one above 100), which no reader should see.
+        usage = min(100.0, max(0.0, usage))
         window = now[0] - start[0]
         details = {
             "usage_percent": round(usage, 2),
