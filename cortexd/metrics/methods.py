@@ -24,7 +24,6 @@ from cortexd.config.schema import Config, MetricsConfig
 from cortexd.host.files import atomic_write
 from cortexd.metrics.collector import Metrics, Sources
 from cortexd.metrics.http import HttpListener, Response
-from cortexd.monitor.health import build_health
 from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
@@ -40,9 +39,12 @@ TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 JSON = "application/json"
 
 
-def health_document(monitor: Monitor, alerts: AlertManager) -> dict[str, Any]:
-    """The /health body: the original daemon's shape, with the host and active alert counts."""
-    full = build_health(monitor.results, alerts.state())
+def health_document(monitor: Monitor) -> dict[str, Any]:
+    """The /health body: the seed's shape, with the host and active alert counts.
+
+    Taken from the monitor's `health` snapshot, so both always agree.
+    """
+    full = monitor.health.document()
     # The same values as the `health` method, fewer of them.
     return {
         "status": full["status"],
@@ -69,6 +71,8 @@ class MetricsComponent:
         self.config: MetricsConfig = daemon.config.metrics
         self.http: HttpListener | None = None
         self._state = "starting"
+        # /health's body, derived again only when the health snapshot changed.
+        self._health_body = (-1, 200, b"")
         self.textfile_writes = 0
         self.textfile_errors = 0
 
@@ -107,14 +111,20 @@ class MetricsComponent:
         return Response(200, await self.metrics.render_async(), CONTENT_TYPE_LATEST)
 
     async def _health(self) -> Response:
-        doc = health_document(self.monitor, self.alerts)
-        status = 503 if doc["status"] == "unhealthy" else 200
-        return Response(status, orjson.dumps(doc) + b"\n", JSON)
+        snapshot = self.monitor.health
+        snapshot.document()  # rebuilt here if due, which moves the generation on
+        generation, status, body = self._health_body
+        if generation != snapshot.generation:
+            doc = health_document(self.monitor)
+            status = 503 if doc["status"] == "unhealthy" else 200
+            body = orjson.dumps(doc) + b"\n"
+            self._health_body = (snapshot.generation, status, body)
+        return Response(status, body, JSON)
 
     def ready(self) -> dict[str, bool]:
         """Whether the Unix socket accepts and the monitor runs."""
         socket_up = self.daemon.serving()
-        monitor_up = self.monitor.state().get("state") == "running"
+        monitor_up = self.monitor.running
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
 
     async def _ready(self) -> Response:

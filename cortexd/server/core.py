@@ -207,6 +207,9 @@ class Server:
         self.authorizer = authorizer
         self.shutting_down = False
         self._inflight = 0
+        # Requests of methods that may change what `status` shows, answered
+        # or started: a change here makes `status` read its summaries again.
+        self.changes = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._connections: TaskGroup | None = None
@@ -538,6 +541,8 @@ class Connection:
             _sender=None if notify else self._send_stream,
         )
         if method.inline:
+            if method.changes_state:
+                server.changes += 1
             await self._answer(method, call, notify, started, batch, inline=True)
             return
         await self._slots.acquire()
@@ -564,6 +569,8 @@ class Connection:
         try:
             await self._answer(method, call, notify, started, batch, inline=False)
         finally:
+            if method.changes_state:
+                self.server.changes += 1
             self._pending -= 1
             self.server._end()
             self._slots.release()
