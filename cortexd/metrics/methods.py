@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config, MetricsConfig
 from cortexd.host.files import atomic_write
-from cortexd.metrics.collector import Metrics, Sources
+from cortexd.metrics.events import Metrics, Sources, content_type
 from cortexd.metrics.http import HttpListener, Response
 from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
     from cortexd.notify.notifier import Notifier
@@ -108,7 +108,7 @@ class MetricsComponent:
     # -- HTTP handlers ---------------------------------------------------
 
     async def _metrics(self) -> Response:
-        return Response(200, await self.metrics.render_async(), CONTENT_TYPE_LATEST)
+        return Response(200, await self.metrics.render_async(), content_type())
 
     async def _health(self) -> Response:
         snapshot = self.monitor.health
@@ -160,7 +160,7 @@ def metrics_methods(metrics: Metrics) -> list[Method]:
 
     async def render(call: Call) -> dict[str, Any]:
         text = await metrics.render_async()
-        return {"content_type": CONTENT_TYPE_LATEST, "text": text.decode()}
+        return {"content_type": content_type(), "text": text.decode()}
 
     return [
         Method(
@@ -179,18 +179,19 @@ def install(
     notifier: Notifier | None = None,
     updates: UpdateService | None = None,
     engine: Engine | None = None,
-    collectors: Sequence[Collector] = (),
+    collectors: Sequence[Callable[[], Collector]] = (),
 ) -> MetricsComponent:
     """Build the metrics on the daemon's own registry; add the component and `metrics`.
 
-    `collectors` are other features' own figures, registered beside these.
+    `collectors` make other features' own figures, registered beside these when
+    the registry is built (the first scrape: prometheus_client loads only then).
     """
     sources = Sources(
         stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine, updates=updates
     )
     metrics = Metrics(sources)
-    for collector in collectors:
-        metrics.registry.register(collector)
+    for build in collectors:
+        metrics.add_collector(build)
     component = MetricsComponent(daemon, metrics, monitor, alerts)
     daemon.components.append(component)
     daemon.registry.add(metrics_methods(metrics))
