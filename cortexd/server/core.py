@@ -410,7 +410,12 @@ class Connection:
         """Read and answer until EOF, an idle timeout, a broken peer or cancellation."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
-            eof = await self._read_loop(tasks)
+            try:
+                eof = await self._read_loop(tasks)
+            finally:
+                # Before the socket closes: the selector must not keep a closed
+                # descriptor that a new connection may reuse.
+                self._reader.close()
             if eof and self._pending:
                 tasks.start_soon(self._watch_hangup)
         # The task group waited for every request started on this connection,
