@@ -46,6 +46,7 @@ from cortexd.server import (
     remove_socket,
 )
 from cortexd.store.statedir import ensure_state_dir
+from cortexd.summaries import SummaryBoard
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Daemon:
         )
         self.server = Server(self.config.server, self.registry, self.stats, self.authorizer)
         self.components: list[Component] = []
+        self.summaries = SummaryBoard(self.components)
         self.bound: BoundSocket | None = None
         self.inherited = False
         self._inherited_path = ""
@@ -178,6 +180,10 @@ class Daemon:
     def stopping(self) -> bool:
         """True once a shutdown has been requested."""
         return self._shutdown.is_set()
+
+    def state_changes(self) -> int:
+        """Requests answered so far of methods that may change state (`Method.changes_state`)."""
+        return self.server.changes
 
     def serving(self) -> bool:
         """Whether the socket accepts requests now (bound, not shutting down)."""

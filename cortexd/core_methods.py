@@ -8,6 +8,8 @@ import platform
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from cortexd import __version__
 from cortexd.config import redacted
 from cortexd.protocol import JSONRPC, ConfigError, NotFound
@@ -50,21 +52,15 @@ def core_methods(daemon: Root) -> list[Method]:
             "python": platform.python_version(),
         }
 
+    board = daemon.summaries
+
     def status(call: Call) -> dict[str, Any]:
-        components: dict[str, Any] = {
-            "server": {
-                "state": "stopping" if daemon.server.shutting_down else "running",
-                "socket": daemon.socket_path,
-                "inherited_socket": daemon.inherited,
-                "inflight": daemon.server.inflight,
-            }
+        server = {
+            "state": "stopping" if daemon.server.shutting_down else "running",
+            "socket": daemon.socket_path,
+            "inherited_socket": daemon.inherited,
+            "inflight": daemon.server.inflight,
         }
-        for component in daemon.components:
-            try:
-                components[component.name] = component.state()
-            except Exception as exc:  # isolation boundary: one broken component, not status
-                log.exception("%s.state() failed", component.name)
-                components[component.name] = {"state": "error", "error": str(exc)}
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -72,7 +68,10 @@ def core_methods(daemon: Root) -> list[Method]:
             "uptime_seconds": round(time.monotonic() - daemon.started, 3),
             "config_sources": list(daemon.loaded.sources),
             "restart_required": list(daemon.pending_restart),
-            "components": components,
+            # Encoded once per publish or `state_max_age`, not per request.
+            "components": orjson.Fragment(
+                board.components_json({"server": server}, changes=daemon.server.changes)
+            ),
             "server": daemon.stats.snapshot(),
         }
 
@@ -103,9 +102,30 @@ def core_methods(daemon: Root) -> list[Method]:
         return {"shutting_down": True, "grace_seconds": daemon.config.server.shutdown_timeout}
 
     return [
-        Method("ping", ping, inline=True, during_shutdown=True, summary="liveness check"),
-        Method("version", version, inline=True, during_shutdown=True, summary="daemon version"),
-        Method("status", status, inline=True, during_shutdown=True, summary="daemon status"),
+        Method(
+            "ping",
+            ping,
+            inline=True,
+            during_shutdown=True,
+            summary="liveness check",
+            changes_state=False,
+        ),
+        Method(
+            "version",
+            version,
+            inline=True,
+            during_shutdown=True,
+            summary="daemon version",
+            changes_state=False,
+        ),
+        Method(
+            "status",
+            status,
+            inline=True,
+            during_shutdown=True,
+            summary="daemon status",
+            changes_state=False,
+        ),
         Method(
             "config.get",
             config_get,

@@ -16,8 +16,12 @@ from cortexd.store import Stores
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from prometheus_client.registry import Collector
+
     from cortexd.config.restore import Target
+    from cortexd.healing.loop import Healer
     from cortexd.plugins.manager import PluginManager
+    from cortexd.repair.manager import RepairManager
     from cortexd.runtime import Runtime
 
 
@@ -35,7 +39,6 @@ def install_features(daemon: Runtime, config_sources: Callable[[], Sequence[str]
     from cortexd.explain.auto import AutoExplainer
     from cortexd.explain.methods import install as install_explain
     from cortexd.healing.methods import install as install_healing
-    from cortexd.healing.metrics import RepairCollector
     from cortexd.inference.methods import install as install_inference
     from cortexd.logs.methods import install as install_logs
     from cortexd.metrics.methods import install as install_metrics
@@ -80,7 +83,7 @@ def install_features(daemon: Runtime, config_sources: Callable[[], Sequence[str]
         notifier=notifier,
         updates=updates,
         engine=engine,
-        collectors=[RepairCollector(repair, healer)],
+        collectors=[lambda: _repair_collector(repair, healer)],
     )
 
 
@@ -102,3 +105,10 @@ def restorable_config(
     reload = plugins.reload if daemon.config.plugins.enabled else None
     tree = PluginTree(daemon.config.plugins.directory, reload)
     return config_targets(sources, [rules], tree)
+
+
+def _repair_collector(repair: RepairManager, healer: Healer) -> Collector:
+    """Repair's and self-healing's figures, made when the metrics registry is (first scrape)."""
+    from cortexd.healing.metrics import RepairCollector
+
+    return RepairCollector(repair, healer)

@@ -15,6 +15,7 @@ from anyio.abc import TaskGroup
 
 from cortexd.config import Config
 from cortexd.server import Authorizer, Registry, ServerStats
+from cortexd.summaries import SummaryBoard
 
 
 class Component(Protocol):
@@ -23,7 +24,13 @@ class Component(Protocol):
     name: str
 
     def state(self) -> dict[str, Any]:
-        """A small JSON-ready summary for `status` (at least `state`)."""
+        """A small JSON-ready summary for `status` (at least `state`).
+
+        `status` serves it from `Runtime.summaries`: read again when the
+        component calls `summaries.publish(name)`, or once it is older than
+        the component's optional `state_max_age` attribute (seconds,
+        `DEFAULT_MAX_AGE` when absent; None: only when published).
+        """
 
     async def start(self, tg: TaskGroup) -> None:
         """Start background work in `tg`; return once the component serves."""
@@ -65,6 +72,13 @@ class Runtime(Protocol):
     @property
     def stopping(self) -> bool:
         """True once a shutdown has been requested."""
+
+    @property
+    def summaries(self) -> SummaryBoard:
+        """The components' summaries `status` serves; `publish(name)` after a change."""
+
+    def state_changes(self) -> int:
+        """Requests answered so far of methods that may change state (`Method.changes_state`)."""
 
     def serving(self) -> bool:
         """Whether the socket accepts requests now (bound, not shutting down)."""

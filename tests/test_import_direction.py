@@ -29,6 +29,7 @@ BASE = frozenset(
         "sd",
         "runtime",
         "sharedwork",
+        "summaries",  # the components' summaries `status` serves
         "knowledge",  # the runbook's data and its loader
     }
 )

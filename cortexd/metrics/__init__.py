@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cortexd.metrics.collector import Metrics, Sources
+from cortexd.metrics.events import Metrics, Sources
 from cortexd.metrics.methods import MetricsComponent, health_document
 
 __all__ = ["Metrics", "MetricsComponent", "Sources", "health_document"]

@@ -10,13 +10,10 @@ on counters.
 
 from __future__ import annotations
 
-import bisect
 import itertools
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
-import anyio
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,28 +26,15 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from cortexd import __version__
-from cortexd.alerts.model import Alert
-from cortexd.server import ServerStats
+from cortexd.metrics.events import (
+    CHECK_BUCKETS,
+    PROCESS_PREFIX,
+    Events,
+    Metrics,
+    Sources,
+)
 
-PROCESS_PREFIX = "process_"
-CHECK_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class HasState(Protocol):
-    def state(self) -> dict[str, Any]: ...
-
-
-class CheckRun(Protocol):
-    """What the metrics read of a finished check run (the monitor's CheckResult)."""
-
-    @property
-    def check_id(self) -> str: ...
-
-    @property
-    def duration_ms(self) -> float: ...
-
-    @property
-    def status(self) -> Any: ...
+__all__ = ["PROCESS_PREFIX", "Collected", "Metrics", "Sources", "build_registry", "generate_latest"]
 
 
 class _Snapshot(Collector):
@@ -249,43 +233,18 @@ def _runner(runner: dict[str, Any]) -> Iterator[Metric]:
         yield ended
 
 
-class Sources:
-    """What the metrics read at scrape time; any may be absent."""
-
-    def __init__(
-        self,
-        *,
-        stats: ServerStats | None = None,
-        alerts: Any = None,
-        notifier: Any = None,
-        engine: Any = None,
-        updates: HasState | None = None,
-    ) -> None:
-        self.stats = stats
-        self.alerts = alerts
-        self.notifier = notifier
-        self.engine = engine
-        self.updates = updates
-
-
 class _Events(Collector):
-    """Counts kept as events happen: check runs and durations, alert transitions.
+    """The event counters `Events` keeps, as metric families."""
 
-    Plain counters rather than prometheus_client's metric objects, so no
-    `_created` series doubles every label set.
-    """
-
-    def __init__(self) -> None:
-        self.check_runs: dict[tuple[str, str], int] = {}
-        self.check_buckets: dict[str, list[int]] = {}
-        self.check_sum: dict[str, float] = {}
-        self.alert_events: dict[tuple[str, str], int] = {}
+    def __init__(self, events: Events) -> None:
+        self.events = events
 
     def collect(self) -> Iterator[Metric]:
+        counts = self.events
         runs = CounterMetricFamily(
             "cortex_check_runs", "Check runs, by check and status.", labels=("check", "status")
         )
-        for key, count in sorted(self.check_runs.items()):
+        for key, count in sorted(counts.check_runs.items()):
             runs.add_metric(key, count)
         yield runs
         duration = HistogramMetricFamily(
@@ -294,10 +253,10 @@ class _Events(Collector):
             labels=("check",),
         )
         bounds = [*(str(b) for b in CHECK_BUCKETS), "+Inf"]
-        for check, counts in sorted(self.check_buckets.items()):
-            cumulative = list(itertools.accumulate(counts))
+        for check, buckets in sorted(counts.check_buckets.items()):
+            cumulative = list(itertools.accumulate(buckets))
             duration.add_metric(
-                (check,), list(zip(bounds, cumulative, strict=True)), self.check_sum[check]
+                (check,), list(zip(bounds, cumulative, strict=True)), counts.check_sum[check]
             )
         yield duration
         events = CounterMetricFamily(
@@ -305,67 +264,29 @@ class _Events(Collector):
             "Alert state changes, by severity and event (fired, reopened, escalated, resolved).",
             labels=("severity", "event"),
         )
-        for key, count in sorted(self.alert_events.items()):
+        for key, count in sorted(counts.alert_events.items()):
             events.add_metric(key, count)
         yield events
 
 
-class Metrics:
-    """The registry and the event counters; `render()` is the exposition text."""
-
-    def __init__(self, sources: Sources, *, clock: Callable[[], float] = time.time) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.sources = sources
-        self.events = _Events()
-        self.registry.register(self.events)
-        info = Gauge(
-            "cortex_build_info", "cortexd's version.", ("version",), registry=self.registry
-        )
-        info.labels(__version__).set(1)
-        Gauge("cortex_start_time_seconds", "When the daemon started.", registry=self.registry).set(
-            clock()
-        )
-        # The standard process_* names (no prefix), as every Prometheus client
-        # exports them: dashboards and alerts written for them work unchanged.
-        ProcessCollector(registry=self.registry)
-        self.registry.register(_Snapshot(sources))
-
-    async def on_check(self, result: CheckRun) -> None:
-        """Monitor hook: count one finished check run."""
-        status = str(getattr(result.status, "value", result.status)).lower()
-        events = self.events
-        key = (result.check_id, status)
-        events.check_runs[key] = events.check_runs.get(key, 0) + 1
-        seconds = result.duration_ms / 1000
-        counts = events.check_buckets.setdefault(result.check_id, [0] * (len(CHECK_BUCKETS) + 1))
-        counts[bisect.bisect_left(CHECK_BUCKETS, seconds)] += 1
-        events.check_sum[result.check_id] = events.check_sum.get(result.check_id, 0.0) + seconds
-
-    async def on_alert(self, event: str, alert: Alert) -> None:
-        """Alert-manager hook: count one transition."""
-        key = (alert.severity.name.lower(), event)
-        self.events.alert_events[key] = self.events.alert_events.get(key, 0) + 1
-
-    def render(self) -> bytes:
-        """The text exposition format of every metric."""
-        return generate_latest(self.registry)
-
-    async def render_async(self, *, process: bool = True) -> bytes:
-        """`render()`, with only the collection on the loop.
-
-        Collectors read state the loop owns, so they run here; the text
-        formatting, about three quarters of the cost, runs in a worker thread
-        on the collected (immutable) families. `process=False` leaves out the
-        `process_*` families: in node_exporter's textfile collector they would
-        clash with node_exporter's own process metrics.
-        """
-        families = [
-            f for f in self.registry.collect() if process or not f.name.startswith(PROCESS_PREFIX)
-        ]
-        return await anyio.to_thread.run_sync(generate_latest, _Collected(families))
+def build_registry(metrics: Metrics) -> CollectorRegistry:
+    """The registry of `metrics`: its event counters, build info, process metrics and
+    the figures of `metrics.sources` read at each scrape."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Events(metrics.events))
+    info = Gauge("cortex_build_info", "cortexd's version.", ("version",), registry=registry)
+    info.labels(__version__).set(1)
+    Gauge("cortex_start_time_seconds", "When the daemon started.", registry=registry).set(
+        metrics.started
+    )
+    # The standard process_* names (no prefix), as every Prometheus client
+    # exports them: dashboards and alerts written for them work unchanged.
+    ProcessCollector(registry=registry)
+    registry.register(_Snapshot(metrics.sources))
+    return registry
 
 
-class _Collected:
+class Collected:
     """Families already collected, in the shape `generate_latest` reads."""
 
     def __init__(self, families: list[Metric]) -> None:

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config, MetricsConfig
 from cortexd.host.files import atomic_write
-from cortexd.metrics.collector import Metrics, Sources
+from cortexd.metrics.events import Metrics, Sources, content_type
 from cortexd.metrics.http import HttpListener, Response
-from cortexd.monitor.health import build_health
 from cortexd.server import Call, Method
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from cortexd.inference.engine import Engine
     from cortexd.monitor.scheduler import Monitor
     from cortexd.notify.notifier import Notifier
@@ -40,9 +39,12 @@ TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 JSON = "application/json"
 
 
-def health_document(monitor: Monitor, alerts: AlertManager) -> dict[str, Any]:
-    """The /health body: the original daemon's shape, with the host and active alert counts."""
-    full = build_health(monitor.results, alerts.state())
+def health_document(monitor: Monitor) -> dict[str, Any]:
+    """The /health body: the seed's shape, with the host and active alert counts.
+
+    Taken from the monitor's `health` snapshot, so both always agree.
+    """
+    full = monitor.health.document()
     # The same values as the `health` method, fewer of them.
     return {
         "status": full["status"],
@@ -69,6 +71,8 @@ class MetricsComponent:
         self.config: MetricsConfig = daemon.config.metrics
         self.http: HttpListener | None = None
         self._state = "starting"
+        # /health's body, derived again only when the health snapshot changed.
+        self._health_body = (-1, 200, b"")
         self.textfile_writes = 0
         self.textfile_errors = 0
 
@@ -104,17 +108,23 @@ class MetricsComponent:
     # -- HTTP handlers ---------------------------------------------------
 
     async def _metrics(self) -> Response:
-        return Response(200, await self.metrics.render_async(), CONTENT_TYPE_LATEST)
+        return Response(200, await self.metrics.render_async(), content_type())
 
     async def _health(self) -> Response:
-        doc = health_document(self.monitor, self.alerts)
-        status = 503 if doc["status"] == "unhealthy" else 200
-        return Response(status, orjson.dumps(doc) + b"\n", JSON)
+        snapshot = self.monitor.health
+        snapshot.document()  # rebuilt here if due, which moves the generation on
+        generation, status, body = self._health_body
+        if generation != snapshot.generation:
+            doc = health_document(self.monitor)
+            status = 503 if doc["status"] == "unhealthy" else 200
+            body = orjson.dumps(doc) + b"\n"
+            self._health_body = (snapshot.generation, status, body)
+        return Response(status, body, JSON)
 
     def ready(self) -> dict[str, bool]:
         """Whether the Unix socket accepts and the monitor runs."""
         socket_up = self.daemon.serving()
-        monitor_up = self.monitor.state().get("state") == "running"
+        monitor_up = self.monitor.running
         return {"ready": socket_up and monitor_up, "socket": socket_up, "monitor": monitor_up}
 
     async def _ready(self) -> Response:
@@ -150,7 +160,7 @@ def metrics_methods(metrics: Metrics) -> list[Method]:
 
     async def render(call: Call) -> dict[str, Any]:
         text = await metrics.render_async()
-        return {"content_type": CONTENT_TYPE_LATEST, "text": text.decode()}
+        return {"content_type": content_type(), "text": text.decode()}
 
     return [
         Method(
@@ -169,18 +179,19 @@ def install(
     notifier: Notifier | None = None,
     updates: UpdateService | None = None,
     engine: Engine | None = None,
-    collectors: Sequence[Collector] = (),
+    collectors: Sequence[Callable[[], Collector]] = (),
 ) -> MetricsComponent:
     """Build the metrics on the daemon's own registry; add the component and `metrics`.
 
-    `collectors` are other features' own figures, registered beside these.
+    `collectors` make other features' own figures, registered beside these when
+    the registry is built (the first scrape: prometheus_client loads only then).
     """
     sources = Sources(
         stats=daemon.stats, alerts=alerts, notifier=notifier, engine=engine, updates=updates
     )
     metrics = Metrics(sources)
-    for collector in collectors:
-        metrics.registry.register(collector)
+    for build in collectors:
+        metrics.add_collector(build)
     component = MetricsComponent(daemon, metrics, monitor, alerts)
     daemon.components.append(component)
     daemon.registry.add(metrics_methods(metrics))

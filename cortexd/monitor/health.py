@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psutil
 
 from cortexd.monitor.check import CheckResult, Status, worst
@@ -118,3 +120,64 @@ def build_health(
         "security_updates": updates.get("security"),
         "active_alerts": alerts.get("active", 0),
     }
+
+
+# How stale the `health` snapshot may be: alerts silenced or expiring, the
+# pending-updates view and the host's uptime change without a check result.
+HEALTH_MAX_AGE = 0.1
+
+
+class HealthSnapshot:
+    """The `health` document kept ready, as a dict and as JSON bytes.
+
+    Built by `build` (the monitor's results, the alert counts, the updates
+    view) again after `invalidate` — a check result or an alert change — or
+    once older than `max_age`; in between, `health`, `/health` and the
+    Prometheus probe read it without any work. Its `timestamp` and
+    `uptime_seconds` are those of the snapshot, at most `max_age` old.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], dict[str, Any]],
+        *,
+        max_age: float = HEALTH_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._build = build
+        self._max_age = max_age
+        self._clock = clock
+        self._doc: dict[str, Any] | None = None
+        self._encoded = b""
+        self._expires = 0.0
+        self._changes = 0
+        # Bumped on each rebuild, so a document derived from this one (the
+        # HTTP /health) knows when to derive again.
+        self.generation = 0
+
+    def invalidate(self) -> None:
+        """Something `health` shows changed: rebuild on the next read."""
+        self._doc = None
+
+    def document(self, changes: int | None = None) -> dict[str, Any]:
+        """The current document (shared: callers must not change it).
+
+        `changes` is the server's count of requests that may change state:
+        when it moved since the last read, the document is built again, so a
+        client sees its own change (a silence, an acknowledgement) at once.
+        """
+        now = self._clock()
+        if changes is not None and changes != self._changes:
+            self._changes = changes
+            self._doc = None
+        if self._doc is None or now >= self._expires:
+            self._doc = self._build()
+            self._encoded = orjson.dumps(self._doc)
+            self._expires = now + self._max_age
+            self.generation += 1
+        return self._doc
+
+    def encoded(self, changes: int | None = None) -> bytes:
+        """The current document as JSON (`changes` as for `document`)."""
+        self.document(changes)
+        return self._encoded

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from cortexd.alerts.manager import AlertManager
 from cortexd.host.commands import CommandRunner
 from cortexd.monitor.check import Check, CheckResult, Status
-from cortexd.monitor.health import build_health
 from cortexd.monitor.registry import build_checks, pending_updates
 from cortexd.monitor.scheduler import Monitor
 from cortexd.protocol import InvalidParams
@@ -19,11 +21,20 @@ if TYPE_CHECKING:
 CHECKS_RUN_TIMEOUT = 600.0
 
 
-def monitor_methods(monitor: Monitor) -> list[Method]:
-    """The monitor's methods bound to `monitor`."""
+def monitor_methods(
+    monitor: Monitor, changes: Callable[[], int | None] = lambda: None
+) -> list[Method]:
+    """The monitor's methods bound to `monitor`.
 
-    def health(call: Call) -> dict[str, Any]:
-        return build_health(monitor.results, monitor.alerts.state(), updates=monitor.updates_view())
+    `changes` reads the server's count of requests that may change state
+    (`Server.changes`), after which `health` is built again.
+    """
+
+    def health(call: Call) -> orjson.Fragment:
+        # Encoded when a check result or an alert changed, after a request
+        # that may change state, or every HEALTH_MAX_AGE; a poll in between
+        # costs no work.
+        return orjson.Fragment(monitor.health.encoded(changes()))
 
     def checks_list(call: Call) -> dict[str, Any]:
         out = []
@@ -83,8 +94,14 @@ def monitor_methods(monitor: Monitor) -> list[Method]:
         return {"results": answers, "counts": counts, "status": overall}
 
     return [
-        Method("health", health, inline=True, summary="host health snapshot"),
-        Method("checks.list", checks_list, inline=True, summary="the registered checks"),
+        Method("health", health, inline=True, summary="host health snapshot", changes_state=False),
+        Method(
+            "checks.list",
+            checks_list,
+            inline=True,
+            summary="the registered checks",
+            changes_state=False,
+        ),
         Method(
             "checks.run",
             checks_run,
@@ -133,6 +150,14 @@ def _select(monitor: Monitor, ids: list[str] | None, category: str | None) -> li
     return checks
 
 
+async def _published(daemon: Runtime, monitor: Monitor) -> None:
+    daemon.summaries.publish(monitor.name)
+
+
+async def _alert_changed(monitor: Monitor) -> None:
+    monitor.health.invalidate()
+
+
 def install(daemon: Runtime, alerts: AlertManager) -> Monitor:
     """Build the monitor, add it as a component and register its methods.
 
@@ -142,7 +167,11 @@ def install(daemon: Runtime, alerts: AlertManager) -> Monitor:
     pending = pending_updates(daemon.config, CommandRunner())
     monitor = Monitor(daemon.config, lambda c: build_checks(c, pending), alerts, pending=pending)
     daemon.components.append(monitor)
-    daemon.registry.add(monitor_methods(monitor))
+    daemon.registry.add(monitor_methods(monitor, daemon.state_changes))
+    # A check result shows in `status` and `health` at once, an alert change in
+    # `health`; the rest of the monitor's summary within DEFAULT_MAX_AGE.
+    monitor.after_check.append(lambda _result: _published(daemon, monitor))
+    alerts.listeners.append(lambda _event, _alert: _alert_changed(monitor))
     return monitor
 
 

@@ -37,6 +37,7 @@ from cortexd.config.schema import Config
 from cortexd.host.commands import CommandRunner
 from cortexd.host.pending import PendingUpdates, Stamp
 from cortexd.monitor.check import Check, CheckResult, Finding, Status, worst
+from cortexd.monitor.health import HealthSnapshot, build_health
 from cortexd.monitor.thresholds import LevelTracker
 from cortexd.protocol import CortexError
 
@@ -85,6 +86,8 @@ class Monitor:
         self.after_check: list[Callable[[CheckResult], Awaitable[None]]] = []
         self.checks: dict[str, Check] = {c.id: c for c in build(config)}
         self.results: dict[str, CheckResult] = {}
+        # What `health` serves; every change to `results` invalidates it.
+        self.health = HealthSnapshot(self._health_document)
         self._trackers: dict[tuple[str, str], LevelTracker] = {}
         self._subjects: dict[str, dict[str, dict[str, str]]] = {}
         self._errors: dict[str, int] = {}
@@ -244,10 +247,19 @@ class Monitor:
                     result = CheckResult.from_dict(item, stale=True)
                     if result.check_id in self.checks:
                         self.results[result.check_id] = result
+                self.health.invalidate()
         except CortexError as exc:  # the alerts database failed to open
             log.warning("last health snapshot not loaded: %s", exc.message)
         except Exception:  # isolation boundary: a bad snapshot only costs history
             log.exception("could not load the last health snapshot")
+
+    def _health_document(self) -> dict[str, Any]:
+        return build_health(self.results, self.alerts.state(), updates=self.updates_view())
+
+    @property
+    def running(self) -> bool:
+        """True between start and stop: the checks are being scheduled."""
+        return self._state == "running"
 
     def state(self) -> dict[str, Any]:
         statuses = {s.value: 0 for s in Status}
@@ -402,6 +414,7 @@ class Monitor:
             result = await self._grade(check, findings, duration)
             self.results[check.id] = result
             self.runs += 1
+            self.health.invalidate()
         finally:
             del self._running[check.id]
             done.set()

@@ -26,7 +26,6 @@ from cortexd.config.schema import NotifyConfig
 from cortexd.notify.actions import ActionTypes
 from cortexd.notify.model import ACTION_TYPES, Action, Answer, DeliveryFailed
 from cortexd.notify.payloads import ALERTMANAGER_LIFETIME_FACTOR, build
-from cortexd.notify.send import deliver
 from cortexd.notify.store import NotifyStore, entry_dict
 
 log = logging.getLogger(__name__)
@@ -227,6 +226,10 @@ class Dispatcher:
             )
         request = build(action, event, entry_id, external_url=self.config.external_url)
         timeout = self.config.attempt_timeout_seconds
+        # smtplib, urllib.request and http.client load with the first
+        # delivery: a daemon with no actions to run never holds them.
+        from cortexd.notify.send import deliver
+
         try:
             with anyio.fail_after(timeout + THREAD_GRACE):
                 return await anyio.to_thread.run_sync(

@@ -12,18 +12,18 @@ password, URL credentials) is ever written to the outbox.
 from __future__ import annotations
 
 import dataclasses
-import email.policy
-import email.utils
 import hashlib
 import hmac
 import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 from cortexd.notify.model import DEFAULT_PAGERDUTY_URL, Action, split_credentials
 
@@ -388,6 +388,12 @@ def _alertmanager(action: Action, event: dict[str, Any], entry_id: str) -> Reque
 def _email(action: Action, event: dict[str, Any], entry_id: str) -> Request:
     sender = action.get("from") or f"cortexd@{socket.getfqdn()}"
     domain = sender.rpartition("@")[2] or "localhost"
+    # The email package is loaded with the first mail: a daemon that sends
+    # none never holds it.
+    import email.policy
+    import email.utils
+    from email.message import EmailMessage
+
     message = EmailMessage(policy=email.policy.SMTP)
     # RFC 5322: Date is required; Message-ID lets mail clients thread and drop repeats.
     message["Date"] = email.utils.formatdate(usegmt=True)

@@ -29,7 +29,7 @@ from cortexd.config.schema import Config, PluginsConfig
 from cortexd.host.files import PUBLIC_MODE, atomic_write
 from cortexd.monitor.check import Check, CheckResult, Finding, Status
 from cortexd.notify.actions import ActionTypes, Send
-from cortexd.notify.send import Answer, DeliveryFailed
+from cortexd.notify.model import Answer, DeliveryFailed
 from cortexd.plugins.hooks import HOOKS, HookRegistry
 from cortexd.plugins.manifest import (
     Manifest,

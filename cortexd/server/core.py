@@ -30,8 +30,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import SocketListener, SocketStream, TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import SocketListener, SocketStream, TaskGroup, UNIXSocketStream
 
 from cortexd.config import ServerConfig
 from cortexd.protocol import (
@@ -48,12 +47,15 @@ from cortexd.protocol import (
 from cortexd.server.batch import BatchAnswers
 from cortexd.server.call import Call, Peer
 from cortexd.server.framing import NEWLINE, BadFrame, check_request, dumps, parse_request
+from cortexd.server.lines import LineReader
 from cortexd.server.registry import Method, Registry
 from cortexd.server.stats import UNKNOWN_METHOD, ServerStats
 
 log = logging.getLogger(__name__)
 
 _ACCEPT_RETRY_DELAY = 0.1
+# Connections taken from the backlog before other tasks get a turn.
+_ACCEPTS_PER_YIELD = 64
 _REFUSE_WRITE_TIMEOUT = 1.0
 # How often a connection whose client sent EOF with requests still running
 # checks whether the client hung up entirely (and so wants no answers).
@@ -205,6 +207,9 @@ class Server:
         self.authorizer = authorizer
         self.shutting_down = False
         self._inflight = 0
+        # Requests of methods that may change what `status` shows, answered
+        # or started: a change here makes `status` read its summaries again.
+        self.changes = 0
         self._idle = anyio.Event()
         self._idle.set()
         self._connections: TaskGroup | None = None
@@ -237,11 +242,14 @@ class Server:
         cancellation every connection is closed.
         """
         listener = await SocketListener.from_socket(sock)
+        sock.setblocking(False)
+        # The listener only owns the socket (closing it on the way out); the
+        # accept loop works on the socket itself.
         async with listener, anyio.create_task_group() as connections:
             self._connections = connections
             connections.start_soon(self._sweep_idle)
             task_status.started()
-            await self._accept_loop(listener, connections)
+            await self._accept_loop(sock, connections)
 
     def stop_accepting(self) -> None:
         """Begin draining: new requests are answered SHUTTING_DOWN.
@@ -264,42 +272,60 @@ class Server:
         if self._connections is not None:
             self._connections.cancel_scope.cancel()
 
-    async def _accept_loop(self, listener: SocketListener, connections: TaskGroup) -> None:
+    async def _accept_loop(self, sock: socket.socket, connections: TaskGroup) -> None:
+        """Accept every connection the kernel has queued, then wait for more.
+
+        anyio's `accept` takes one connection per turn of the event loop, so
+        a burst of connections waited for hundreds of turns of a loop busy
+        serving the first of them. Here each wake-up drains the backlog, in
+        slices of `_ACCEPTS_PER_YIELD` so other connections still get turns.
+        """
         failing = False
+        accepted = 0
         while True:
             try:
-                stream = await listener.accept()
-            except (anyio.BrokenResourceError, OSError) as exc:
-                # EMFILE/ENFILE/ENOBUFS (anyio wraps them in BrokenResourceError):
-                # back off instead of spinning or dying; the pending client
-                # stays in the backlog until a descriptor is free. Logged once
-                # per episode, not every retry.
+                client, _ = sock.accept()
+            except BlockingIOError:
+                accepted = 0
+                await anyio.wait_readable(sock)
+                continue
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: back off instead of spinning or dying;
+                # the pending client stays in the backlog until a descriptor
+                # is free. Logged once per episode, not every retry.
                 if not failing:
-                    cause = exc.__cause__ if exc.__cause__ is not None else exc
-                    log.error("accept failed, retrying until descriptors free up: %s", cause)
+                    log.error("accept failed, retrying until descriptors free up: %s", exc)
                     failing = True
                 await anyio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
             if failing:
                 log.info("accepting connections again")
                 failing = False
-            stats = self.stats
-            try:
-                peer = self._peer_of(stream.extra(anyio.abc.SocketAttribute.raw_socket))
-            except OSError:  # the client is gone already
-                await anyio.aclose_forcefully(stream)
-                continue
-            refusal = self.admission.refusal(peer, stats.connections_open, self.config)
-            if refusal is not None:
-                stats.connections_refused += 1
-                connections.start_soon(self._refuse, stream, refusal)
-                continue
-            # Counted here, not in the handler, so a burst of accepts before
-            # the handlers first run cannot overshoot the limit.
-            stats.connections_open += 1
-            stats.connections_total += 1
-            self.admission.opened(peer.uid)
-            connections.start_soon(self._handle_connection, stream, peer)
+            client.setblocking(False)
+            self._admit(client, connections)
+            accepted += 1
+            if accepted >= _ACCEPTS_PER_YIELD:
+                accepted = 0
+                await anyio.lowlevel.checkpoint()
+
+    def _admit(self, client: socket.socket, connections: TaskGroup) -> None:
+        stats = self.stats
+        try:
+            peer = self._peer_of(client)
+        except OSError:  # the client is gone already
+            client.close()
+            return
+        refusal = self.admission.refusal(peer, stats.connections_open, self.config)
+        if refusal is not None:
+            stats.connections_refused += 1
+            connections.start_soon(self._refuse, client, refusal)
+            return
+        # Counted here, not in the handler, so a burst of accepts before
+        # the handlers first run cannot overshoot the limit.
+        stats.connections_open += 1
+        stats.connections_total += 1
+        self.admission.opened(peer.uid)
+        connections.start_soon(self._handle_connection, client, peer)
 
     async def _sweep_idle(self) -> None:
         """Close connections with nothing in flight and no traffic for `idle_timeout`.
@@ -316,15 +342,24 @@ class Server:
                 log.debug("closing idle connection", extra={"PEER_PID": conn.peer.pid})
                 conn.close_idle()
 
-    async def _refuse(self, stream: SocketStream, error: Busy) -> None:
+    async def _refuse(self, client: socket.socket, error: Busy) -> None:
+        try:
+            stream = await UNIXSocketStream.from_socket(client)
+        except ValueError:  # not connected any more: the client is gone
+            client.close()
+            return
         with anyio.move_on_after(_REFUSE_WRITE_TIMEOUT), contextlib.suppress(*_CLOSED):
             await stream.send(dumps({"jsonrpc": JSONRPC, "id": None, "error": error.to_error()}))
         await anyio.aclose_forcefully(stream)
 
-    async def _handle_connection(self, stream: SocketStream, peer: Peer) -> None:
+    async def _handle_connection(self, client: socket.socket, peer: Peer) -> None:
+        stream: SocketStream | None = None
         try:
-            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            conn = Connection(self, stream, raw, peer)
+            try:
+                stream = await UNIXSocketStream.from_socket(client)
+            except ValueError:  # not connected any more: the client is gone
+                return
+            conn = Connection(self, stream, client, peer)
             self._live.add(conn)
             try:
                 await conn.run()
@@ -335,7 +370,10 @@ class Server:
         finally:
             self.stats.connections_open -= 1
             self.admission.closed(peer.uid)
-            await anyio.aclose_forcefully(stream)
+            if stream is not None:
+                await anyio.aclose_forcefully(stream)
+            else:
+                client.close()
 
     def _begin(self) -> None:
         if self._inflight == 0:
@@ -358,7 +396,7 @@ class Connection:
         self.stream = stream
         self.peer = peer
         self._raw = raw
-        self._reader = BufferedByteReceiveStream(stream)
+        self._reader = LineReader(raw)
         # fast_acquire: an uncontended lock is taken without a trip through
         # the event loop; frames still never interleave.
         self._write_lock = anyio.Lock(fast_acquire=True)
@@ -372,7 +410,12 @@ class Connection:
         """Read and answer until EOF, an idle timeout, a broken peer or cancellation."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
-            eof = await self._read_loop(tasks)
+            try:
+                eof = await self._read_loop(tasks)
+            finally:
+                # Before the socket closes: the selector must not keep a closed
+                # descriptor that a new connection may reuse.
+                self._reader.close()
             if eof and self._pending:
                 tasks.start_soon(self._watch_hangup)
         # The task group waited for every request started on this connection,
@@ -503,6 +546,8 @@ class Connection:
             _sender=None if notify else self._send_stream,
         )
         if method.inline:
+            if method.changes_state:
+                server.changes += 1
             await self._answer(method, call, notify, started, batch, inline=True)
             return
         await self._slots.acquire()
@@ -529,6 +574,8 @@ class Connection:
         try:
             await self._answer(method, call, notify, started, batch, inline=False)
         finally:
+            if method.changes_state:
+                self.server.changes += 1
             self._pending -= 1
             self.server._end()
             self._slots.release()
@@ -603,16 +650,43 @@ class Connection:
 
     async def _write(self, data: bytes) -> None:
         """Send one frame; a client that stops reading past the write deadline is cut off."""
+        if not self._write_lock.locked():
+            # Nobody is part-way through a frame: hand it to the kernel without
+            # taking the lock. Nothing between the check and the send yields,
+            # so frames cannot interleave; most answers fit the socket buffer
+            # and end here. Even a fast-acquire lock costs a cancellation
+            # check per answer, a tenth of a `ping`.
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._abort()
+                return
+            self.last_active = time.monotonic()
+            if sent == len(data):
+                return
+            data = data[sent:]
+            if sent:
+                # The rest of a frame already begun must follow before any other.
+                await self._send_locked(data, started=True)
+                return
+        await self._send_locked(data, started=False)
+
+    async def _send_locked(self, data: bytes, *, started: bool) -> None:
+        """Send `data` under the write lock, waiting at most `write_timeout` for the client."""
         try:
             async with self._write_lock:
-                # Most frames fit the socket buffer: hand them to the kernel
-                # directly, and wait (with the deadline) only for what it did
-                # not take. anyio's send would yield to the loop first even
-                # when the socket is writable.
-                try:
-                    sent = self._raw.send(data)
-                except BlockingIOError:
-                    sent = 0
+                # A frame whose start is already out waits for no deadline to
+                # be checked first; a new one still tries the direct send:
+                # anyio's send would yield to the loop first even when the
+                # socket is writable.
+                sent = 0
+                if not started:
+                    try:
+                        sent = self._raw.send(data)
+                    except BlockingIOError:
+                        sent = 0
                 if sent < len(data):
                     with anyio.fail_after(self.server.config.write_timeout):
                         await self.stream.send(data[sent:])

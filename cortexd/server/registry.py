@@ -124,7 +124,10 @@ class Method:
     that never blocks (ping, version): those run in the reading task with no
     task spawned, which keeps the cheapest methods cheap. `timeout` overrides
     the server's per-request deadline; `during_shutdown` lets a method answer
-    while the daemon drains.
+    while the daemon drains. `changes_state=False` marks a method that
+    changes nothing `status` shows (ping, status, health): only the others
+    make `status` read every component's summary again, so a caller sees
+    its own change at once.
     """
 
     name: str
@@ -137,6 +140,7 @@ class Method:
     during_shutdown: bool = False
     summary: str = ""
     param_aliases: Mapping[str, str] = field(default_factory=dict)
+    changes_state: bool = True
 
     def bind(self, raw: Any) -> dict[str, Any]:
         """Check raw JSON params against the declaration; returns them with defaults.

@@ -25,7 +25,6 @@ import re
 import ssl
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,17 +178,25 @@ def newest(releases: list[Release], architecture: str) -> Release | None:
 # -- transport --------------------------------------------------------------------------
 
 
-class _HttpsRedirectsOnly(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to another https URL: never down to plain http."""
+def _https_redirects_only() -> Any:
+    """A redirect handler that follows only to another https URL: never down to plain http.
 
-    def redirect_request(
-        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> Any:
-        if urllib.parse.urlsplit(newurl).scheme != "https":
-            raise urllib.error.HTTPError(
-                newurl, code, f"redirect to {shown(newurl)} refused: not https", headers, fp
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    Built on first use: urllib.request (with http.client and the email
+    package) loads only when a channel is read over https.
+    """
+    from urllib.request import HTTPRedirectHandler
+
+    class HttpsRedirectsOnly(HTTPRedirectHandler):
+        def redirect_request(
+            self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+        ) -> Any:
+            if urllib.parse.urlsplit(newurl).scheme != "https":
+                raise urllib.error.HTTPError(
+                    newurl, code, f"redirect to {shown(newurl)} refused: not https", headers, fp
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return HttpsRedirectsOnly()
 
 
 def _open(url: str, ca_file: str, timeout: float) -> Any:
@@ -203,10 +210,10 @@ def _open(url: str, ca_file: str, timeout: float) -> Any:
     try:
         if parts.scheme == "file":
             return open(urllib.parse.unquote(parts.path), "rb")
+        from urllib.request import HTTPSHandler, build_opener
+
         context = ssl.create_default_context(cafile=ca_file or None)
-        opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context), _HttpsRedirectsOnly()
-        )
+        opener = build_opener(HTTPSHandler(context=context), _https_redirects_only())
         return opener.open(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise Unavailable(f"{where}: HTTP {exc.code} {exc.reason}", url=where) from None
