@@ -101,22 +101,31 @@ def _cancel(client: Client, request_id: str | None) -> None:
         pass  # it may have finished meanwhile; we are exiting either way
 
 
+def _streamed_call(
+    client: Client, method: str, params: dict[str, Any], out: Output, streamer: _Streamer
+) -> dict[str, Any]:
+    """`method` with `stream: true`, each message to `streamer`; Ctrl-C cancels it on the
+    daemon too (the connection is busy with the stream, so over a second one)."""
+    try:
+        result: dict[str, Any] = client.call(
+            method,
+            {**params, "stream": True},
+            on_stream=streamer,
+            timeout=max(client.timeout, ANSWER_TIMEOUT),
+        )
+    except KeyboardInterrupt:
+        streamer.progress.done()
+        _cancel(client, streamer.request_id)
+        if streamer.printed:
+            out.line()
+        raise Interrupted("cancelled") from None
+    return result
+
+
 def _stream_answer(client: Client, method: str, params: dict[str, Any], out: Output) -> int:
     with out.progress("waiting for the model") as progress:
         streamer = _Streamer(out, progress)
-        try:
-            result = client.call(
-                method,
-                {**params, "stream": True},
-                on_stream=streamer,
-                timeout=max(client.timeout, ANSWER_TIMEOUT),
-            )
-        except KeyboardInterrupt:
-            progress.done()
-            _cancel(client, streamer.request_id)
-            if streamer.printed:
-                out.line()
-            raise Interrupted("cancelled") from None
+        result = _streamed_call(client, method, params, out, streamer)
     if out.as_json:
         out.json_line({"result": result})
     else:
@@ -197,19 +206,7 @@ def _two_parts(
 ) -> tuple[int, dict[str, Any]]:
     with out.progress("gathering facts") as progress:
         streamer = _TwoParts(out, progress)
-        try:
-            result = client.call(
-                method,
-                {**params, "stream": True},
-                on_stream=streamer,
-                timeout=max(client.timeout, ANSWER_TIMEOUT),
-            )
-        except KeyboardInterrupt:
-            progress.done()
-            _cancel(client, streamer.request_id)
-            if streamer.printed:
-                out.line()
-            raise Interrupted("cancelled") from None
+        result = _streamed_call(client, method, params, out, streamer)
     if out.as_json:
         out.json_line({"result": result})
         return EXIT_OK, result
