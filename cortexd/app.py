@@ -1,10 +1,11 @@
 """The composition root: builds every component from the config and runs them.
 
-Lifecycle (uvicorn's order): signals → bind → components → accept → READY=1 →
-… → STOPPING=1 → new requests answered SHUTTING_DOWN → in-flight requests
-finish within `server.shutdown_timeout` → cancel the rest → stop components
-(they persist their state) → remove the socket file we created (never one
-inherited from systemd). A second SIGINT skips the grace period.
+Lifecycle: signals → bind and listen → READY=1 → import, build and start the
+features' components → accept → … → STOPPING=1 → new requests answered
+SHUTTING_DOWN → in-flight requests finish within `server.shutdown_timeout` →
+cancel the rest → stop components (they persist their state) → remove the
+socket file we created (never one inherited from systemd). A second SIGINT
+skips the grace period.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import SocketStream, TaskGroup
+from anyio.streams.stapled import MultiListener
 
 from cortexd import __version__
 from cortexd.config import (
@@ -108,12 +110,26 @@ class Daemon:
         self._shutdown = anyio.Event()
         self._reload_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
+        self._installed = False
+        self._started = anyio.Event()
+        self._http: MultiListener[SocketStream] | None = None
 
         from cortexd.core_methods import core_methods
-        from cortexd.features import install_features
 
         self.registry.add(core_methods(self))
+
+    def install_features(self) -> None:
+        """Build every feature's components and register their methods (once).
+
+        `run` does this after READY=1; call it first to inspect or replace
+        the components before running.
+        """
+        if self._installed:
+            return
+        from cortexd.features import install_features
+
         install_features(self, lambda: self.loaded.sources)
+        self._installed = True
 
     # -- lifecycle -------------------------------------------------------
 
@@ -135,14 +151,17 @@ class Daemon:
                 # A database that cannot open costs its feature; a state
                 # directory that cannot be written costs all of them.
                 await anyio.to_thread.run_sync(ensure_state_dir, self.config.state_dir)
-                # Components start before the first accept: a client that
-                # connects early waits in the listen backlog rather than
-                # reaching a component that is not serving yet.
-                for component in self.components:
-                    await component.start(tg)
-                await tg.start(self.server.serve, sock)
+                self._http = await self._bind_http()
+                # READY=1 once the socket listens, before the features are
+                # imported and started (most of the start-up time), as under
+                # socket activation: units ordered after this one go on, and a
+                # client that connects meanwhile waits in the listen backlog
+                # rather than reaching a component that is not serving yet.
                 tg.start_soon(self._watchdog)
                 self.notifier.ready(self._status_line())
+                await self._start_features(tg)
+                await tg.start(self.server.serve, sock)
+                self.notifier.status(self._status_line())
                 log.info(
                     "cortexd %s serving on %s (pid %d)",
                     __version__,
@@ -153,9 +172,41 @@ class Daemon:
                 await self._stop()
                 tg.cancel_scope.cancel()
         finally:
+            if self._http is not None:  # bound, never served: start-up failed
+                with anyio.CancelScope(shield=True):
+                    await self._http.aclose()
             if self.bound is not None:
                 remove_socket(self.bound)
             log.info("stopped" if not self.forced else "stopped without waiting")
+
+    async def _start_features(self, tg: TaskGroup) -> None:
+        """Import, build and start every feature's components, in order.
+
+        The imports run in a worker thread so the loop keeps feeding the
+        watchdog and handling signals meanwhile.
+        """
+        if not self._installed:
+            await anyio.to_thread.run_sync(_prepare_features)
+            self.install_features()
+        for component in self.components:
+            await component.start(tg)
+        self._started.set()
+
+    async def _bind_http(self) -> MultiListener[SocketStream] | None:
+        """The metrics HTTP port, bound before READY=1 like the Unix socket: a
+        probe right after start waits in the backlog rather than being refused,
+        and a port in use fails the start."""
+        metrics = self.config.metrics
+        if not metrics.http_enabled:
+            return None
+        return await anyio.create_tcp_listener(
+            local_host=metrics.http_host, local_port=metrics.http_port, reuse_port=False
+        )
+
+    def take_http_listener(self) -> MultiListener[SocketStream] | None:
+        """The metrics HTTP port `run` bound, handed over once (None otherwise)."""
+        listener, self._http = self._http, None
+        return listener
 
     async def _listening_socket(self) -> socket.socket:
         inherited = inherited_socket()
@@ -262,6 +313,8 @@ class Daemon:
         if self.stopping:
             log.info("SIGHUP ignored: shutting down")
             return
+        # A SIGHUP during start-up applies once every component has started.
+        await self._started.wait()
         log.info("SIGHUP: reloading the configuration")
         # A bad file keeps the running config; reload() has logged why.
         with contextlib.suppress(ConfigError):
@@ -282,6 +335,8 @@ class Daemon:
             await anyio.sleep(interval)
 
     def _status_line(self) -> str:
+        if not self._started.is_set():
+            return f"starting; listening on {self.socket_path}"
         return (
             f"serving on {self.socket_path}; {self.stats.connections_open} connections; "
             f"{sum(self.stats.requests.values())} requests"
@@ -343,6 +398,13 @@ class Daemon:
                 "warnings": list(loaded.warnings),
                 "restart_required": pending,
             }
+
+
+def _prepare_features() -> None:
+    """Import the features (in a worker thread)."""
+    from cortexd.features import import_features
+
+    import_features()
 
 
 def _socket_name(sock: socket.socket) -> str:

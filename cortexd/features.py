@@ -9,6 +9,7 @@ knows what a feature does. Features see the daemon only as a
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from cortexd.store import Stores
@@ -23,6 +24,34 @@ if TYPE_CHECKING:
     from cortexd.plugins.manager import PluginManager
     from cortexd.repair.manager import RepairManager
     from cortexd.runtime import Runtime
+
+
+# Every module `install_features` imports. The daemon imports them in a
+# worker thread after READY=1: they are most of its start-up time.
+FEATURE_MODULES = (
+    "cortexd.alerts.methods",
+    "cortexd.inference.methods",
+    "cortexd.notify.methods",
+    "cortexd.monitor.methods",
+    "cortexd.repair.methods",
+    "cortexd.healing.methods",
+    "cortexd.plugins.methods",
+    "cortexd.logs.methods",
+    "cortexd.backup.methods",
+    "cortexd.updates.methods",
+    "cortexd.explain.methods",
+    "cortexd.explain.auto",
+    "cortexd.metrics.methods",
+    "cortexd.config.plugintree",
+    "cortexd.config.restore",
+    "cortexd.notify.rootonly",
+)
+
+
+def import_features() -> None:
+    """Import what `install_features` needs (blocking: run it in a worker thread)."""
+    for name in FEATURE_MODULES:
+        importlib.import_module(name)
 
 
 def install_features(daemon: Runtime, config_sources: Callable[[], Sequence[str]]) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from anyio.abc import TaskGroup
+from anyio.abc import SocketStream, TaskGroup
+from anyio.streams.stapled import MultiListener
 
 from cortexd.config import Config
 from cortexd.server import Authorizer, Registry, ServerStats
@@ -82,6 +83,9 @@ class Runtime(Protocol):
 
     def serving(self) -> bool:
         """Whether the socket accepts requests now (bound, not shutting down)."""
+
+    def take_http_listener(self) -> MultiListener[SocketStream] | None:
+        """The metrics HTTP port bound before READY=1, once; None when not bound."""
 
     async def wait_stopping(self) -> None:
         """Return once a shutdown has been requested."""

@@ -276,6 +276,7 @@ def methods(tmp_path: Path) -> list[Method]:
         "inference": {"model_path": ""},
     }
     daemon = Daemon(load_config(str(DAEMON_CONF), overrides, environ={}))
+    daemon.install_features()
     registered = daemon.registry.methods()
     assert registered, "the daemon registered no methods"
     return registered

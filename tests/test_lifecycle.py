@@ -202,6 +202,49 @@ def test_ready_is_sent_once_the_socket_accepts_with_a_status_line() -> None:
         assert daemon.notify.keys()[0] == "READY"
 
 
+def test_a_status_asked_the_moment_ready_arrives_shows_every_feature_started() -> None:
+    """READY=1 comes before the features are imported and started: a request
+    sent at once waits in the listen backlog and is answered by all of them."""
+    with running_daemon(wait_ready=False) as daemon:
+        daemon.notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
+        status = daemon.call("status")
+        built = Daemon(load_config(daemon.config_path), notifier=SystemdNotifier({}))
+        built.install_features()
+        assert list(status["components"]) == ["server", *(c.name for c in built.components)]
+        states = {name: c["state"] for name, c in status["components"].items()}
+        assert "starting" not in states.values(), states
+        assert daemon.notify.wait_for(
+            lambda m: m.get("STATUS", "").startswith("serving on"), READY_TIMEOUT
+        )
+
+
+def test_features_import_in_the_worker_thread_not_on_the_loop() -> None:
+    """Every module building the features needs is in FEATURE_MODULES, so the
+    loop never imports one after READY=1."""
+    script = (
+        "import sys\n"
+        "from cortexd.config import load_config\n"
+        "from cortexd.app import Daemon\n"
+        "from cortexd.features import import_features\n"
+        "daemon = Daemon(load_config(sys.argv[1]))\n"
+        "import_features()\n"
+        "before = set(sys.modules)\n"
+        "daemon.install_features()\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('cortexd')))\n"
+    )
+    workdir = short_tmpdir()
+    try:
+        path = os.path.join(workdir, "daemon.conf")
+        Path(path).write_text(yaml.safe_dump(base_config(workdir)))
+        out = subprocess.run(
+            [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=WAIT
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def test_watchdog_keeps_being_fed_at_half_the_period() -> None:
     # 200 ms period → a WATCHDOG=1 about every 100 ms from the event loop.
     with running_daemon(env={"WATCHDOG_USEC": "200000"}) as daemon:
@@ -536,13 +579,15 @@ class Recorder:
 
 async def test_components_start_in_order_stop_in_reverse_and_fail_alone() -> None:
     """The composition root in process (a real socket, no subprocess): components
-    are started before READY, reloaded, and stopped in reverse order; one that
-    fails in state(), apply_config() or stop() does not take the others down."""
+    are started before the first accept, reloaded, and stopped in reverse order;
+    one that fails in state(), apply_config() or stop() does not take the
+    others down."""
     workdir = short_tmpdir()
     try:
         path = os.path.join(workdir, "daemon.conf")
         await anyio.Path(path).write_text(yaml.safe_dump(base_config(workdir)))
         daemon = Daemon(load_config(path), config_path=path, notifier=SystemdNotifier({}))
+        daemon.install_features()
         events: list[tuple[Any, ...]] = []
         # Only the recorders: this is the root's contract, not the features'
         # (their components are tested with their own packages).

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
+from anyio.streams.stapled import MultiListener
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,11 @@ class Response:
 Handler = Callable[[], Awaitable[Response]]
 
 
+async def bind_tcp(host: str, port: int) -> MultiListener[SocketStream]:
+    """A listening TCP socket on `host:port` (every address `host` names)."""
+    return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+
+
 class HttpListener:
     """Serves `routes` (path → handler) on `host:port` until cancelled."""
 
@@ -44,11 +50,19 @@ class HttpListener:
         self.bound_port: int | None = None
         self._slots = anyio.Semaphore(MAX_CONNECTIONS)
 
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind and accept; `task_status.started()` once bound. Raises OSError if in use."""
-        listener = await anyio.create_tcp_listener(
-            local_host=self.host, local_port=self.port, reuse_port=False
-        )
+    async def serve(
+        self,
+        bound: MultiListener[SocketStream] | None = None,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on `bound` (the daemon binds it before READY=1), or bind
+        `host:port` first; `task_status.started()` once bound.
+
+        Raises:
+            OSError: the port is taken.
+        """
+        listener = bound or await bind_tcp(self.host, self.port)
         async with listener:
             sock = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)
             self.bound_port = int(sock[1])

@@ -86,7 +86,7 @@ class MetricsComponent:
                 self.config.http_port,
                 {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready},
             )
-            await tg.start(self.http.serve)
+            await tg.start(self.http.serve, self.daemon.take_http_listener())
         tg.start_soon(self._textfile_loop)
         self._state = "running"
 

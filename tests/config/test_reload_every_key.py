@@ -287,6 +287,7 @@ def test_a_reload_leaves_nothing_of_the_old_values(
     first = load(workdir, {k: a for k, (a, _) in values.items()})
     second = load(workdir, {k: b for k, (_, b) in values.items()})
     daemon = Daemon(first, loader=lambda: second, notifier=SystemdNotifier({}))
+    daemon.install_features()
     old = {id(o): o for o in config_objects(first.config)}
     old_values = {k: a for k, (a, _) in values.items() if distinct(a)}
     assert old_values, "no distinctive values to look for"

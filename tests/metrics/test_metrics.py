@@ -169,6 +169,7 @@ async def test_ready_is_503_until_the_socket_serves() -> None:
         },
     )
     daemon = Daemon(loaded, notifier=SystemdNotifier({}))
+    daemon.install_features()
     kept = (AlertManager, Monitor, MetricsComponent)
     gate = Gate()
     daemon.components[:] = [*(c for c in daemon.components if isinstance(c, kept)), gate]

@@ -30,7 +30,9 @@ def built_daemon() -> Iterator[Daemon]:
                 "plugins": {"directory": os.path.join(workdir, "plugins")},
             },
         )
-        yield Daemon(loaded)
+        daemon = Daemon(loaded)
+        daemon.install_features()
+        yield daemon
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
