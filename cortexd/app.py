@@ -400,10 +400,22 @@ class Daemon:
             }
 
 
+# mallopt(3)'s M_ARENA_MAX, and the cap: glibc gives each thread that
+# allocates its own arena, up to 8 per core, and freed memory stays in the
+# arena that held it. The worker threads (checks, SQLite, journal reads) each
+# kept 0.1-2.6 MB that way; two arenas measured 1.4 MB less idle RSS.
+_M_ARENA_MAX = -8
+_MALLOC_ARENAS = 2
+
+
 def _prepare_features() -> None:
-    """Import the features (in a worker thread)."""
+    """Cap malloc's arenas, then import the features (in the first worker thread)."""
+    import ctypes
+
     from cortexd.features import import_features
 
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to cap
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
     import_features()
 
 
