@@ -35,6 +35,7 @@ def main() -> int:
         config = Path(workdir) / "daemon.conf"
         config.write_text(f"state_dir: {workdir}/state\nserver:\n  socket_path: {workdir}/s.sock\n")
         daemon = Daemon(load_config(str(config)))
+        daemon.install_features()
         for method in METHODS:
             daemon.stats.record(method, None, 0.0)
         for method in METHODS:

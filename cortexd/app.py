@@ -339,7 +339,7 @@ class Daemon:
             return f"starting; listening on {self.socket_path}"
         return (
             f"serving on {self.socket_path}; {self.stats.connections_open} connections; "
-            f"{sum(self.stats.requests.values())} requests"
+            f"{self.stats.requests_total} requests"
         )
 
     # -- reload ----------------------------------------------------------
