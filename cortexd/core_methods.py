@@ -53,6 +53,7 @@ def core_methods(daemon: Root) -> list[Method]:
         }
 
     board = daemon.summaries
+    pid = os.getpid()
 
     def status(call: Call) -> dict[str, Any]:
         server = {
@@ -63,7 +64,7 @@ def core_methods(daemon: Root) -> list[Method]:
         }
         return {
             "version": __version__,
-            "pid": os.getpid(),
+            "pid": pid,
             "started_at": daemon.started_wall,
             "uptime_seconds": round(time.monotonic() - daemon.started, 3),
             "config_sources": list(daemon.loaded.sources),

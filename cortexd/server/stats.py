@@ -24,6 +24,7 @@ class ServerStats:
 
     requests_total: int = 0
     errors_total: int = 0
+    _order: list[str] = field(default_factory=list)
 
     def record(self, method: str, error: str | None, seconds: float) -> None:
         self.requests[method] += 1
@@ -36,9 +37,11 @@ class ServerStats:
     def snapshot(self) -> dict[str, object]:
         """The counters as `status` shows them; `status` asks on every call,
         so the totals are kept as they go rather than summed here."""
+        requests = self.requests
+        if len(requests) != len(self._order):  # a method's first call
+            self._order = sorted(requests)
         by_method: dict[str, dict[str, Any]] = {
-            method: {"requests": count, "errors": {}}
-            for method, count in sorted(self.requests.items())
+            method: {"requests": requests[method], "errors": {}} for method in self._order
         }
         if self.errors:
             for (method, name), count in sorted(self.errors.items()):
