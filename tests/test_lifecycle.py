@@ -384,6 +384,18 @@ def test_sigterm_stops_cleanly_and_removes_the_socket_it_created() -> None:
         assert "stopped" in daemon.log()
 
 
+def test_sigterm_the_moment_ready_arrives_stops_cleanly_after_the_features_start() -> None:
+    """A SIGTERM while the features are still importing and starting (just after
+    READY=1) waits for them, then stops them in order: exit 0, socket removed."""
+    with running_daemon(wait_ready=False) as daemon:
+        daemon.notify.wait_for(lambda m: m.get("READY") == "1", READY_TIMEOUT)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(WAIT) == 0, daemon.log()
+        wait_sequence(daemon.notify, ["READY", "STOPPING"], 0)
+        assert not os.path.exists(daemon.socket_path)
+        assert "Traceback" not in daemon.log()
+
+
 def test_sigterm_lets_in_flight_requests_finish_while_new_ones_are_refused(
     connect: Callable[[str], Conn],
 ) -> None:
