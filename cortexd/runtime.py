@@ -51,6 +51,10 @@ class Runtime(Protocol):
         """The running configuration; a reload replaces it (read it at use, never keep it)."""
 
     @property
+    def started_wall(self) -> float:
+        """When the daemon started (wall clock, `time.time()`)."""
+
+    @property
     def registry(self) -> Registry:
         """Where a feature adds its socket methods at install."""
 

@@ -182,9 +182,12 @@ class Journal:
         out.reverse()
         return out
 
-    def last_cursor(self) -> str | None:
-        """The cursor of the newest entry, or None for an empty journal."""
+    def last_cursor(self, before: float | None = None) -> str | None:
+        """The cursor of the newest entry (logged before `before`, a wall-clock
+        time, when given), or None when there is none."""
         for entry in self._iterate(Query(), reverse=True):
+            if before is not None and entry["ts"] >= before:
+                continue
             return str(entry["cursor"]) or None
         return None
 

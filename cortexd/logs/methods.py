@@ -235,7 +235,7 @@ def install(daemon: Runtime, alerts: AlertManager) -> JournalWatcher:
     journal = Journal()
     config = daemon.config.logs
     cursor = CursorFile(os.path.join(daemon.config.state_dir, "journal-cursor"))
-    watcher = JournalWatcher(journal, alerts, config, cursor)
+    watcher = JournalWatcher(journal, alerts, config, cursor, news_since=daemon.started_wall)
     daemon.components.append(watcher)
     daemon.registry.add(log_methods(LogMethods(journal, daemon)))
     return watcher

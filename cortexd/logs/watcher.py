@@ -158,7 +158,11 @@ class JournalWatcher:
         cursor: CursorFile,
         *,
         clock: Callable[[], float] = time.monotonic,
+        news_since: float | None = None,
     ) -> None:
+        # `news_since` (wall clock; default now): on a first start, lines from
+        # then on are news, older ones history. The daemon passes its own start,
+        # so lines logged while the features were still starting are not lost.
         self.journal = journal
         self.alerts = alerts
         self.config = config
@@ -166,7 +170,7 @@ class JournalWatcher:
         self.clock = clock
         self.patterns = build_patterns(config)
         self._position: str | None = None
-        self._started_wall = time.time()
+        self._started_wall = time.time() if news_since is None else news_since
         self._last_notice: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
         self._state = "starting"
@@ -196,7 +200,9 @@ class JournalWatcher:
         self._position = await anyio.to_thread.run_sync(self.cursor.load)
         if self._position is None:
             # First start: lines logged before we ever ran are history, not news.
-            self._position = await anyio.to_thread.run_sync(self.journal.last_cursor)
+            self._position = await anyio.to_thread.run_sync(
+                self.journal.last_cursor, self._started_wall
+            )
             if self._position:
                 try:
                     await anyio.to_thread.run_sync(self.cursor.save, self._position)

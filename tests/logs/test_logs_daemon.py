@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from cortexd.protocol import CortexError
-from tests.daemon import DaemonProcess, short_tmpdir
+from tests.daemon import DaemonProcess, running_daemon, short_tmpdir
 from tests.test_logging import Journal, daemon_beside
 
 WAIT = 30.0
@@ -146,6 +146,21 @@ def test_follow_streams_new_lines(journal: Journal) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.root
+def test_a_line_logged_the_moment_ready_arrives_is_news_on_a_first_start(
+    journal: Journal,
+) -> None:
+    """READY=1 comes before the features start: a line logged at once, maybe
+    before the watcher reads, is still after the daemon's start, so not history."""
+    ident = f"cxnew-{uuid.uuid4().hex[:8]}"
+    command = [*journal.enter, sys.executable, "-m", "cortexd"]
+    with running_daemon(WATCH, command=command, wait_ready=False) as daemon:
+        daemon.notify.wait_for(lambda m: m.get("READY") == "1", WAIT)
+        cat(journal, ident, "kernel: app[7]: segfault at 10 ip 0 sp 0 error 6", "err")
+        alerts = poll(lambda: journal_alerts(daemon, ident), "the segfault alert")
+        assert alerts[0]["labels"]["pattern"] == "segfault"
+
+
 def test_watcher_cursor_survives_a_restart(journal: Journal) -> None:
     ident = f"cxcur-{uuid.uuid4().hex[:8]}"
     state = os.path.join(short_tmpdir(), "state")
