@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -194,3 +195,23 @@ async def test_ready_is_503_until_the_socket_serves() -> None:
             daemon.request_shutdown("test over")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_metrics_port_in_use_fails_the_start_before_ready(tmp_path: Path) -> None:
+    """The HTTP port is bound before READY=1, like the Unix socket: a port taken
+    by another program stops the start with one clear line, and READY never comes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = {
+            "metrics": {"http_enabled": True, "http_host": "127.0.0.1", "http_port": port},
+            "notify": {"rules_path": str(tmp_path / "none.yaml")},
+        }
+        with running_daemon(config, wait_ready=False) as d:
+            assert d.wait(30) == 1, d.log()
+            assert "cannot start:" in d.log()
+            assert "address already in use" in d.log().lower()
+            sent = d.notify.keys()  # the state keys in order, a list
+            assert "READY" not in sent
+            assert not os.path.exists(d.socket_path)
