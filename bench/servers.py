@@ -98,21 +98,32 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], deadline: 
             return
 
 
-def start_daemon(workdir: str, *, prefix: Sequence[str] = ()) -> Running:
+def start_daemon(
+    workdir: str,
+    *,
+    prefix: Sequence[str] = (),
+    settings: dict[str, Any] | None = None,
+) -> Running:
     """Start cortexd in `workdir` and return once it sent READY=1.
 
-    `prefix` goes before `-m cortexd` (e.g. `-m cProfile -o FILE`).
+    `prefix` goes before `-m cortexd` (e.g. `-m cProfile -o FILE`); `settings`
+    are config sections merged over the bench's own (section by section).
 
     Raises:
         TimeoutError: no READY=1 within READY_TIMEOUT.
         RuntimeError: the daemon exited before it was ready.
     """
     socket_path = os.path.join(workdir, "d.sock")
-    config = {
+    config: dict[str, Any] = {
         "state_dir": os.path.join(workdir, "state"),
         "server": {"socket_path": socket_path},
         "logging": {"level": "WARN", "target": "stderr"},
     }
+    for section, values in (settings or {}).items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section] = {**config[section], **values}
+        else:
+            config[section] = values
     config_path = os.path.join(workdir, "daemon.conf")
     Path(config_path).write_text(yaml.safe_dump(config))
     notify_path = os.path.join(workdir, "notify")
