@@ -82,6 +82,7 @@ bench: $(STAMP) model
 	CORTEX_TEST_MODEL="$(MODEL)" $(BIN)/python bench/ipc.py
 	CORTEX_TEST_MODEL="$(MODEL)" $(BIN)/python bench/inference.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/fleet.py --quick
 
 install: $(STAMP)
 	@[ "$(ROOT)" = yes ] || { echo "make install needs root"; exit 1; }
