@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import socket
@@ -129,6 +130,33 @@ def test_the_textfile_is_written_whole(http_daemon: tuple[DaemonProcess, int, Pa
     assert "\nprocess_" not in text and not text.startswith("process_")
     # No temporary file is left beside it.
     assert [p.name for p in textfile.parent.iterdir()] == [textfile.name]
+
+
+def fetch(port: int, path: str, accept: str | None) -> tuple[bytes, str | None, str | None]:
+    """The raw body, Content-Encoding and Vary of one GET with `Accept-Encoding: accept`."""
+    headers = {} if accept is None else {"Accept-Encoding": accept}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read(), response.headers["Content-Encoding"], response.headers["Vary"]
+
+
+def test_a_scraper_that_asks_for_gzip_gets_it(http_daemon: tuple[DaemonProcess, int, Path]) -> None:
+    """Prometheus sends `Accept-Encoding: gzip`: the exposition goes compressed,
+    several times smaller, and unpacks to a valid exposition; others get it plain."""
+    _, port, _ = http_daemon
+    plain, encoding, vary = fetch(port, "/metrics", None)
+    assert encoding is None and vary == "Accept-Encoding"
+    packed, encoding, _ = fetch(port, "/metrics", "gzip")
+    assert encoding == "gzip"
+    assert len(packed) * 4 < len(plain)
+    text = gzip.decompress(packed)
+    promtool(text.decode())
+    families = {line.split()[2] for line in text.decode().splitlines() if line.startswith("# TYPE")}
+    assert "cortex_build_info" in families
+    assert fetch(port, "/metrics", "deflate, gzip;q=0")[1] is None
+    assert fetch(port, "/metrics", "identity")[1] is None
+    # A small answer is not worth gzip's own bytes.
+    assert fetch(port, "/ready", "gzip")[1] is None
 
 
 class Gate:
