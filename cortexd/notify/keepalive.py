@@ -3,7 +3,10 @@
 Alertmanager ends an alert that is not re-sent before its `endsAt`. Every
 `notify.alertmanager_resend_seconds` the last firing (or flapping) message
 each `alertmanager` action was told is sent again, outside the outbox: it
-repeats what the receiver already has, so a lost one costs nothing.
+repeats what the receiver already has, so a lost one costs nothing. An
+action's alerts go together, up to BATCH in one POST, as Alertmanager's API
+takes them: a host with five firing alerts makes one request a round, not
+five (at 10,000 hosts, 167 requests a second instead of 833).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from cortexd.notify.policy import TOLD_FIRING
 from cortexd.notify.store import Message, NotifyStore
 
 log = logging.getLogger(__name__)
+
+# Alerts in one keep-alive POST: about 32 KB of JSON.
+BATCH = 100
 
 Send = Callable[[Action, dict[str, Any], "int | str"], Awaitable[Answer]]
 
@@ -64,15 +70,27 @@ class Keepalive:
     async def run(self, tg: TaskGroup, interval: Callable[[], float]) -> None:
         while True:
             await anyio.sleep(interval())
+            by_action: dict[str, tuple[Action, list[dict[str, Any]]]] = {}
             for (name, fp), event in list(self.firing.items()):
                 action = self._actions(name)
                 if action is None:
                     self.firing.pop((name, fp), None)
                     continue
-                tg.start_soon(self._resend, action, event)
+                by_action.setdefault(name, (action, []))[1].append(event)
+            for action, events in by_action.values():
+                for start in range(0, len(events), BATCH):
+                    tg.start_soon(self._resend, action, events[start : start + BATCH])
 
-    async def _resend(self, action: Action, event: dict[str, Any]) -> None:
+    async def _resend(self, action: Action, events: list[dict[str, Any]]) -> None:
+        first = events[0]["alert"].get("id", "")
         try:
-            await self._send(action, event, f"resend-{event['alert'].get('id', '')}")
+            await self._send(action, batch_event(events), f"resend-{first}+{len(events) - 1}")
         except Exception as exc:  # isolation boundary: the next keep-alive tries again
-            log.warning("re-sending a firing alert to %s failed: %s", action.name, exc)
+            log.warning(
+                "re-sending %d firing alert(s) to %s failed: %s", len(events), action.name, exc
+            )
+
+
+def batch_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """One message carrying several firing alerts, for one Alertmanager push."""
+    return {"kind": "firing", "batch": events}

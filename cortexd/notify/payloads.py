@@ -378,6 +378,15 @@ def _pagerduty(action: Action, event: dict[str, Any], entry_id: str) -> Request:
 
 def _alertmanager(action: Action, event: dict[str, Any], entry_id: str) -> Request:
     url = action.get("url").rstrip("/") + "/api/v2/alerts"
+    batch = event.get("batch")
+    if batch is not None:
+        # A keep-alive round: every firing alert as it is now, in one push.
+        sent: dict[str, Any] = {
+            k: event[k] for k in ("sent_at", "lifetime", "external_url") if k in event
+        }
+        return _json_request(
+            url, [_am_alert({**e, **sent}, webhook=False) for e in batch], entry_id
+        )
     # One push: the alert as it is now, and the label sets it replaces ended, so
     # Alertmanager never holds two active copies of one alert.
     current = _am_alert(event, webhook=False)

@@ -150,6 +150,28 @@ def test_invalid_rules_stop_the_start_with_the_rule_and_field_named(tmp_path: Pa
         assert "rule 'ops': field 'actions[0].url': required for a webhook action" in d.log()
 
 
+def test_the_keep_alive_pushes_an_actions_firing_alerts_together(tmp_path: Path) -> None:
+    """Each firing alert goes to Alertmanager once when it fires; the keep-alive
+    that stops them expiring there then sends all of them in one request."""
+    with receiver() as am:
+        rules = write_rules(tmp_path, [{"type": "alertmanager", "url": am.url("")}])
+        config = daemon_config(tmp_path / "state", rules, alertmanager_resend_seconds=1)
+        with running_daemon(config) as d:
+            for n in range(3):
+                raise_alert(d, n)
+
+            def together() -> list[Any]:
+                return [p.json() for p in am.posts if len(p.json()) == 3]
+
+            pushed = poll(together, what="one keep-alive push with all three alerts")[0]
+        assert all(p.path == "/api/v2/alerts" for p in am.posts)
+        assert sorted(a["labels"]["job"] for a in pushed) == ["j0", "j1", "j2"]
+        # Each still firing: an end in the future, which the next keep-alive moves on.
+        assert all(a["endsAt"] > a["startsAt"] for a in pushed)
+        singles = [p for p in am.posts if len(p.json()) == 1]
+        assert len(singles) >= 3  # the first push of each, through the outbox
+
+
 # -- a filled disk reaches a webhook, an SMTP server and a real Alertmanager ----------
 
 
