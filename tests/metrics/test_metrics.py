@@ -245,3 +245,19 @@ def test_a_metrics_port_in_use_fails_the_start_before_ready(tmp_path: Path) -> N
             sent = d.notify.keys()  # the state keys in order, a list
             assert "READY" not in sent
             assert not os.path.exists(d.socket_path)
+
+
+def test_a_probe_sent_the_moment_ready_arrives_is_answered_not_refused(tmp_path: Path) -> None:
+    """The HTTP port listens before READY=1: a probe sent at once waits in the
+    backlog while the features start, then gets a /ready document."""
+    port = free_port()
+    config = {
+        "metrics": {"http_enabled": True, "http_host": "127.0.0.1", "http_port": port},
+        "notify": {"rules_path": str(tmp_path / "none.yaml")},
+    }
+    with running_daemon(config, wait_ready=False) as d:
+        d.notify.wait_for(lambda m: m.get("READY") == "1", WAIT)
+        status, body, _ = get(port, "/ready")
+        assert status in (200, 503)
+        assert set(orjson.loads(body)) == {"ready", "socket", "monitor"}
+        poll(lambda: get(port, "/ready")[0] == 200, what="/ready to say ready")
