@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,14 @@ def wait_state(d: DaemonProcess, states: set[str], deadline: float = READY_DEADL
         if time.monotonic() > end:
             raise AssertionError(f"model never reached {states}: {status}\n{d.log()[-3000:]}")
         time.sleep(POLL)
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child that a test stops with SIGINT: Ctrl-C's default
+    action, even when this run inherited SIGINT ignored (a job a non-interactive
+    shell started with `&` does), so the child's Python turns it into
+    KeyboardInterrupt as it would at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(predicate: Any, deadline: float = 30.0) -> Any:

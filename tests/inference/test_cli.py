@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from tests.daemon import DaemonProcess
-from tests.inference.conftest import wait_for
+from tests.inference.conftest import interruptible, wait_for
 from tests.inference.helpers import LONG_PROMPT
 
 CLI_TIMEOUT = 120
@@ -74,6 +74,7 @@ def test_ctrl_c_cancels_the_request_on_the_daemon(model_daemon: DaemonProcess) -
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(),
+        preexec_fn=interruptible,
     )
     try:
 

@@ -14,7 +14,7 @@ import anyio
 
 from cortexctl import AsyncClient
 from tests.daemon import DaemonProcess
-from tests.inference.conftest import wait_for
+from tests.inference.conftest import interruptible, wait_for
 from tests.inference.helpers import COUNTING_PROMPT, LONG_PROMPT
 
 CLI_TIMEOUT = 120
@@ -76,6 +76,7 @@ def test_ctrl_c_in_a_blocking_call_stops_the_request(model_daemon: DaemonProcess
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     ) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         try:
