@@ -44,6 +44,7 @@ from cortexd.server import (
     Server,
     ServerStats,
     bind_socket,
+    bind_tcp,
     raise_fd_limit,
     remove_socket,
 )
@@ -199,9 +200,7 @@ class Daemon:
         metrics = self.config.metrics
         if not metrics.http_enabled:
             return None
-        return await anyio.create_tcp_listener(
-            local_host=metrics.http_host, local_port=metrics.http_port, reuse_port=False
-        )
+        return await bind_tcp(metrics.http_host, metrics.http_port)
 
     def take_http_listener(self) -> MultiListener[SocketStream] | None:
         """The metrics HTTP port `run` bound, handed over once (None otherwise)."""

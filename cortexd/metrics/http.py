@@ -18,6 +18,8 @@ import anyio
 from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.stapled import MultiListener
 
+from cortexd.server.transport import bind_tcp
+
 log = logging.getLogger(__name__)
 
 READ_DEADLINE = 5.0
@@ -38,11 +40,6 @@ class Response:
 
 
 Handler = Callable[[], Awaitable[Response]]
-
-
-async def bind_tcp(host: str, port: int) -> MultiListener[SocketStream]:
-    """A listening TCP socket on `host:port` (every address `host` names)."""
-    return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
 
 
 class HttpListener:

@@ -6,7 +6,13 @@ from cortexd.server.call import Call, Peer
 from cortexd.server.core import Authorizer, Server
 from cortexd.server.registry import Method, Param, Registry
 from cortexd.server.stats import ServerStats
-from cortexd.server.transport import BoundSocket, bind_socket, raise_fd_limit, remove_socket
+from cortexd.server.transport import (
+    BoundSocket,
+    bind_socket,
+    bind_tcp,
+    raise_fd_limit,
+    remove_socket,
+)
 
 __all__ = [
     "Authorizer",
@@ -19,6 +25,7 @@ __all__ = [
     "Server",
     "ServerStats",
     "bind_socket",
+    "bind_tcp",
     "raise_fd_limit",
     "remove_socket",
 ]

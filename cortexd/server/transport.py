@@ -16,6 +16,10 @@ import socket
 import stat
 from dataclasses import dataclass
 
+import anyio
+from anyio.abc import SocketStream
+from anyio.streams.stapled import MultiListener
+
 from cortexd.config import ServerConfig
 from cortexd.protocol import CortexError
 
@@ -74,6 +78,15 @@ def bind_socket(config: ServerConfig) -> BoundSocket:
         os.unlink(path)
         raise
     return BoundSocket(sock=sock, path=path, created=True, inode=os.lstat(path).st_ino)
+
+
+async def bind_tcp(host: str, port: int) -> MultiListener[SocketStream]:
+    """A listening TCP socket on `host:port` (every address `host` names).
+
+    Raises:
+        OSError: the port is taken or the address is not this host's.
+    """
+    return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
 
 
 def _ensure_parent(path: str) -> None:
