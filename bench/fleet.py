@@ -23,20 +23,14 @@ It reports and does not judge; exit status 1 means the bench itself broke.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
-import http.server
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +40,8 @@ import yaml
 from servers import Running, short_tmpdir, start_daemon
 
 from cortexctl.client import Client
+from tests.notify.helpers import alertmanager, free_port, receiver
 
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-START_TIMEOUT = 30.0
 SAMPLE_EVERY = 5.0
 # Checks that run apt or read the package lists: on a real fleet each host runs
 # its own, but here fifty copies of `apt-get -s` at once would measure apt.
@@ -116,12 +109,6 @@ def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU of `pid` so far, from /proc (cheaper than psutil per call)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -133,82 +120,6 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> bytes:
     with urllib.request.urlopen(request, timeout=10) as answer:
         body: bytes = answer.read()
         return body
-
-
-@contextlib.contextmanager
-def alertmanager(workdir: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real Alertmanager with a null receiver, on its own port and storage."""
-    if ALERTMANAGER is None:
-        raise RuntimeError("prometheus-alertmanager is not installed (make deps installs it)")
-    home = Path(workdir) / "am"
-    home.mkdir()
-    (home / "am.yml").write_text(
-        yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={home / 'am.yml'}",
-            f"--storage.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                http_get(f"{url}/-/ready")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Alertmanager did not start") from None
-                time.sleep(0.1)
-        yield url, proc
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
-
-
-@dataclass
-class Catcher:
-    """A local HTTP receiver that keeps the bodies POSTed to it."""
-
-    bodies: list[bytes] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@contextlib.contextmanager
-def catcher() -> Iterator[tuple[str, Catcher]]:
-    caught = Catcher()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with caught.lock:
-                caught.bodies.append(body)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", caught
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def rules(path: Path, url: str, extra_url: str | None) -> None:
@@ -309,8 +220,11 @@ def measure(settings: Settings) -> dict[str, Any]:
     workdir = short_tmpdir("cxf")
     daemons: list[Running] = []
     load_before = os.getloadavg()
+    am_home = Path(workdir) / "am"
+    am_home.mkdir()
     try:
-        with alertmanager(workdir) as (am_url, am), catcher() as (catch_url, caught):
+        with alertmanager(am_home) as am, receiver() as caught:
+            am_url, catch_url = am.url, caught.url("")
             progress(f"starting {settings.daemons} daemons…")
             started = time.perf_counter()
             daemons = start_fleet(settings, workdir, am_url, catch_url)
@@ -321,9 +235,9 @@ def measure(settings: Settings) -> dict[str, Any]:
             time.sleep(settings.resend + 2)
             progress(f"measuring for {settings.duration:.0f} s…")
             pids = [d.pid for d in daemons]
-            am_proc = psutil.Process(am.pid)
+            am_proc = psutil.Process(am.proc.pid)
             received_before = received_total(am_url)
-            am_cpu_before = cpu_seconds(am.pid)
+            am_cpu_before = cpu_seconds(am.proc.pid)
             cpu_before = [cpu_seconds(pid) for pid in pids]
             t0 = time.perf_counter()
             active: list[int] = []
@@ -332,15 +246,14 @@ def measure(settings: Settings) -> dict[str, Any]:
                 active.append(active_alerts(am_url))
             wall = time.perf_counter() - t0
             received = received_total(am_url) - received_before
-            am_cpu = cpu_seconds(am.pid) - am_cpu_before
+            am_cpu = cpu_seconds(am.proc.pid) - am_cpu_before
             per_daemon = [
                 (cpu_seconds(pid) - before) / wall * 1e6
                 for pid, before in zip(pids, cpu_before, strict=True)
             ]
             rss = [psutil.Process(pid).memory_info().rss / 2**20 for pid in pids]
             am_rss = am_proc.memory_info().rss / 2**20
-            with caught.lock:
-                bodies = list(caught.bodies)
+            bodies = [post.body for post in list(caught.posts)]
             # The scrape is timed on a quiet machine: the rest of the fleet stops first.
             progress("stopping the fleet but one, timing scrapes…")
             for daemon in daemons[1:]:
@@ -438,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     try:
         figures = measure(settings)
-    except (RuntimeError, OSError, TimeoutError) as exc:
+    except (RuntimeError, OSError, TimeoutError, AssertionError) as exc:
         print(f"fleet bench failed: {exc}", file=sys.stderr)
         return 1
     if settings.as_json:

@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import http.server
 import random
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import yaml
 from aiosmtpd.controller import Controller
 
 Mode = Literal["ok", "fail", "hang"]
@@ -158,6 +162,63 @@ def smtp_server(**kwargs: Any) -> Iterator[MailServer]:
         yield MailServer(port, messages)
     finally:
         controller.stop()
+
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+@dataclass
+class Alertmanager:
+    """A running Alertmanager: where it listens and its process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def alertmanager(home: Path) -> Iterator[Alertmanager]:
+    """A real Alertmanager with a null receiver, its config and storage under `home`
+    (which must exist), on its own port, not clustered; stopped on the way out.
+
+    Raises:
+        RuntimeError: prometheus-alertmanager is not installed.
+        AssertionError: it did not listen within the deadline.
+    """
+    if ALERTMANAGER is None:
+        raise RuntimeError("prometheus-alertmanager is not installed (make deps installs it)")
+    port = free_port()
+    (home / "am.yml").write_text(
+        yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
+    )
+    proc = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={home / 'am.yml'}",
+            f"--storage.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        poll(lambda: _listens(port), what="Alertmanager to listen")
+        yield Alertmanager(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:

@@ -23,11 +23,11 @@ import yaml
 from cortexctl.cli import main as cortexctl
 from cortexd.config.schema import ChecksConfig
 from tests.daemon import DaemonProcess, running_daemon
-from tests.notify.helpers import free_port, poll, receiver, smtp_server
+from tests.notify.helpers import ALERTMANAGER, free_port, poll, receiver, smtp_server
+from tests.notify.helpers import alertmanager as real_alertmanager
 
 ALL_CHECKS = [f.name for f in dataclasses.fields(ChecksConfig)]
 NO_CHECKS = {"checks": {name: {"enabled": False} for name in ALL_CHECKS}}
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 AMTOOL = shutil.which("amtool")
 
 
@@ -179,38 +179,10 @@ def test_the_keep_alive_pushes_an_actions_firing_alerts_together(tmp_path: Path)
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     if ALERTMANAGER is None:
         pytest.skip("prometheus-alertmanager is not installed (make deps installs it)")
-    port = free_port()
     home = tmp_path / "am"
     home.mkdir()
-    (home / "am.yml").write_text(
-        yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]})
-    )
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={home / 'am.yml'}",
-            f"--storage.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        poll(lambda: _answers(url), what="Alertmanager to listen")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
-            return True
-    except OSError:
-        return False
+    with real_alertmanager(home) as am:
+        yield am.url
 
 
 def am_alerts(url: str, mount: Path) -> list[dict[str, Any]]:
