@@ -25,6 +25,8 @@ import orjson
 import psutil
 import yaml
 
+from tests.daemon import merge
+
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 IDLE_CPU = 0.02  # share of one core under which a process counts as idle
@@ -107,7 +109,7 @@ def start_daemon(
     """Start cortexd in `workdir` and return once it sent READY=1.
 
     `prefix` goes before `-m cortexd` (e.g. `-m cProfile -o FILE`); `settings`
-    are config sections merged over the bench's own (section by section).
+    are merged over the bench's own config (nested keys one by one).
 
     Raises:
         TimeoutError: no READY=1 within READY_TIMEOUT.
@@ -119,11 +121,7 @@ def start_daemon(
         "server": {"socket_path": socket_path},
         "logging": {"level": "WARN", "target": "stderr"},
     }
-    for section, values in (settings or {}).items():
-        if isinstance(values, dict) and isinstance(config.get(section), dict):
-            config[section] = {**config[section], **values}
-        else:
-            config[section] = values
+    config = merge(config, settings or {})
     config_path = os.path.join(workdir, "daemon.conf")
     Path(config_path).write_text(yaml.safe_dump(config))
     notify_path = os.path.join(workdir, "notify")
