@@ -1,6 +1,5 @@
-"""Backup and restore of the daemon's state databases and configuration."""
+"""Backup and restore of the daemon's state databases and configuration.
 
-from cortexd.backup.archive import ArchiveRejected, ArchiveTooLarge, build, verify
-from cortexd.backup.service import BackupService
-
-__all__ = ["ArchiveRejected", "ArchiveTooLarge", "BackupService", "build", "verify"]
+`archive` (tarfile, gzip) is imported by the service when an archive is
+first made or read, not when the feature starts: most daemons never do.
+"""

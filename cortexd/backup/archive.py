@@ -40,9 +40,9 @@ import orjson
 
 from cortexd import __version__
 from cortexd.backup import hostkey
+from cortexd.backup.errors import ArchiveRejected, ArchiveTooLarge
 from cortexd.config.collect import MAX_CONFIG_MEMBER_BYTES
 from cortexd.host.files import sha256_file
-from cortexd.protocol import CortexError, ErrorCode
 from cortexd.store.copy import copy_database, state_databases
 
 FORMAT = "cortex-backup"
@@ -60,19 +60,6 @@ MAX_MEMBERS = 400
 # final padding, on top of the members' bytes, in the decompressed stream.
 _TAR_OVERHEAD_PER_MEMBER = 3 * 512
 _TAR_END = 20 * 512
-
-
-class ArchiveRejected(CortexError):
-    """The archive failed verification; nothing was changed."""
-
-    code = ErrorCode.INVALID_PARAMS
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"backup archive refused: {reason}", reason=reason)
-
-
-class ArchiveUnsigned(ArchiveRejected):
-    """The archive is not signed with this host's key (made elsewhere, or edited)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,19 +185,6 @@ def build(
         if os.path.getsize(target) > max_bytes:
             raise ArchiveTooLarge(os.path.getsize(target), max_bytes)
         return manifest
-
-
-class ArchiveTooLarge(CortexError):
-    """An archive over `backup.max_archive_bytes`."""
-
-    code = ErrorCode.TOO_LARGE
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"the archive ({size} bytes) exceeds backup.max_archive_bytes ({limit})",
-            size=size,
-            limit=limit,
-        )
 
 
 def verify(

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from cortexd.backup import archive, hostkey
+from cortexd.backup import hostkey
+from cortexd.backup.errors import ArchiveTooLarge, ArchiveUnsigned
 from cortexd.backup.uploads import Upload, Uploads
 from cortexd.config.collect import (
     CONFIG_DIR,
@@ -54,6 +55,7 @@ from cortexd.protocol import Busy, PermissionDenied, Unavailable
 from cortexd.store import StoreOwner, Stores
 
 if TYPE_CHECKING:
+    from cortexd.backup.archive import RestoreLimits
     from cortexd.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -197,6 +199,8 @@ class BackupService:
         copier = self.stores.copier()
 
         def build() -> dict[str, Any]:
+            from cortexd.backup import archive  # tarfile and gzip: imported on first use
+
             found = collect_config(targets, self.config_dir)
             for item in found.left_out:
                 log.warning("backup: leaving out %s: %s", item["path"], item["reason"])
@@ -287,7 +291,7 @@ class BackupService:
             ArchiveTooLarge: over `backup.max_archive_bytes`.
         """
         if size > self.config.max_archive_bytes:
-            raise archive.ArchiveTooLarge(size, self.config.max_archive_bytes)
+            raise ArchiveTooLarge(size, self.config.max_archive_bytes)
         path = os.path.join(self._work_dir(), f"upload-{uuid.uuid4().hex[:12]}.tar.gz")
         upload = self.uploads.begin(path, size, uid, sha256)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
@@ -300,7 +304,7 @@ class BackupService:
     def _drop(self, upload: Upload) -> None:
         self.uploads.drop(upload)
 
-    def restore_limits(self) -> archive.RestoreLimits:
+    def restore_limits(self) -> RestoreLimits:
         """`backup.max_restore_bytes`, or with 0 a few times the present state."""
         limit = self.config.max_restore_bytes
         if limit <= 0:
@@ -308,6 +312,8 @@ class BackupService:
                 _file_size(p) for p in config_files(self.config_targets(), self.config_dir)
             )
             limit = max(RESTORE_STATE_FACTOR * present, RESTORE_FLOOR_BYTES)
+        from cortexd.backup import archive  # tarfile and gzip: imported on first use
+
         return archive.RestoreLimits(total_bytes=limit)
 
     async def restore(
@@ -355,18 +361,22 @@ class BackupService:
                     reason=why,
                 )
             if not foreign:
-                raise archive.ArchiveUnsigned(
+                raise ArchiveUnsigned(
                     f"it {why}; to restore it anyway (root only) pass foreign: true "
                     "(cortexctl restore --foreign)"
                 )
 
         try:
             limits = await anyio.to_thread.run_sync(self.restore_limits)
-            manifest = await anyio.to_thread.run_sync(
-                lambda: archive.verify(
+
+            def verify() -> dict[str, Any]:
+                from cortexd.backup import archive  # tarfile and gzip: imported on first use
+
+                return archive.verify(
                     upload.path, staging, limits=limits, key=self.key, on_unsigned=on_unsigned
                 )
-            )
+
+            manifest = await anyio.to_thread.run_sync(verify)
             plan = None
             if with_config:
                 staged = staged_files(manifest["files"], staging)
@@ -432,6 +442,8 @@ def _unsigned_reason(manifest: dict[str, Any], key: bytes | None) -> str:
 
 
 def _same_machine(manifest: dict[str, Any]) -> bool:
+    from cortexd.backup import archive  # tarfile and gzip: imported on first use
+
     here = archive.machine_id()
     return bool(here) and manifest.get("machine_id") == here
 

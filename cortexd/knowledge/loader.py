@@ -14,7 +14,6 @@ import shlex
 import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import yaml
@@ -382,6 +381,10 @@ def load_file(path: str, schema: Schema) -> list[Entry]:
 
 def load_builtin(schema: Schema) -> KnowledgeBase:
     """The runbook shipped with the package. Raises KnowledgeError."""
+    # importlib.resources brings pathlib and zipfile support: only when the
+    # runbook is first read (the first explanation), not at every start.
+    from importlib import resources
+
     problems: list[str] = []
     entries: list[Entry] = []
     files = sorted(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +60,8 @@ def deb_control(path: str, timeout: float = LIST_TIMEOUT) -> dict[str, str]:
     )
     if done.returncode != 0:
         return {}
+    import tarfile  # only here, when a .deb is read: not at every start
+
     try:
         with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
             member = next((m for m in tar if m.name.lstrip("./") == "control"), None)
