@@ -66,8 +66,9 @@ def core_methods(daemon: Root) -> list[Method]:
             "version": __version__,
             "pid": pid,
             "started_at": daemon.started_wall,
-            "uptime_seconds": round(time.monotonic() - daemon.started, 3),
-            "config_sources": list(daemon.loaded.sources),
+            # Whole milliseconds: round(x, 3) costs a tenth of a `ping`.
+            "uptime_seconds": int((time.monotonic() - daemon.started) * 1000) / 1000,
+            "config_sources": daemon.loaded.sources,  # a tuple: encoded as a list
             "restart_required": list(daemon.pending_restart),
             # Encoded once per publish or `state_max_age`, not per request.
             "components": orjson.Fragment(

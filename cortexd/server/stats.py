@@ -18,40 +18,49 @@ class ServerStats:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0
-    requests: Counter[str] = field(default_factory=Counter)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     latency_sum: dict[str, float] = field(default_factory=dict)
 
     requests_total: int = 0
     errors_total: int = 0
-    _order: list[str] = field(default_factory=list)
+    # What `status` shows under "methods", kept as it goes: method name (in
+    # sorted order) -> {"requests": n, "errors": {name: n}}. Building it per
+    # `status` cost more than the rest of the answer but the components. An
+    # entry is replaced, never changed, so a shallow copy is a snapshot.
+    _by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests by method (for the metrics; `status` reads the table itself)."""
+        return Counter({method: entry["requests"] for method, entry in self._by_method.items()})
 
     def record(self, method: str, error: str | None, seconds: float) -> None:
-        self.requests[method] += 1
         self.requests_total += 1
         self.latency_sum[method] = self.latency_sum.get(method, 0.0) + seconds
+        entry = self._by_method.get(method)
+        if entry is None:
+            entry = self._add(method)
+        errors = entry["errors"]
         if error is not None:
             self.errors[(method, error)] += 1
             self.errors_total += 1
+            errors = dict(sorted({**errors, error: errors.get(error, 0) + 1}.items()))
+        self._by_method[method] = {"requests": entry["requests"] + 1, "errors": errors}
+
+    def _add(self, method: str) -> dict[str, Any]:
+        """A method's first call: its entry, with the table kept in name order."""
+        entry: dict[str, Any] = {"requests": 0, "errors": {}}
+        self._by_method[method] = entry
+        self._by_method = dict(sorted(self._by_method.items()))
+        return entry
 
     def snapshot(self) -> dict[str, object]:
-        """The counters as `status` shows them; `status` asks on every call,
-        so the totals are kept as they go rather than summed here."""
-        requests = self.requests
-        if len(requests) != len(self._order):  # a method's first call
-            self._order = sorted(requests)
-        by_method: dict[str, dict[str, Any]] = {
-            method: {"requests": requests[method], "errors": {}} for method in self._order
-        }
-        if self.errors:
-            for (method, name), count in sorted(self.errors.items()):
-                entry = by_method.setdefault(method, {"requests": 0, "errors": {}})
-                entry["errors"][name] = count
+        """The counters as `status` shows them (the totals are kept as they go)."""
         return {
             "connections_open": self.connections_open,
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "requests_total": self.requests_total,
             "errors_total": self.errors_total,
-            "methods": by_method,
+            "methods": self._by_method.copy(),
         }
