@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import psutil
 import yaml
+from report import progress
 from servers import Running, short_tmpdir, start_daemon
 
 from cortexctl.client import Client
@@ -103,10 +104,6 @@ def parse_args(argv: list[str] | None) -> Settings:
         package_checks=args.package_checks,
         as_json=args.json,
     )
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -39,7 +39,7 @@ import orjson
 import psutil
 from hotpath import profile_daemon
 from loadgen import CellResult, Job, LoadGenerator, default_processes, merge
-from report import Aim, print_cli_report, print_json, print_report
+from report import Aim, print_cli_report, print_json, print_report, progress
 from servers import (
     Running,
     call,
@@ -163,11 +163,6 @@ def parse_args(argv: list[str] | None) -> Settings:
         from_json=args.from_json,
         markdown=args.markdown,
     )
-
-
-def progress(message: str) -> None:
-    """A progress line on stderr, so stdout stays clean for --json."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def machine() -> dict[str, Any]:

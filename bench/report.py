@@ -1,4 +1,4 @@
-"""Render the IPC benchmark's figures: a table for people, JSON for programs."""
+"""Render the benchmarks' figures: a table for people, JSON for programs, progress on stderr."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, so stdout stays clean for --json."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
