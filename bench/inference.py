@@ -43,6 +43,8 @@ from typing import Any
 import orjson
 import yaml
 
+from tests.daemon import stop_process
+
 DEFAULT_MODEL = "/var/lib/cortex/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 N_CTX = 2048
 THREADS = 1
@@ -138,11 +140,7 @@ def daemon(model: str, nice: int) -> Iterator[tuple[subprocess.Popen[bytes], str
             time.sleep(0.05)
         yield proc, sock_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import orjson
 import psutil
 import yaml
 
-from tests.daemon import merge
+from tests.daemon import merge, stop_process
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -67,14 +66,7 @@ class Running:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL past the deadline; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        return self.proc.returncode
+        return stop_process(self.proc, STOP_TIMEOUT)
 
 
 def _clean_env() -> dict[str, str]:

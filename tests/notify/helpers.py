@@ -25,6 +25,8 @@ import orjson
 import yaml
 from aiosmtpd.controller import Controller
 
+from tests.daemon import stop_process
+
 Mode = Literal["ok", "fail", "hang"]
 HANG_SECONDS = 30.0
 
@@ -205,12 +207,7 @@ def alertmanager(home: Path) -> Iterator[Alertmanager]:
         poll(lambda: _listens(port), what="Alertmanager to listen")
         yield Alertmanager(f"http://127.0.0.1:{port}", proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 10)
 
 
 def _listens(port: int) -> bool:
