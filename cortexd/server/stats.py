@@ -18,7 +18,6 @@ class ServerStats:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0
-    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     latency_sum: dict[str, float] = field(default_factory=dict)
 
     requests_total: int = 0
@@ -34,6 +33,17 @@ class ServerStats:
         """Requests by method (for the metrics; `status` reads the table itself)."""
         return Counter({method: entry["requests"] for method, entry in self._by_method.items()})
 
+    @property
+    def errors(self) -> Counter[tuple[str, str]]:
+        """Errors by (method, error name), for the metrics."""
+        return Counter(
+            {
+                (method, name): count
+                for method, entry in self._by_method.items()
+                for name, count in entry["errors"].items()
+            }
+        )
+
     def record(self, method: str, error: str | None, seconds: float) -> None:
         self.requests_total += 1
         self.latency_sum[method] = self.latency_sum.get(method, 0.0) + seconds
@@ -42,7 +52,6 @@ class ServerStats:
             entry = self._add(method)
         errors = entry["errors"]
         if error is not None:
-            self.errors[(method, error)] += 1
             self.errors_total += 1
             errors = dict(sorted({**errors, error: errors.get(error, 0) + 1}.items()))
         self._by_method[method] = {"requests": entry["requests"] + 1, "errors": errors}
