@@ -7,11 +7,12 @@ work finished.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,13 +26,43 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
+if TYPE_CHECKING:
+    import argparse
+
 log = logging.getLogger("cortexd.main")
 
-_LEVEL_CHOICES = sorted({*LEVELS, "WARNING"})
+_LEVEL_CHOICES = tuple(sorted({*LEVELS, "WARNING"}))
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line option: `--name VALUE` (or `--name=VALUE`), or a switch."""
+
+    name: str
+    help: str
+    metavar: str | None = None  # None: a switch that takes no value
+    choices: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.name.removeprefix("--").replace("-", "_")
+
+
+FLAGS = (
+    Flag("--config", "read only this config file", "PATH"),
+    Flag("--socket", "socket path (server.socket_path)", "PATH"),
+    Flag("--log-level", "logging.level", "LEVEL", choices=_LEVEL_CHOICES),
+    Flag("--model", "GGUF model (inference.model_path)", "PATH"),
+    Flag("--state-dir", "state directory (state_dir)", "PATH"),
+    Flag("--check-config", "validate the configuration, print problems and exit (2 when invalid)"),
+)
+_BY_NAME = {flag.name: flag for flag in FLAGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of `cortexd`."""
+    """The command-line interface of `cortexd`, for help and usage errors (from FLAGS)."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="cortexd",
         description="Host health, alerting, repair and local inference daemon.",
@@ -39,46 +70,74 @@ def build_parser() -> argparse.ArgumentParser:
         "CORTEXD_SECTION__KEY environment variables, then these flags; see docs/config.md. "
         "Exit codes: 0 stopped cleanly, 1 failed, 2 bad usage or configuration.",
     )
-    parser.add_argument("--config", metavar="PATH", help="read only this config file")
-    parser.add_argument("--socket", metavar="PATH", help="socket path (server.socket_path)")
-    parser.add_argument("--log-level", choices=_LEVEL_CHOICES, type=str.upper, help="logging.level")
-    parser.add_argument("--model", metavar="PATH", help="GGUF model (inference.model_path)")
-    parser.add_argument("--state-dir", metavar="PATH", help="state directory (state_dir)")
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the configuration, print problems and exit (2 when invalid)",
-    )
+    for flag in FLAGS:
+        if flag.metavar is None:
+            parser.add_argument(flag.name, action="store_true", help=flag.help)
+        elif flag.choices:
+            parser.add_argument(flag.name, choices=flag.choices, type=str.upper, help=flag.help)
+        else:
+            parser.add_argument(flag.name, metavar=flag.metavar, help=flag.help)
     parser.add_argument("--version", action="version", version=f"cortexd {__version__}")
     return parser
 
 
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """The flags in `argv`, by `Flag.dest` (None or False when absent).
+
+    Well-formed flags are read here. Anything else (`--help`, `--version`,
+    an unknown or incomplete flag, a bad choice) goes to the argparse parser
+    built from the same FLAGS, which prints help or the usage error and
+    exits. argparse and gettext would otherwise stay in the long-running
+    daemon's memory (a few hundred kilobytes) for a parse it does once.
+    """
+    args: dict[str, Any] = {f.dest: None if f.metavar else False for f in FLAGS}
+    rest = iter(argv)
+    for arg in rest:
+        name, equals, value = arg.partition("=")
+        flag = _BY_NAME.get(name)
+        if flag is None or (flag.metavar is None and equals):
+            return vars(build_parser().parse_args(argv))
+        if flag.metavar is None:
+            args[flag.dest] = True
+            continue
+        if not equals:
+            value = next(rest, None)  # type: ignore[assignment]
+            if value is None or value.startswith("-"):
+                return vars(build_parser().parse_args(argv))
+        if flag.choices:
+            value = value.upper()
+            if value not in flag.choices:
+                return vars(build_parser().parse_args(argv))
+        args[flag.dest] = value
+    return args
+
+
+def overrides_from(args: Mapping[str, Any]) -> dict[str, Any]:
     """The config layer the command-line flags make (highest precedence)."""
     out: dict[str, Any] = {}
-    if args.socket:
-        out.setdefault("server", {})["socket_path"] = args.socket
-    if args.log_level:
-        out.setdefault("logging", {})["level"] = args.log_level
-    if args.model is not None:
-        out.setdefault("inference", {})["model_path"] = args.model
-    if args.state_dir:
-        out["state_dir"] = args.state_dir
+    if args["socket"]:
+        out.setdefault("server", {})["socket_path"] = args["socket"]
+    if args["log_level"]:
+        out.setdefault("logging", {})["level"] = args["log_level"]
+    if args["model"] is not None:
+        out.setdefault("inference", {})["model_path"] = args["model"]
+    if args["state_dir"]:
+        out["state_dir"] = args["state_dir"]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = overrides_from(args)
     try:
-        loaded = load_config(args.config, overrides)
+        loaded = load_config(args["config"], overrides)
     except ConfigError as exc:
         print("cortexd: invalid configuration:", file=sys.stderr)
         for problem in exc.errors:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.check_config:
+    if args["check_config"]:
         for warning in loaded.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"configuration OK ({', '.join(loaded.sources) or 'defaults'})")
@@ -90,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from cortexd.app import Daemon  # after logging, so import-time problems are logged
 
     try:
-        daemon = Daemon(loaded, config_path=args.config, overrides=overrides)
+        daemon = Daemon(loaded, config_path=args["config"], overrides=overrides)
         anyio.run(daemon.run)
     except KeyboardInterrupt:  # an interrupt before the signal handlers were in place
         return EXIT_INTERRUPTED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 
 TIME_ERROR = 5
@@ -44,10 +44,17 @@ class _Timex(ctypes.Structure):
 
 def kernel_clock_state() -> tuple[int, int, int]:
     """(adjtimex return state, status flags, max error in µs); modes 0 only reads."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     tx = _Timex()
     state = libc.adjtimex(ctypes.byref(tx))
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(state), int(tx.status), int(tx.maxerror)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The symbols the process already has, libc's among them: no library
+    # search (ctypes.util.find_library runs ldconfig and loads tempfile).
+    return ctypes.CDLL(None, use_errno=True)

@@ -104,3 +104,41 @@ def test_socket_flag_sets_the_path() -> None:
             assert shown == flag_path
     finally:
         shutil.rmtree(flag_dir, ignore_errors=True)
+
+
+def test_flags_read_without_argparse_match_argparse() -> None:
+    """The daemon reads well-formed flags itself; argparse, built from the same
+    table, must read them the same way (it handles help and usage errors)."""
+    from cortexd.main import build_parser, parse_args
+
+    cases = [
+        [],
+        ["--config", "/etc/x.conf"],
+        ["--config=/etc/x.conf", "--check-config"],
+        ["--socket", "/run/a.sock", "--log-level", "warn", "--model", ""],
+        ["--log-level=DEBUG", "--state-dir", "/var/lib/c", "--model=/m.gguf"],
+        ["--config", "a", "--config", "b"],
+    ]
+    for argv in cases:
+        assert parse_args(argv) == vars(build_parser().parse_args(argv)), argv
+
+
+def test_a_bad_flag_is_a_usage_error_from_argparse() -> None:
+    for argv, message in (
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--config"], "argument --config: expected one argument"),
+        (["--log-level", "loud"], "argument --log-level: invalid choice: 'LOUD'"),
+        (["--check-config=yes"], "ignored explicit argument 'yes'"),
+    ):
+        result = cortexd(*argv)
+        assert result.returncode == EXIT_CONFIG, argv
+        assert result.stderr.startswith("usage: cortexd"), argv
+        assert message in result.stderr, (argv, result.stderr)
+
+
+def test_help_and_version() -> None:
+    result = cortexd("--help")
+    assert result.returncode == 0
+    assert "--check-config" in result.stdout and "--state-dir PATH" in result.stdout
+    version = cortexd("--version")
+    assert version.returncode == 0 and version.stdout.startswith("cortexd ")
