@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import psutil
 
+from cortexd.host import procfs
 from cortexd.monitor.check import CheckResult, Status, worst
 
 # The seed's /health words. `health`, `cortexctl health --json` and the HTTP
@@ -86,7 +86,7 @@ def build_health(
         .isoformat(timespec="seconds")
         .replace("+00:00", "Z"),
         "host": socket.gethostname(),
-        "uptime_seconds": round(now - psutil.boot_time(), 1),
+        "uptime_seconds": round(now - procfs.boot_time(), 1),
         "cpu": {
             "usage_percent": cpu.get("usage_percent"),
             "count": load.get("cpus") or os.cpu_count(),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import psutil
-
+from cortexd.host import procfs
 from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.thresholds import Thresholds
 
@@ -69,15 +68,8 @@ def readonly_superblocks(mountinfo: str = "/proc/self/mountinfo") -> set[str]:
             continue
         super_options = tail.split()[2].split(",") if len(tail.split()) > 2 else []
         if "ro" in super_options:
-            found.add(_unescape(fields[4]))
+            found.add(procfs.unescape(fields[4]))
     return found
-
-
-def _unescape(path: str) -> str:
-    """Undo mountinfo's octal escapes (\\040 for a space)."""
-    if "\\" not in path:
-        return path
-    return path.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
 
 
 class DiskSpace(Check):
@@ -99,7 +91,7 @@ class DiskSpace(Check):
         seen: set[int] = set()
         chosen: list[tuple[str, str, str]] = []
         read_only = readonly_superblocks()
-        parts = sorted(psutil.disk_partitions(all=True), key=lambda p: len(p.mountpoint))
+        parts = sorted(procfs.mounts(), key=lambda p: len(p.mountpoint))
         for part in parts:
             mountpoint = part.mountpoint
             if mountpoint in self.exclude:

@@ -1,6 +1,6 @@
 """Fast metric checks: CPU, load, memory, swap, file descriptors, processes.
 
-All read /proc (through psutil or directly); each is cheap enough to run
+All read /proc (cortexd/host/procfs.py); each is cheap enough to run
 every few seconds.
 """
 
@@ -10,9 +10,8 @@ import os
 import time
 from collections import deque
 
-import psutil
-
 from cortexd.alerts.model import Severity
+from cortexd.host import procfs
 from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.thresholds import Thresholds
 
@@ -41,10 +40,8 @@ class CpuUsage(Check):
         self._samples: deque[tuple[float, float, float]] = deque()
 
     def _sample(self) -> tuple[float, float, float]:
-        times = psutil.cpu_times()
-        total = sum(times)
-        idle = times.idle + getattr(times, "iowait", 0.0)
-        return time.monotonic(), total - idle, total
+        busy, total = procfs.cpu_times()
+        return time.monotonic(), busy, total
 
     def collect(self) -> list[Finding]:
         if not self._samples:
@@ -64,7 +61,7 @@ class CpuUsage(Check):
         details = {
             "usage_percent": round(usage, 2),
             "window_seconds": round(window, 1),
-            "cpus": psutil.cpu_count() or 1,
+            "cpus": os.cpu_count() or 1,
         }
         if window < self.min_window:
             return [
@@ -120,17 +117,17 @@ class Memory(Check):
     thresholds = Thresholds(85, 80, 95, 90, samples=2)
 
     def collect(self) -> list[Finding]:
-        vm = psutil.virtual_memory()
-        used = vm.total - vm.available
-        percent = 100.0 * used / vm.total if vm.total else 0.0
+        total, available = procfs.memory()
+        used = total - available
+        percent = 100.0 * used / total if total else 0.0
         return [
             Finding(
-                f"memory {percent:.1f}% used ({used >> 20} of {vm.total >> 20} MiB)",
+                f"memory {percent:.1f}% used ({used >> 20} of {total >> 20} MiB)",
                 value=percent,
                 details={
-                    "total_bytes": vm.total,
+                    "total_bytes": total,
                     "used_bytes": used,
-                    "available_bytes": vm.available,
+                    "available_bytes": available,
                     "used_percent": round(percent, 2),
                 },
             )
@@ -147,8 +144,8 @@ class SwapUsage(Check):
     thresholds = Thresholds(80, 70, 95, 90, samples=2)
 
     def collect(self) -> list[Finding]:
-        sw = psutil.swap_memory()
-        if sw.total == 0:
+        total, used = procfs.swap()
+        if total == 0:
             return [
                 Finding(
                     "no swap configured",
@@ -156,14 +153,14 @@ class SwapUsage(Check):
                     details={"total_bytes": 0, "used_bytes": 0, "used_percent": 0.0},
                 )
             ]
-        percent = 100.0 * sw.used / sw.total
+        percent = 100.0 * used / total
         return [
             Finding(
-                f"swap {percent:.1f}% used ({sw.used >> 20} of {sw.total >> 20} MiB)",
+                f"swap {percent:.1f}% used ({used >> 20} of {total >> 20} MiB)",
                 value=percent,
                 details={
-                    "total_bytes": sw.total,
-                    "used_bytes": sw.used,
+                    "total_bytes": total,
+                    "used_bytes": used,
                     "used_percent": round(percent, 2),
                 },
             )
@@ -194,15 +191,6 @@ class FileDescriptors(Check):
         ]
 
 
-def _process_states() -> tuple[int, int]:
-    total = zombies = 0
-    for proc in psutil.process_iter(["status"]):
-        total += 1
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            zombies += 1
-    return total, zombies
-
-
 class ZombieProcesses(Check):
     id = "zombie_processes"
     name = "Zombie processes"
@@ -213,7 +201,7 @@ class ZombieProcesses(Check):
     fail_severity = Severity.ERROR
 
     def collect(self) -> list[Finding]:
-        total, zombies = _process_states()
+        total, zombies = procfs.process_states()
         return [
             Finding(
                 f"{zombies} zombie processes",
@@ -232,7 +220,7 @@ class ProcessCount(Check):
     thresholds = Thresholds(80, 75, 90, 85, samples=2)
 
     def collect(self) -> list[Finding]:
-        total, zombies = _process_states()
+        total, zombies = procfs.process_states()
         pid_max = _read_int("/proc/sys/kernel/pid_max")
         percent = 100.0 * total / pid_max if pid_max else 0.0
         return [
