@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 
 # Every module `install_features` imports. The daemon imports them in a
-# worker thread after READY=1: they are most of its start-up time.
+# worker thread after READY=1: they are most of its start-up time. What
+# `restorable_config` imports loads with the first backup or update snapshot,
+# in the worker thread that makes it.
 FEATURE_MODULES = (
     "cortexd.alerts.methods",
     "cortexd.inference.methods",
@@ -42,9 +44,6 @@ FEATURE_MODULES = (
     "cortexd.explain.methods",
     "cortexd.explain.auto",
     "cortexd.metrics.methods",
-    "cortexd.config.plugintree",
-    "cortexd.config.restore",
-    "cortexd.notify.rootonly",
 )
 
 

@@ -30,6 +30,7 @@ BASE = frozenset(
         "runtime",
         "sharedwork",
         "summaries",  # the components' summaries `status` serves
+        "imports",  # modules imported on first use, off the loop
         "knowledge",  # the runbook's data and its loader
     }
 )

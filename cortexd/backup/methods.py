@@ -18,7 +18,7 @@ import anyio
 
 from cortexd.backup.service import BackupService
 from cortexd.config.collect import ConfigTargets
-from cortexd.config.restore import is_root_or_owner
+from cortexd.config.rootonly import is_root_or_owner
 from cortexd.protocol import InvalidParams
 from cortexd.server import Call, Method, Param
 from cortexd.server.registry import positive

@@ -37,20 +37,10 @@ from anyio.abc import TaskGroup
 from cortexd.backup import hostkey
 from cortexd.backup.errors import ArchiveTooLarge, ArchiveUnsigned
 from cortexd.backup.uploads import Upload, Uploads
-from cortexd.config.collect import (
-    CONFIG_DIR,
-    ConfigTargets,
-    collect_config,
-    config_files,
-)
-from cortexd.config.restore import (
-    is_root_or_owner,
-    plan_config_restore,
-    reload_restored,
-    staged_files,
-    write_config_files,
-)
+from cortexd.config.collect import CONFIG_DIR, ConfigTargets, collect_config, config_files
+from cortexd.config.rootonly import is_root_or_owner
 from cortexd.config.schema import BackupConfig, Config
+from cortexd.imports import imported
 from cortexd.protocol import Busy, PermissionDenied, Unavailable
 from cortexd.store import StoreOwner, Stores
 
@@ -195,13 +185,12 @@ class BackupService:
             raise Unavailable(f"backups are off: the host key is unusable: {self.key_problem}")
         work = await anyio.to_thread.run_sync(self._work_dir)
         target = os.path.join(work, f"{kind}-{uuid.uuid4().hex[:12]}.tar.gz")
-        targets = self.config_targets()
         copier = self.stores.copier()
 
         def build() -> dict[str, Any]:
             from cortexd.backup import archive  # tarfile and gzip: imported on first use
 
-            found = collect_config(targets, self.config_dir)
+            found = collect_config(self.config_targets(), self.config_dir)
             for item in found.left_out:
                 log.warning("backup: leaving out %s: %s", item["path"], item["reason"])
             return archive.build(
@@ -379,6 +368,14 @@ class BackupService:
             manifest = await anyio.to_thread.run_sync(verify)
             plan = None
             if with_config:
+                await imported("cortexd.config.restore")  # on first use, off the loop
+                from cortexd.config.restore import (
+                    plan_config_restore,
+                    reload_restored,
+                    staged_files,
+                    write_config_files,
+                )
+
                 staged = staged_files(manifest["files"], staging)
                 plan = await anyio.to_thread.run_sync(
                     lambda: plan_config_restore(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cortexd.config.plugintree import SKIPPED_DIRS, PluginTree, plugin_files
-from cortexd.config.restore import Target
+if TYPE_CHECKING:
+    from cortexd.config.restore import Target
 
 CONFIG_DIR = "/etc/cortex"
 MAX_CONFIG_FILES = 256
@@ -20,7 +21,8 @@ MAX_CONFIG_FILES = 256
 MAX_CONFIG_MEMBER_BYTES = 4 << 20
 
 
-ConfigTargets = Callable[[], list[Target]]
+# Called off the loop (it imports cortexd.config.restore on first use).
+ConfigTargets = Callable[[], "list[Target]"]
 
 
 @dataclass(slots=True)
@@ -42,6 +44,9 @@ def collect_config(targets: list[Target], config_dir: str = CONFIG_DIR) -> Colle
     than an archive member may be, which would make the archive impossible
     to restore, is left out and listed instead.
     """
+    # Restore's modules load with the first archive or snapshot (a worker thread).
+    from cortexd.config.plugintree import SKIPPED_DIRS, PluginTree, plugin_files
+
     found = CollectedFiles()
     trees = [t for t in targets if isinstance(t, PluginTree)]
     found.files = [t.path for t in targets if not isinstance(t, PluginTree)]

@@ -142,11 +142,6 @@ def _shown(items: Sequence[str], most: int = 20) -> str:
     return ", ".join(items[:most]) + (f" and {extra} more" if extra > 0 else "")
 
 
-def is_root_or_owner(uid: int) -> bool:
-    """Root, or the user a per-user daemon runs as (it executes nothing they could not)."""
-    return uid in (0, os.geteuid())
-
-
 def daemon_conf_target(path: str) -> ConfigTarget:
     """A daemon.conf layer: judged by the schema's root-only keys, validated by the loader."""
     return ConfigTarget(os.path.abspath(path), root_only_values, validate=_validate_daemon_conf)

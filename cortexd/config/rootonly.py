@@ -10,10 +10,16 @@ file says about them, so a restore can tell which of them it would change.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from cortexd.config.loader import _normalise
 from cortexd.config.schema import Config
+
+
+def is_root_or_owner(uid: int) -> bool:
+    """Root, or the user a per-user daemon runs as (it executes nothing they could not)."""
+    return uid in (0, os.geteuid())
 
 
 def root_only_keys(cls: type[Any] = Config) -> list[str]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import orjson
@@ -33,13 +33,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from cortexd.alerts.model import Alert, Severity
 from cortexd.config.schema import Config
-from cortexd.explain.prompt import explain_messages
-from cortexd.explain.service import Explainer
-from cortexd.explain.summary import SUMMARY_STOP, Guard
-from cortexd.inference.engine import Engine
-from cortexd.inference.job import GenerationParams, Job
 from cortexd.protocol import CortexError
 from cortexd.store import StorageUnavailable, StoreFailed
+
+if TYPE_CHECKING:
+    from cortexd.explain.service import Explainer
+    from cortexd.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,12 @@ NEW_EVENTS = frozenset({"fired", "reopened", "escalated"})
 # The summary's sampling, as an interactive explain's defaults.
 TEMPERATURE = 0.2
 TOP_P = 0.9
+
+
+class Explainers(Protocol):
+    """Where the Explainer comes from: built on the first explanation (LazyExplainer)."""
+
+    async def get(self) -> Explainer: ...
 
 
 class BlobStore(Protocol):
@@ -82,7 +87,7 @@ class AutoExplainer:
     def __init__(
         self,
         config: Config,
-        explainer: Explainer,
+        explainer: Explainers,
         engine: Engine | None,
         store: BlobStore,
         *,
@@ -205,7 +210,11 @@ class AutoExplainer:
             # Explained before a restart: the stored explanation stands.
             self.counts["deduplicated"] += 1
             return
-        result, topic, alert = await self.explainer.explain(alert_id, journal=False)
+        explainer = await self.explainer.get()
+        # Imported with the Explainer (cortexd/explain/methods.py, EXPLAIN_MODULES).
+        from cortexd.explain.prompt import explain_messages
+
+        result, topic, alert = await explainer.explain(alert_id, journal=False)
         record = {
             "alert_id": alert.id,
             "fingerprint": fingerprint,
@@ -238,6 +247,9 @@ class AutoExplainer:
         engine = self.engine
         if engine is None:
             return None, "this daemon runs no inference engine"
+        from cortexd.explain.summary import SUMMARY_STOP, Guard
+        from cortexd.inference.job import GenerationParams, Job
+
         job = Job(
             request_id=uuid.uuid4().hex[:16],
             priority="background",

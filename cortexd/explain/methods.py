@@ -17,27 +17,24 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.alerts.ids import AlertLookup
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config
-from cortexd.explain.facts import Host, schema
-from cortexd.explain.prompt import ask_messages, explain_messages
-from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
-from cortexd.explain.suggest import suggest
-from cortexd.explain.summary import SUMMARY_STOP, summarise
-from cortexd.host.clock import kernel_clock_state
 from cortexd.host.commands import CommandRunner
-from cortexd.host.files import cortex_roots
-from cortexd.inference.engine import Engine
-from cortexd.inference.job import GenerationParams
+from cortexd.imports import imported
 from cortexd.inference.methods import METHOD_TIMEOUT
-from cortexd.knowledge import KnowledgeBase, load_builtin
 from cortexd.server import Call, Method, Param
 from cortexd.server.registry import between
 
 if TYPE_CHECKING:
+    from cortexd.explain.facts import Host
+    from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
+    from cortexd.inference.engine import Engine
+    from cortexd.inference.job import GenerationParams
+    from cortexd.knowledge import KnowledgeBase
     from cortexd.runtime import Runtime
 
 MAX_TOKENS = 4096
@@ -83,6 +80,58 @@ async def _unused(call: Call) -> None:
     raise AssertionError("never called: only its access level is asked about")
 
 
+# What an explanation needs beyond this module: imported on the first one, in
+# a worker thread, rather than at start-up. Most hosts go days without an
+# explanation, and these modules (the runbook's loader, the fact gatherers,
+# the prompts) are 0.6 MB of the idle daemon's memory.
+EXPLAIN_MODULES = (
+    "cortexd.explain.service",
+    "cortexd.explain.prompt",
+    "cortexd.explain.suggest",
+    "cortexd.explain.summary",
+    "cortexd.explain.facts",
+    "cortexd.knowledge",
+    "cortexd.host.clock",
+    "cortexd.host.files",
+    "cortexd.inference.job",
+)
+# What `status` shows of the feature before its first explanation: the
+# counters of an Explainer that has done nothing yet (tests/explain compare).
+NOT_BUILT_STATE: dict[str, Any] = {
+    "state": "running",
+    "runbook_entries": None,
+    "in_progress": 0,
+    "explained": 0,
+    "asked": 0,
+    "rejected_busy": 0,
+}
+
+
+class LazyExplainer:
+    """The Explainer, built when the first explanation is asked for.
+
+    `build` makes it (on the loop, once EXPLAIN_MODULES are imported in a
+    worker thread); until then the feature costs only its socket methods.
+    """
+
+    def __init__(self, build: Callable[[], Explainer]) -> None:
+        self._build = build
+        self._lock = anyio.Lock()
+        self.built: Explainer | None = None
+
+    async def get(self) -> Explainer:
+        """The Explainer, imported and built on the first call."""
+        if self.built is None:
+            async with self._lock:
+                if self.built is None:
+                    await imported(*EXPLAIN_MODULES)
+                    self.built = self._build()
+        return self.built
+
+    def state(self) -> dict[str, Any]:
+        return self.built.state() if self.built is not None else dict(NOT_BUILT_STATE)
+
+
 # Journal lines among an explanation's facts follow the rule of the journal
 # methods (docs/protocol.md, "Authorization"); the server's authorizer
 # answers for a method of that access level.
@@ -91,6 +140,10 @@ JOURNAL_LINES = Method("inference.explain (journal lines)", _unused, access="jou
 
 def build_host(config: Config, runner: CommandRunner) -> Host:
     """Where the gatherers look, from the settings the checks use too."""
+    from cortexd.explain.facts import Host
+    from cortexd.host.clock import kernel_clock_state
+    from cortexd.host.files import cortex_roots
+
     return Host(
         runner=runner,
         kernel_clock=kernel_clock_state,
@@ -105,7 +158,7 @@ class ExplainComponent:
 
     name = "explain"
 
-    def __init__(self, explainer: Explainer, runner: CommandRunner) -> None:
+    def __init__(self, explainer: LazyExplainer, runner: CommandRunner) -> None:
         self.explainer = explainer
         self.runner = runner
 
@@ -116,15 +169,18 @@ class ExplainComponent:
         return None
 
     def apply_config(self, config: Config) -> None:
-        self.explainer.config = config.explain
-        self.explainer.host = build_host(config, self.runner)
+        # Not built yet: it reads the running config when it is.
+        built = self.explainer.built
+        if built is not None:
+            built.config = config.explain
+            built.host = build_host(config, self.runner)
 
     async def stop(self) -> None:
         self.runner.kill_all()
 
 
 def explain_methods(
-    explainer: Explainer,
+    explainers: LazyExplainer,
     engine: Engine | None,
     may_read_journal: Callable[[Call], bool] = lambda call: call.is_admin,
 ) -> list[Method]:
@@ -133,7 +189,10 @@ def explain_methods(
     `may_read_journal` says whether a caller may see journal lines among the facts.
     """
 
-    def generation(call: Call) -> GenerationParams:
+    def generation(call: Call, explainer: Explainer) -> GenerationParams:
+        from cortexd.explain.summary import SUMMARY_STOP
+        from cortexd.inference.job import GenerationParams
+
         p = call.params
         return GenerationParams(
             max_tokens=p["max_tokens"] or explainer.config.max_tokens,
@@ -144,12 +203,17 @@ def explain_methods(
         )
 
     async def explain(call: Call) -> dict[str, Any]:
+        explainer = await explainers.get()
+        from cortexd.explain.prompt import explain_messages
+        from cortexd.explain.suggest import suggest
+        from cortexd.explain.summary import summarise
+
         journal = may_read_journal(call)
         result, topic, alert = await explainer.explain(call.params["alert_id"], journal=journal)
         if call.params["stream"]:
             await call.stream({"explanation": result})
         messages = explain_messages(alert.title, topic)
-        result.update(await summarise(engine, call, messages, generation(call)))
+        result.update(await summarise(engine, call, messages, generation(call, explainer)))
         if call.params["suggest"]:
             labels = topic.labels
             chosen = await suggest(
@@ -161,12 +225,16 @@ def explain_methods(
         return result
 
     async def ask(call: Call) -> dict[str, Any]:
+        explainer = await explainers.get()
+        from cortexd.explain.prompt import ask_messages
+        from cortexd.explain.summary import summarise
+
         question = call.params["question"].strip()
         result, topics, not_passing = await explainer.ask(question, journal=may_read_journal(call))
         if call.params["stream"]:
             await call.stream({"explanation": result})
         messages = ask_messages(question, not_passing, topics)
-        result.update(await summarise(engine, call, messages, generation(call)))
+        result.update(await summarise(engine, call, messages, generation(call, explainer)))
         return result
 
     return [
@@ -203,18 +271,27 @@ def install(
     engine: Engine | None,
     fixes: FixRegistry,
     plugins: PluginSource | None = None,
-) -> Explainer:
-    """Build the explain feature from what other features give it; add it and its methods."""
+) -> LazyExplainer:
+    """Build the explain feature from what other features give it; add it and its methods.
+
+    The Explainer itself is made on the first explanation (LazyExplainer).
+    """
     runner = CommandRunner()
-    explainer = Explainer(
-        daemon.config.explain,
-        _builtin,
-        build_host(daemon.config, runner),
-        alerts=AlertLookup(alerts),
-        health=health,
-        fixes=fixes,
-        plugins=plugins,
-    )
+
+    def build() -> Explainer:
+        from cortexd.explain.service import Explainer
+
+        return Explainer(
+            daemon.config.explain,
+            _builtin,
+            build_host(daemon.config, runner),
+            alerts=AlertLookup(alerts),
+            health=health,
+            fixes=fixes,
+            plugins=plugins,
+        )
+
+    explainer = LazyExplainer(build)
     daemon.components.append(ExplainComponent(explainer, runner))
     authorizer = daemon.authorizer
     daemon.registry.add(
@@ -224,4 +301,7 @@ def install(
 
 
 def _builtin() -> KnowledgeBase:
+    from cortexd.explain.facts import schema
+    from cortexd.knowledge import load_builtin
+
     return load_builtin(schema())

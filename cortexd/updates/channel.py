@@ -23,7 +23,6 @@ import json
 import os
 import re
 import ssl
-import urllib.error
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +183,7 @@ def _https_redirects_only() -> Any:
     Built on first use: urllib.request (with http.client and the email
     package) loads only when a channel is read over https.
     """
+    import urllib.error
     from urllib.request import HTTPRedirectHandler
 
     class HttpsRedirectsOnly(HTTPRedirectHandler):
@@ -205,6 +205,10 @@ def _open(url: str, ca_file: str, timeout: float) -> Any:
     Raises:
         Unavailable: cannot be opened; the message says why and what to do.
     """
+    # Imported when a channel is read (in a worker thread): urllib.error
+    # brings urllib.response and tempfile, which the idle daemon never uses.
+    import urllib.error
+
     where = shown(url)
     parts = urllib.parse.urlsplit(url)
     try:

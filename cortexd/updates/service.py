@@ -34,16 +34,11 @@ from anyio.streams.text import TextReceiveStream
 
 from cortexd.alerts import AlertManager, Severity
 from cortexd.config.collect import ConfigTargets, collect_config
-from cortexd.config.restore import (
-    is_root_or_owner,
-    plan_config_restore,
-    reload_restored,
-    staged_files,
-    write_config_files,
-)
+from cortexd.config.rootonly import is_root_or_owner
 from cortexd.config.schema import Config, UpdatesConfig
 from cortexd.host.packages import read_reboot_flag, reboot_flag_path
 from cortexd.host.pending import PendingUpdates, Upgrade
+from cortexd.imports import imported
 from cortexd.protocol import Busy, Timeout, Unavailable
 from cortexd.sharedwork import SharedWork
 from cortexd.updates.apt import Apt, Installed
@@ -233,13 +228,12 @@ class UpdateService:
     # -- snapshots -----------------------------------------------------------------
 
     async def snapshot(self, reason: str, replacing: Sequence[Installed] = ()) -> dict[str, Any]:
-        targets = self.config_targets()
         state_dir = self.daemon.config.state_dir
         copy = self.stores.copier()
         now = self.clock()
 
         def take() -> dict[str, Any]:
-            found = collect_config(targets)
+            found = collect_config(self.config_targets())
             return self.snapshots.take(
                 state_dir,
                 found.files,
@@ -278,6 +272,14 @@ class UpdateService:
             ConfigError: the snapshot's daemon.conf or rules file does not validate.
         """
         meta = await anyio.to_thread.run_sync(self.snapshots.get, snap_id)
+        await imported("cortexd.config.restore")  # on first use, off the loop
+        from cortexd.config.restore import (
+            plan_config_restore,
+            reload_restored,
+            staged_files,
+            write_config_files,
+        )
+
         root = self.snapshots.path(meta["id"])
         staged = staged_files(meta["config"], root)
         plan = await anyio.to_thread.run_sync(

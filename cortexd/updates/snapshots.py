@@ -28,7 +28,6 @@ from cortexd.host.files import sha256_file
 from cortexd.protocol import NotFound
 from cortexd.store.copy import copy_database, state_databases
 from cortexd.updates.apt import Apt, Installed
-from cortexd.updates.repack import repack
 
 DAY = 86400.0
 
@@ -134,6 +133,10 @@ class Snapshots:
                     file=os.path.basename(found), source="apt-cache" if cached else "downloaded"
                 )
             else:
+                # Imported here, off the loop: rebuilding a package is rare, and
+                # its tempfile would otherwise stay loaded in the idle daemon.
+                from cortexd.updates.repack import repack
+
                 try:
                     built, how = repack(item.package, item.version, item.arch or "all", debs_dir)
                 except (CommandFailed, OSError, subprocess.SubprocessError) as exc:

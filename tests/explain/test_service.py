@@ -10,6 +10,7 @@ import pytest
 from cortexd.alerts.model import Alert, Severity, fingerprint
 from cortexd.config.schema import Config
 from cortexd.explain.facts import Host, schema
+from cortexd.explain.methods import LazyExplainer
 from cortexd.explain.service import MAX_IN_PROGRESS, ExplainBusy, Explainer, RunbookBroken
 from cortexd.host.commands import run_command
 from cortexd.knowledge import KnowledgeBase, KnowledgeError, load_builtin
@@ -67,3 +68,24 @@ async def test_a_runbook_that_does_not_load_is_unavailable_not_a_crash() -> None
     no_catch_all = _explainer(_alert(), lambda: KnowledgeBase([]))
     with pytest.raises(RunbookBroken):
         await no_catch_all.ask("anything")
+
+
+async def test_the_feature_is_built_on_the_first_explanation_and_shows_the_same_state() -> None:
+    """Until its first explanation the feature shows what an Explainer that did
+    nothing yet shows; the first `get` builds it once, and later ones reuse it."""
+    alert = _alert()
+    built: list[Explainer] = []
+
+    def build() -> Explainer:
+        built.append(_explainer(alert, lambda: load_builtin(schema())))
+        return built[-1]
+
+    lazy = LazyExplainer(build)
+    assert lazy.state() == _explainer(alert, lambda: load_builtin(schema())).state()
+    assert built == []
+    first = await lazy.get()
+    result, _topic, _alert_again = await first.explain(alert.id)
+    assert result["entry"] == "external"
+    assert await lazy.get() is first and built == [first]
+    assert lazy.state()["explained"] == 1
+    assert lazy.state()["runbook_entries"] == len(await first.knowledge())

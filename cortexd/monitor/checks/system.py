@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cortexd.alerts.model import Severity
 from cortexd.host.clock import STA_UNSYNC, TIME_ERROR, kernel_clock_state
@@ -188,7 +189,9 @@ class NetworkConnectivity(Check):
             started = time.perf_counter()
             try:
                 host, port = _host_port(target)
-                with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
+                # create_connection hands the host to getaddrinfo, which takes bytes.
+                address: tuple[Any, int] = (_host_bytes(host), port)
+                with socket.create_connection(address, timeout=CONNECT_TIMEOUT):
                     reached[target] = round((time.perf_counter() - started) * 1000, 2)
             except (OSError, ValueError) as exc:
                 failed[target] = str(exc)
