@@ -1,22 +1,47 @@
 """What the idle daemon never imports, and what its first use does.
 
-The daemon runs under `python -X importtime`, which logs every module as it
-is imported. Code that runs only on demand (an explanation, a restore, a
-package rebuild) and libraries the daemon does without (argparse for its
-few flags, psutil for /proc, Python's IDNA tables for ASCII names) must not
-be imported by a daemon that has started, run its checks and answered
-`status` and `health`: the idle daemon would hold them in memory for
-nothing. The first explanation imports what it needs and answers as usual.
+Code that runs only on demand (an explanation, a restore, a package rebuild)
+and libraries the daemon does without (argparse for its few flags, psutil
+for /proc, Python's IDNA tables for ASCII names) must not be in a daemon
+that has started, run its checks and answered `status` and `health`: the
+idle daemon would hold them in memory for nothing. The first explanation
+imports what it needs and answers as usual.
+
+The daemon is started from a small launcher that adds one method,
+`test.modules`, answering the daemon's own `sys.modules`: `-X importtime`
+would not do, as it does not log what `importlib.import_module` imports.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 
 from tests.daemon import DaemonProcess, running_daemon
-from tests.metrics.test_lazy_registry import IMPORTTIME, imported
 from tests.test_lifecycle import wait_until
 
+MODULES_LAUNCHER = """
+import sys
+
+from cortexd import app
+from cortexd.main import main
+from cortexd.server import Method
+
+_build = app.Daemon.__init__
+
+
+async def modules(call):
+    return {"modules": sorted(sys.modules)}
+
+
+def _build_with_modules(self, *args, **kwargs):
+    _build(self, *args, **kwargs)
+    self.registry.add([Method("test.modules", modules)])
+
+
+app.Daemon.__init__ = _build_with_modules
+sys.exit(main(sys.argv[1:]))
+"""
 NEVER_AT_IDLE = (
     "argparse",
     "psutil",
@@ -34,8 +59,13 @@ def test_the_idle_daemon_imports_only_what_it_uses() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         target = f"localhost:{listener.getsockname()[1]}"
         config = {"checks": {"network_connectivity": {"targets": [target]}}}
-        with running_daemon(config, command=IMPORTTIME) as d:
+        command = [sys.executable, "-c", MODULES_LAUNCHER]
+        with running_daemon(config, command=command) as d:
             _idle_then_explain(d, target)
+
+
+def _modules(d: DaemonProcess) -> set[str]:
+    return set(d.call("test.modules")["modules"])
 
 
 def _idle_then_explain(d: DaemonProcess, target: str) -> None:
@@ -48,12 +78,12 @@ def _idle_then_explain(d: DaemonProcess, target: str) -> None:
     details = {r["check_id"]: r["details"] for r in ran_now}
     assert target in details["network_connectivity"]["reached_ms"], details
     assert details["dns_resolution"]["resolved"]["localhost"], details
-    before = imported(d.log())
-    assert "cortexd.monitor.checks.metrics" in before  # the log is read as meant
+    before = _modules(d)
+    assert "cortexd.monitor.checks.metrics" in before  # the answer is read as meant
     assert set(NEVER_AT_IDLE) & before == set()
     assert set(EXPLAIN_ON_DEMAND) & before == set()
 
     answer = d.call("inference.ask", {"question": "Is the disk full?", "model": False})
     assert answer["text"] and answer["summary"] is None
-    assert set(EXPLAIN_ON_DEMAND) <= imported(d.log())
+    assert set(EXPLAIN_ON_DEMAND) <= _modules(d)
     assert d.call("status")["components"]["explain"]["asked"] == 1
