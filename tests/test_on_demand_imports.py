@@ -50,6 +50,8 @@ NEVER_AT_IDLE = (
     "cortexd.config.restore",
     "cortexd.config.plugintree",
     "cortexd.updates.repack",
+    "cortexd.inference.process",
+    "cortexd.inference.gguf",
 )
 EXPLAIN_ON_DEMAND = ("cortexd.explain.service", "cortexd.knowledge", "cortexd.explain.facts")
 

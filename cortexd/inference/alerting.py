@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from cortexd.alerts.model import Severity
-from cortexd.inference.process import ExitInfo
+from cortexd.inference.exits import ExitInfo
 
 log = logging.getLogger(__name__)
 

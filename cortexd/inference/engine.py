@@ -38,10 +38,10 @@ from anyio.abc import TaskGroup
 
 from cortexd.config.schema import InferenceConfig
 from cortexd.inference.alerting import AlertSink
+from cortexd.inference.exits import RUNNER_GONE
 from cortexd.inference.frames import Frame, FrameError
 from cortexd.inference.job import Job, StopReason, empty_result, result_from
 from cortexd.inference.modelfile import ModelRef, check_allowed
-from cortexd.inference.process import RUNNER_GONE
 from cortexd.inference.queue import RequestQueue
 from cortexd.inference.stats import Totals, rss_bytes
 from cortexd.inference.supervisor import ModelState, RunnerSlot

@@ -18,17 +18,13 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cortexd.config.schema import Config, InferenceConfig
-from cortexd.inference.gguf import (
-    ModelFileError,
-    ModelInfo,
-    check_context,
-    check_fits,
-    inspect_fd,
-)
 from cortexd.protocol import PermissionDenied
+
+if TYPE_CHECKING:
+    from cortexd.inference.gguf import ModelInfo
 
 SYSTEM_MODEL_DIR = "/usr/share/cortex/models"
 MiB = 1024 * 1024
@@ -107,6 +103,9 @@ def open_model(ref: ModelRef, config: InferenceConfig) -> OpenModel:
             truncated, too large for memory or the memory limit, or an n_ctx
             beyond the model's training context.
     """
+    # The GGUF reader loads with the first model opened (in the caller's thread).
+    from cortexd.inference.gguf import ModelFileError, check_context, check_fits, inspect_fd
+
     path = ref.path
     try:
         # O_NONBLOCK: a FIFO must not hang the open; it is refused just below.

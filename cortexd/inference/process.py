@@ -30,6 +30,7 @@ import anyio
 from anyio.abc import Process, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from cortexd.inference.exits import RUNNER_GONE, ExitInfo, LoadFailed
 from cortexd.inference.frames import (
     HEADER,
     MAX_RUNNER_FRAME,
@@ -64,53 +65,9 @@ RUNNER_ENV = {
 }
 
 
-# What sending to a runner that has gone away raises.
-RUNNER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
 def default_command() -> tuple[str, ...]:
     """The command that starts a runner: this interpreter, the worker module."""
     return (sys.executable, *WORKER)
-
-
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
-    """How a runner ended."""
-
-    code: int | None
-    signal: str | None
-    during: str
-    stderr: tuple[str, ...]
-    at: float
-    detail: str | None = None
-
-    @property
-    def how(self) -> str:
-        """`SIGABRT`, or `exit status 3`."""
-        if self.signal is not None:
-            return self.signal
-        return f"exit status {self.code}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "how": self.how,
-            "signal": self.signal,
-            "exit_status": self.code,
-            "during": self.during,
-            "at": self.at,
-            "detail": self.detail,
-            "stderr": list(self.stderr),
-        }
-
-
-class LoadFailed(Exception):
-    """A runner did not become ready: it refused the model or died loading it."""
-
-    def __init__(self, reason: str, *, exit: ExitInfo | None = None, oom: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.exit = exit
-        self.out_of_memory = oom
 
 
 def describe_returncode(code: int) -> tuple[int | None, str | None]:

@@ -19,19 +19,22 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
 from cortexd.config.schema import InferenceConfig
+from cortexd.imports import imported
 from cortexd.inference.alerting import AlertSink, CrashAlerts
+from cortexd.inference.exits import ExitInfo, LoadFailed
 from cortexd.inference.frames import Frame
-from cortexd.inference.gguf import ModelFileError
 from cortexd.inference.job import NS_PER_S
 from cortexd.inference.modelfile import ModelRef, OpenModel, open_model, resolve
-from cortexd.inference.process import ExitInfo, LoadFailed, RunnerProcess, default_command
 from cortexd.protocol import Unavailable
+
+if TYPE_CHECKING:
+    from cortexd.inference.process import RunnerProcess
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ class RunnerSlot:
     ) -> None:
         self.config = config
         self._alerts = CrashAlerts(alerts)
-        self._command = tuple(command or default_command())
+        self._command = tuple(command) if command else None  # None: default_command()
         self._env = dict(os.environ if env is None else env)
         self._clock = clock
         self._on_frame = on_frame
@@ -212,6 +215,12 @@ class RunnerSlot:
             LoadFailed: the file failed a check, or the runner refused it or died.
         """
         assert self._tg is not None
+        # The runner's process code and the GGUF reader load with the first
+        # runner, off the loop: a daemon with no model never needs them.
+        await imported("cortexd.inference.process", "cortexd.inference.gguf")
+        from cortexd.inference.gguf import ModelFileError
+        from cortexd.inference.process import RunnerProcess, default_command
+
         config = self.config
         try:
             opened: OpenModel = await anyio.to_thread.run_sync(open_model, ref, config)
@@ -219,7 +228,7 @@ class RunnerSlot:
             raise LoadFailed(str(exc)) from None
         self._memory_limit = opened.memory_limit
         runner = RunnerProcess(
-            command=self._command,
+            command=self._command or default_command(),
             env=self._env,
             on_frame=self._frame,
             on_exit=self._exited,
