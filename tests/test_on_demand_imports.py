@@ -52,6 +52,8 @@ NEVER_AT_IDLE = (
     "cortexd.updates.repack",
     "cortexd.inference.process",
     "cortexd.inference.gguf",
+    "cortexd.updates.channel",
+    "cortexd.updates.installer",
 )
 EXPLAIN_ON_DEMAND = ("cortexd.explain.service", "cortexd.knowledge", "cortexd.explain.facts")
 

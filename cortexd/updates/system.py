@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -33,9 +33,21 @@ from cortexd.alerts import AlertManager, Severity
 from cortexd.config.schema import UpdatesConfig
 from cortexd.host.files import atomic_write
 from cortexd.host.systemd import systemd_is_pid1
+from cortexd.imports import imported
 from cortexd.protocol import Busy, Unavailable
-from cortexd.updates import channel, debversion, installer
 from cortexd.updates.apt import Apt, Installed
+
+if TYPE_CHECKING:
+    from cortexd.updates import channel
+
+# The release channel's reader (with urllib), the version comparison and the
+# installer script load with the first `updates.system.*` call, off the loop:
+# most daemons never read a channel. Functions import them where they use them.
+CHANNEL_MODULES = (
+    "cortexd.updates.channel",
+    "cortexd.updates.debversion",
+    "cortexd.updates.installer",
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +129,8 @@ class SystemUpdates:
     # -- check ------------------------------------------------------------------------
 
     def _channel(self) -> tuple[str, str]:
+        from cortexd.updates import channel
+
         cfg = self.config()
         if not cfg.channel:
             raise Unavailable("no release channel is configured", hint=NO_CHANNEL_HINT)
@@ -128,6 +142,8 @@ class SystemUpdates:
 
     def installed(self) -> Package | None:
         """cortexd's package as dpkg has it installed (blocking)."""
+        from cortexd.updates import channel
+
         out = self._query(
             ["dpkg-query", "-W", "-f", "${Version}\t${Architecture}\t${db:Status-Abbrev}",
              channel.PACKAGE]
@@ -141,6 +157,9 @@ class SystemUpdates:
         return (self._query(["dpkg", "--print-architecture"]) or "").strip() or "amd64"
 
     async def _survey(self) -> tuple[str, list[channel.Release], Package | None, str]:
+        await imported(*CHANNEL_MODULES)
+        from cortexd.updates import channel
+
         url, ca_file = self._channel()
         releases = await anyio.to_thread.run_sync(channel.fetch_manifest, url, ca_file)
         package = await anyio.to_thread.run_sync(self.installed)
@@ -155,6 +174,8 @@ class SystemUpdates:
             ManifestError: the manifest is not valid (the message names the field).
         """
         url, releases, package, arch = await self._survey()
+        from cortexd.updates import channel
+
         best = channel.newest(releases, arch)
         current = package.version if package else None
         return {
@@ -192,6 +213,8 @@ class SystemUpdates:
         async with self.lock:
             await progress({"phase": "checking"})
             url, releases, package, arch = await self._survey()
+            from cortexd.updates import channel
+
             current = package.version if package else None
             best = channel.newest(releases, arch)
             result: dict[str, Any] = {
@@ -253,6 +276,8 @@ class SystemUpdates:
     async def _launch(
         self, package: Package, release: channel.Release, deb: str, progress: Progress
     ) -> dict[str, Any]:
+        from cortexd.updates import channel
+
         meta = await self.snapshot(
             f"before system update to cortexd {release.version}",
             [Installed(channel.PACKAGE, package.version, package.arch)],
@@ -314,6 +339,8 @@ class SystemUpdates:
 
     def _write_plan(self, plan: dict[str, Any], package: Package, deb: str) -> str:
         """Write the plan and the installer's copy; keep only the downloads still useful."""
+        from cortexd.updates import channel, installer
+
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         script = os.path.join(self.dir, "installer.py")
         shutil.copyfile(installer.__file__, script)
@@ -406,6 +433,8 @@ class SystemUpdates:
 
 
 def _newer(version: str, installed: str | None) -> bool:
+    from cortexd.updates import debversion
+
     baseline = installed or __version__
     try:
         return debversion.compare(version, baseline) > 0
