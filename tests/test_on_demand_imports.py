@@ -86,6 +86,9 @@ def _idle_then_explain(d: DaemonProcess, target: str) -> None:
     assert "cortexd.monitor.checks.metrics" in before  # the answer is read as meant
     assert set(NEVER_AT_IDLE) & before == set()
     assert set(EXPLAIN_ON_DEMAND) & before == set()
+    watcher = d.call("status")["components"]["journal_watcher"]
+    if watcher["state"] != "running":  # no journal files here: nothing to read
+        assert "systemd.journal" not in before, watcher
 
     answer = d.call("inference.ask", {"question": "Is the disk full?", "model": False})
     assert answer["text"] and answer["summary"] is None

@@ -10,6 +10,8 @@ walk a multi-gigabyte journal without end.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import re
 import subprocess
@@ -123,11 +125,24 @@ def _binding() -> Any:
     return journal
 
 
+@functools.cache
+def _binding_installed() -> bool:
+    """Whether systemd-python is installed, without importing its reader."""
+    try:
+        return importlib.util.find_spec("systemd.journal") is not None
+    except ImportError:  # no `systemd` package at all
+        return False
+
+
 class Journal:
     """The local journal, read with the binding when it imports, else journalctl.
 
     `directory` reads the files of one journal directory instead of the
     system's (used by tests and for journals copied off another host).
+
+    The binding (with libsystemd's reader, 0.9 MB) is imported by the first
+    read, in the reading thread: a host without journal files, where the
+    watcher stays off, never loads it.
     """
 
     def __init__(
@@ -137,17 +152,30 @@ class Journal:
         directory: str | None = None,
         journal_dirs: tuple[str, ...] = JOURNAL_DIRS,
     ) -> None:
-        self._journal = _binding() if use_binding else None
+        self._use_binding = use_binding
+        self._binding: Any = None
+        self._resolved = False
         self.directory = directory
         self.journal_dirs = (directory,) if directory else journal_dirs
 
     @property
     def backend(self) -> str:
-        return "systemd-python" if self._journal is not None else "journalctl"
+        if self._resolved:
+            binding = self._binding is not None
+        else:
+            binding = self._use_binding and _binding_installed()
+        return "systemd-python" if binding else "journalctl"
+
+    def _reader(self) -> Any:
+        """The binding, imported on first use (blocking); None: read with journalctl."""
+        if not self._resolved:
+            self._binding = _binding() if self._use_binding else None
+            self._resolved = True
+        return self._binding
 
     def available(self) -> str | None:
         """None when entries can be read, else why not."""
-        if self._journal is None and not _have("journalctl"):
+        if self.backend == "journalctl" and not _have("journalctl"):
             return "neither systemd-python nor journalctl is installed"
         for path in self.journal_dirs:
             try:
@@ -192,13 +220,13 @@ class Journal:
         return None
 
     def _iterate(self, query: Query, *, reverse: bool) -> Iterator[Entry]:
-        if self._journal is not None:
+        if self._reader() is not None:
             yield from self._reader_entries(query, reverse)
         else:
             yield from self._journalctl_entries(query, reverse)
 
     def _reader_entries(self, query: Query, reverse: bool) -> Iterator[Entry]:
-        journal: Any = self._journal
+        journal: Any = self._reader()
         reader = journal.Reader(path=self.directory) if self.directory else journal.Reader()
         try:
             for unit in query.units:
