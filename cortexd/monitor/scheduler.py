@@ -439,7 +439,11 @@ class Monitor:
                 log.warning("check %s timed out after %gs", check.id, timeout)
                 findings = [Finding(f"timed out after {timeout:g}s", status=Status.ERROR)]
             except Exception as exc:  # isolation boundary: a check's bug is its ERROR
-                log.exception("check %s failed", check.id)
+                if self._state == "stopped":
+                    # Its commands were ended by the shutdown: not a fault to report.
+                    log.info("check %s interrupted by the shutdown: %s", check.id, exc)
+                else:
+                    log.exception("check %s failed", check.id)
                 findings = [
                     Finding(f"check failed: {type(exc).__name__}: {exc}", status=Status.ERROR)
                 ]

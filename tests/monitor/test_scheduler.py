@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 from cortexd.alerts.manager import AlertManager
 from cortexd.alerts.model import ListFilter, Severity
 from cortexd.config.schema import Config, DoctorConfig
+from cortexd.host.commands import CommandFailed
 from cortexd.monitor.check import Check, Finding, Status
 from cortexd.monitor.scheduler import Monitor
 from cortexd.monitor.thresholds import Thresholds
@@ -469,3 +471,41 @@ async def test_a_run_asked_for_while_an_older_one_runs_reports_a_fresh_result(
         check.gate.set()
     assert got == {"older": "value 10.0", "newer": "value 95.0"}
     assert check.values == []
+
+
+class StoppedMidway(Check):
+    """Runs a command the shutdown ends, as the package checks' apt simulation does."""
+
+    id = name = "apt_like"
+    category = "test"
+
+    def __init__(self, running: threading.Event, release: threading.Event) -> None:
+        self.running = running
+        self.release = release
+
+    def collect(self) -> list[Finding]:
+        self.running.set()
+        self.release.wait(30)
+        raise CommandFailed("the command runner is stopping")
+
+
+async def test_a_check_the_shutdown_interrupts_is_no_error_in_the_log(
+    alerts: AlertManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    running, release = threading.Event(), threading.Event()
+    check = StoppedMidway(running, release)
+    monitor = monitor_of([check], alerts)
+    results = []
+
+    async def run() -> None:
+        results.append(await monitor.run_check(check))
+
+    caplog.set_level(logging.INFO, logger="cortexd.monitor")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.to_thread.run_sync(running.wait, 30)
+        await monitor.stop()
+        release.set()
+    assert results[0].status is Status.ERROR
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "check apt_like interrupted by the shutdown" in caplog.text
