@@ -33,6 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from cortexd.alerts.model import Alert, Severity
 from cortexd.config.schema import Config
+from cortexd.inference.job import GenerationParams, Job
 from cortexd.protocol import CortexError
 from cortexd.store import StorageUnavailable, StoreFailed
 
@@ -248,7 +249,6 @@ class AutoExplainer:
         if engine is None:
             return None, "this daemon runs no inference engine"
         from cortexd.explain.summary import SUMMARY_STOP, Guard
-        from cortexd.inference.job import GenerationParams, Job
 
         job = Job(
             request_id=uuid.uuid4().hex[:16],

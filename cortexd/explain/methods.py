@@ -23,8 +23,11 @@ from anyio.abc import TaskGroup
 from cortexd.alerts.ids import AlertLookup
 from cortexd.alerts.manager import AlertManager
 from cortexd.config.schema import Config
+from cortexd.host.clock import kernel_clock_state
 from cortexd.host.commands import CommandRunner
+from cortexd.host.files import cortex_roots
 from cortexd.imports import imported
+from cortexd.inference.job import GenerationParams
 from cortexd.inference.methods import METHOD_TIMEOUT
 from cortexd.server import Call, Method, Param
 from cortexd.server.registry import between
@@ -33,7 +36,6 @@ if TYPE_CHECKING:
     from cortexd.explain.facts import Host
     from cortexd.explain.service import Explainer, FixRegistry, HealthSource, PluginSource
     from cortexd.inference.engine import Engine
-    from cortexd.inference.job import GenerationParams
     from cortexd.knowledge import KnowledgeBase
     from cortexd.runtime import Runtime
 
@@ -91,9 +93,6 @@ EXPLAIN_MODULES = (
     "cortexd.explain.summary",
     "cortexd.explain.facts",
     "cortexd.knowledge",
-    "cortexd.host.clock",
-    "cortexd.host.files",
-    "cortexd.inference.job",
 )
 # What `status` shows of the feature before its first explanation: the
 # counters of an Explainer that has done nothing yet (tests/explain compare).
@@ -141,8 +140,6 @@ JOURNAL_LINES = Method("inference.explain (journal lines)", _unused, access="jou
 def build_host(config: Config, runner: CommandRunner) -> Host:
     """Where the gatherers look, from the settings the checks use too."""
     from cortexd.explain.facts import Host
-    from cortexd.host.clock import kernel_clock_state
-    from cortexd.host.files import cortex_roots
 
     return Host(
         runner=runner,
@@ -191,7 +188,6 @@ def explain_methods(
 
     def generation(call: Call, explainer: Explainer) -> GenerationParams:
         from cortexd.explain.summary import SUMMARY_STOP
-        from cortexd.inference.job import GenerationParams
 
         p = call.params
         return GenerationParams(

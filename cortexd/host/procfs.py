@@ -99,7 +99,8 @@ def process_states(proc: str = "/proc") -> tuple[int, int]:
         except OSError:  # exited meanwhile
             continue
         # The command name is in parentheses and may hold anything, ")" too.
-        state = line[line.rfind(b")") + 2 : line.rfind(b")") + 3]
+        after_name = line.rfind(b")") + 2
+        state = line[after_name : after_name + 1]
         total += 1
         if state == b"Z":
             zombies += 1
