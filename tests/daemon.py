@@ -213,6 +213,35 @@ def spawn(
     return proc, notify, config_path, log_path
 
 
+_WITH_METHODS = """
+import sys
+
+from cortexd import app
+from cortexd.main import main
+from cortexd.server import Method, Param
+
+{source}
+
+_build = app.Daemon.__init__
+
+
+def _build_with_test_methods(self, *args, **kwargs):
+    _build(self, *args, **kwargs)
+    self.registry.add(TEST_METHODS)
+
+
+app.Daemon.__init__ = _build_with_test_methods
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def with_test_methods(source: str) -> list[str]:
+    """A `command` for `running_daemon`: the real entry point, with the methods
+    in `source` added to the daemon's registry. `source` is Python that defines
+    `TEST_METHODS`, a list of `Method`s (`Method` and `Param` are imported)."""
+    return [sys.executable, "-c", _WITH_METHODS.format(source=source)]
+
+
 @contextlib.contextmanager
 def running_daemon(
     config: dict[str, Any] | None = None,

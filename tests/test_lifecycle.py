@@ -43,6 +43,7 @@ from tests.daemon import (
     running_daemon,
     short_tmpdir,
     spawn,
+    with_test_methods,
 )
 
 # Generous bounds for a shared two-core machine: they catch hangs, not slowness.
@@ -50,16 +51,8 @@ WAIT = 30.0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
-GATE_LAUNCHER = """
-import sys
-
+GATE_METHOD = """
 import anyio
-
-from cortexd import app
-from cortexd.main import main
-from cortexd.server import Method, Param
-
-_build = app.Daemon.__init__
 
 
 async def gate(call):
@@ -69,15 +62,9 @@ async def gate(call):
     return {"opened": call.params["path"]}
 
 
-def _build_with_gate(self, *args, **kwargs):
-    _build(self, *args, **kwargs)
-    self.registry.add(
-        [Method("test.gate", gate, params=(Param("path", str, required=True),), timeout=300)]
-    )
-
-
-app.Daemon.__init__ = _build_with_gate
-sys.exit(main(sys.argv[1:]))
+TEST_METHODS = [
+    Method("test.gate", gate, params=(Param("path", str, required=True),), timeout=300)
+]
 """
 
 
@@ -170,7 +157,7 @@ def connect() -> Iterator[Callable[[str], Conn]]:
 @contextlib.contextmanager
 def gated_daemon(config: dict[str, Any]) -> Iterator[DaemonProcess]:
     """The real daemon plus the `test.gate` method (see the module docstring)."""
-    with running_daemon(config, command=[sys.executable, "-c", GATE_LAUNCHER]) as daemon:
+    with running_daemon(config, command=with_test_methods(GATE_METHOD)) as daemon:
         yield daemon
 
 

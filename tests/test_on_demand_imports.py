@@ -7,7 +7,7 @@ that has started, run its checks and answered `status` and `health`: the
 idle daemon would hold them in memory for nothing. The first explanation
 imports what it needs and answers as usual.
 
-The daemon is started from a small launcher that adds one method,
+The daemon runs with one method added (`with_test_methods`),
 `test.modules`, answering the daemon's own `sys.modules`: `-X importtime`
 would not do, as it does not log what `importlib.import_module` imports.
 """
@@ -15,32 +15,16 @@ would not do, as it does not log what `importlib.import_module` imports.
 from __future__ import annotations
 
 import socket
-import sys
 
-from tests.daemon import DaemonProcess, running_daemon
+from tests.daemon import DaemonProcess, running_daemon, with_test_methods
 from tests.test_lifecycle import wait_until
 
-MODULES_LAUNCHER = """
-import sys
-
-from cortexd import app
-from cortexd.main import main
-from cortexd.server import Method
-
-_build = app.Daemon.__init__
-
-
+MODULES_METHOD = """
 async def modules(call):
     return {"modules": sorted(sys.modules)}
 
 
-def _build_with_modules(self, *args, **kwargs):
-    _build(self, *args, **kwargs)
-    self.registry.add([Method("test.modules", modules)])
-
-
-app.Daemon.__init__ = _build_with_modules
-sys.exit(main(sys.argv[1:]))
+TEST_METHODS = [Method("test.modules", modules)]
 """
 NEVER_AT_IDLE = (
     "argparse",
@@ -63,8 +47,7 @@ def test_the_idle_daemon_imports_only_what_it_uses() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         target = f"localhost:{listener.getsockname()[1]}"
         config = {"checks": {"network_connectivity": {"targets": [target]}}}
-        command = [sys.executable, "-c", MODULES_LAUNCHER]
-        with running_daemon(config, command=command) as d:
+        with running_daemon(config, command=with_test_methods(MODULES_METHOD)) as d:
             _idle_then_explain(d, target)
 
 
