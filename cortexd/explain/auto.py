@@ -197,6 +197,11 @@ class AutoExplainer:
                 except CortexError as exc:
                     self.counts["failed"] += 1
                     log.warning("background explanation of alert %s failed: %s", alert_id, exc)
+                except Exception:  # isolation boundary: never ends the worker or the daemon
+                    # The explain modules load here on first use: a package
+                    # upgrade under the running daemon can break that import.
+                    self.counts["failed"] += 1
+                    log.exception("background explanation of alert %s failed", alert_id)
                 finally:
                     self._settled(fingerprint)
 

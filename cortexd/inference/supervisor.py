@@ -217,7 +217,10 @@ class RunnerSlot:
         assert self._tg is not None
         # The runner's process code and the GGUF reader load with the first
         # runner, off the loop: a daemon with no model never needs them.
-        await imported("cortexd.inference.process", "cortexd.inference.gguf")
+        try:
+            await imported("cortexd.inference.process", "cortexd.inference.gguf")
+        except ImportError as exc:  # say, files replaced by an upgrade under the daemon
+            raise LoadFailed(f"the runner's code cannot be loaded: {exc}") from None
         from cortexd.inference.gguf import ModelFileError
         from cortexd.inference.process import RunnerProcess, default_command
 

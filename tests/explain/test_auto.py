@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 
@@ -309,3 +310,36 @@ def test_include_explanation_must_be_a_flag(tmp_path: Path) -> None:
         assert (
             "rule 'ops': field 'actions[0].include_explanation': must be true or false" in d.log()
         )
+
+
+class BrokenExplainers:
+    """The explain modules fail to import (say, replaced under a running daemon)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.twice = anyio.Event()
+
+    async def get(self) -> Any:
+        self.asked += 1
+        if self.asked == 2:
+            self.twice.set()
+        raise ImportError("cannot import name 'Explainer' from 'cortexd.explain.service'")
+
+
+async def test_an_explanation_that_cannot_load_is_counted_and_the_worker_goes_on() -> None:
+    base = Config()
+    config = dataclasses.replace(
+        base, inference=dataclasses.replace(base.inference, auto_explain=True)
+    )
+    broken = BrokenExplainers()
+    auto = AutoExplainer(config, explainer=broken, engine=None, store=NoStore(), clock=Clock())
+    async with anyio.create_task_group() as tg:
+        await auto.start(tg)
+        await auto.on_alert("fired", _alert(1))
+        await auto.on_alert("fired", _alert(2))
+        with anyio.fail_after(DEADLINE):
+            await broken.twice.wait()
+            await anyio.wait_all_tasks_blocked()
+        assert auto.state()["failed"] == 2
+        assert auto.state()["state"] == "running"
+        await auto.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cortexd.protocol import ModelNotLoaded, Unavailable
-from tests.daemon import DaemonProcess, running_daemon
+from tests.daemon import DaemonProcess, running_daemon, with_test_methods
 from tests.inference.conftest import inference_config, wait_state
 from tests.inference.gguf_mutate import MUTATIONS, mutate
 from tests.inference.helpers import COUNTING_PROMPT
@@ -85,3 +85,30 @@ def test_loading_a_corrupt_model_keeps_the_running_one(
     assert status["runner"]["pid"] == before["runner"]["pid"]
     assert SAYS[name] in status["last_error"]["reason"]
     assert model_daemon.call("inference.generate", GENERATE)["text"].startswith(" 9,")
+
+
+# The daemon's own runner code cannot be imported when the first runner starts,
+# as when an upgrade replaced its files under the running daemon.
+UNIMPORTABLE_PROCESS_CODE = """
+class _Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cortexd.inference.process":
+            raise ImportError("cortexd.inference.process is gone")
+        return None
+
+
+sys.meta_path.insert(0, _Refuse())
+TEST_METHODS = []
+"""
+
+
+def test_runner_code_that_cannot_load_fails_the_model_not_the_daemon(model_path: str) -> None:
+    config = inference_config(model_path, max_load_failures=1)
+    command = with_test_methods(UNIMPORTABLE_PROCESS_CODE)
+    with running_daemon(config, command=command) as d:
+        status = wait_state(d, {"failed"})
+        assert "the runner's code cannot be loaded" in status["reason"], status
+        assert "cortexd.inference.process is gone" in status["reason"]
+        assert d.call("ping")["pong"] is True
+        assert d.call("status")["components"]["inference"]["state"] == "failed"
+    assert d.proc.returncode == 0
